@@ -1,0 +1,603 @@
+// attention-cli: a command-line client for attention.v1.AttentionService.
+//
+//   attention-cli models
+//   attention-cli info MODEL
+//   attention-cli health [--service=NAME]
+//   attention-cli attend --model=default --batch=1 --seq_len=16 [--output=out.npy]
+//
+// Output is line-oriented and stable (scripts parse it); errors go to stderr
+// as `error: <gRPC code name>: <message>`.
+//
+// Exit codes: 0 success; 1 `health` found the service not SERVING (or could
+// not ask: a container HEALTHCHECK treats 1 as unhealthy and reserves 2);
+// 2 any other error, including usage errors.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "attention/v1/attention.pb.h"
+#include "client/npy.h"
+#include "client/tensor_codec.h"
+#include "core/safetensors.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+ABSL_FLAG(std::string, target, "localhost:50051", "Server address, HOST:PORT.");
+ABSL_FLAG(int32_t, timeout_ms, 10000, "Deadline of every RPC, in milliseconds.");
+ABSL_FLAG(std::string, model, "default",
+          "Model name (attend; info when no positional MODEL is given).");
+ABSL_FLAG(std::string, service, "",
+          "health: service to check; empty means the whole server.");
+ABSL_FLAG(int32_t, batch, 1, "attend: sequences in the random batch.");
+ABSL_FLAG(int32_t, seq_len, 16, "attend: query length of the random batch.");
+ABSL_FLAG(int32_t, kv_len, 0,
+          "attend: key/value length of the random batch; 0 means --seq_len. Setting it "
+          "sends key/value even to a self-attention model.");
+ABSL_FLAG(uint64_t, seed, 1, "attend: seed of the random normal inputs.");
+ABSL_FLAG(std::string, input, "",
+          "attend: input file instead of random data: .npy ([B,S,E] or [S,E]) or "
+          ".safetensors (tensor --input_tensor, plus optional 'key' and 'value').");
+ABSL_FLAG(std::string, input_tensor, "query", "attend: query tensor name in a .safetensors input.");
+ABSL_FLAG(bool, causal, false, "attend: causal (bottom-right aligned) mask.");
+ABSL_FLAG(bool, probs, false, "attend: also return the attention probabilities.");
+ABSL_FLAG(std::vector<std::string>, lengths, {},
+          "attend: valid query length per sequence, e.g. 3,5.");
+ABSL_FLAG(std::vector<std::string>, key_lengths, {},
+          "attend: valid key length per sequence, e.g. 3,5.");
+ABSL_FLAG(std::string, dtype, "float32", "attend: request tensor dtype: float32, bfloat16, float16.");
+ABSL_FLAG(bool, packed, false, "attend: send float_data (packed floats) instead of raw_data.");
+ABSL_FLAG(std::string, output, "",
+          "attend: write the output to a .npy or .safetensors file (safetensors also gets "
+          "'attention_probs' when --probs).");
+ABSL_FLAG(int32_t, show, 8, "attend: how many values of row 0 to print.");
+
+namespace attn::client {
+namespace {
+
+using attention::v1::AttentionService;
+using attention::v1::AttendRequest;
+using attention::v1::AttendResponse;
+using attention::v1::ModelInfo;
+using attention::v1::Tensor;
+
+constexpr int kExitOk = 0;
+constexpr int kExitNotServing = 1;
+constexpr int kExitError = 2;
+
+constexpr char kUsage[] = R"(usage: attention-cli SUBCOMMAND [flags]
+
+Subcommands:
+  models                  list the served models, one line each with its shape
+  info [MODEL]            show one model (MODEL or --model=NAME)
+  health [--service=NAME] grpc.health.v1 check: prints SERVING, NOT_SERVING, ...
+                          exit 0 only when SERVING, 1 otherwise
+  attend                  run one Attend request on random or --input data
+
+Common flags:  --target=HOST:PORT (default localhost:50051)  --timeout_ms=10000
+attend flags:  --model=default --batch=1 --seq_len=16 --kv_len --seed=1
+               --input=FILE.npy|FILE.safetensors --input_tensor=query
+               --causal --probs --lengths=3,5 --key_lengths=3,5
+               --dtype=float32|bfloat16|float16 --packed --output=FILE --show=8
+Exit codes: 0 ok, 1 health not SERVING, 2 error. --helpfull lists every flag.)";
+
+void PrintError(const absl::Status& status) {
+  std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+}
+
+int UsageError(absl::string_view why) {
+  if (!why.empty()) std::fprintf(stderr, "error: %s\n\n", std::string(why).c_str());
+  std::fprintf(stderr, "%s\n", kUsage);
+  return kExitError;
+}
+
+// absl::ParseCommandLine exits with 1 on an unknown flag or a bad value; 1
+// means "not serving" here, so flags are checked first with the same rules.
+absl::Status CheckFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() < 2 || arg[0] != '-') continue;
+    arg.remove_prefix(arg[1] == '-' ? 2 : 1);
+    const size_t eq = arg.find('=');
+    const absl::string_view name = arg.substr(0, eq);
+    // absl's usage flags are not in the registry; ParseCommandLine handles them.
+    if (name == "help" || name == "helpfull" || name == "helpshort" || name == "helppackage" ||
+        name == "helpon" || name == "helpmatch" || name == "version" ||
+        name == "only_check_args") {
+      continue;
+    }
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && absl::StartsWith(name, "no") && eq == absl::string_view::npos) {
+      const absl::CommandLineFlag* positive = absl::FindCommandLineFlag(name.substr(2));
+      if (positive != nullptr && positive->IsOfType<bool>()) continue;
+    }
+    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    absl::string_view value;
+    if (eq != absl::string_view::npos) {
+      value = arg.substr(eq + 1);
+    } else if (flag->IsOfType<bool>()) {
+      continue;
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("missing value for --", name));
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad value for --", name, ": '", value, "': ", error));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseLengths(const std::vector<std::string>& items,
+                                                  absl::string_view flag) {
+  std::vector<int32_t> out;
+  for (const std::string& item : items) {
+    int32_t v;
+    if (!absl::SimpleAtoi(item, &v) || v < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": expected non-negative integers, got '", item, "'"));
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+std::string FormatValue(float v) { return absl::StrFormat("%.6g", v); }
+
+// An input tensor before encoding.
+struct HostTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+struct Inputs {
+  HostTensor query;
+  std::optional<HostTensor> key;
+  std::optional<HostTensor> value;
+};
+
+HostTensor RandomNormal(std::vector<int64_t> shape, std::mt19937_64& gen) {
+  HostTensor t;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  t.shape = std::move(shape);
+  t.values.resize(static_cast<size_t>(n));
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (float& v : t.values) v = dist(gen);
+  return t;
+}
+
+absl::StatusOr<Inputs> ReadInputs(const std::string& path, const std::string& query_name) {
+  Inputs in;
+  if (absl::EndsWith(path, ".npy")) {
+    absl::StatusOr<NpyArray> a = ReadNpy(path);
+    if (!a.ok()) return a.status();
+    if (a->shape.size() != 2 && a->shape.size() != 3) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": expected shape [batch, seq, embed_dim] or [seq, embed_dim], got ",
+          ShapeToString(a->shape)));
+    }
+    in.query = HostTensor{a->shape, a->ToFloats()};
+    return in;
+  }
+  if (!absl::EndsWith(path, ".safetensors")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--input: expected a .npy or .safetensors file, got '", path, "'"));
+  }
+  absl::StatusOr<std::unique_ptr<core::SafetensorsFile>> file = core::SafetensorsFile::Open(path);
+  if (!file.ok()) return file.status();
+  auto read = [&](absl::string_view name) -> absl::StatusOr<HostTensor> {
+    const core::TensorView* view = (*file)->Find(name);
+    absl::StatusOr<std::vector<float>> values = (*file)->ReadFloat(name);
+    if (!values.ok()) return values.status();
+    return HostTensor{view->shape, *std::move(values)};
+  };
+  if ((*file)->Find(query_name) == nullptr) {
+    std::vector<std::string> names;
+    for (const core::TensorView& t : (*file)->tensors()) names.push_back(t.name);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": no tensor '", query_name,
+                                                   "' (--input_tensor); it has: ",
+                                                   absl::StrJoin(names, ", ")));
+  }
+  absl::StatusOr<HostTensor> q = read(query_name);
+  if (!q.ok()) return q.status();
+  in.query = *std::move(q);
+  const bool has_key = (*file)->Find("key") != nullptr;
+  const bool has_value = (*file)->Find("value") != nullptr;
+  if (has_key != has_value) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": has '", has_key ? "key" : "value", "' but no '", has_key ? "value" : "key",
+        "'; cross-attention needs both (neither means self-attention)"));
+  }
+  if (has_key) {
+    absl::StatusOr<HostTensor> k = read("key");
+    if (!k.ok()) return k.status();
+    absl::StatusOr<HostTensor> v = read("value");
+    if (!v.ok()) return v.status();
+    in.key = *std::move(k);
+    in.value = *std::move(v);
+  }
+  return in;
+}
+
+absl::Status WriteOutput(const std::string& path, const std::vector<int64_t>& shape,
+                         const std::vector<float>& output, const std::vector<int64_t>& probs_shape,
+                         const std::vector<float>* probs) {
+  if (absl::EndsWith(path, ".npy")) {
+    if (probs != nullptr) {
+      std::fprintf(stderr,
+                   "note: attention_probs not written (.npy holds one array; use .safetensors)\n");
+    }
+    return WriteNpy(path, NpyArray::FromFloats(shape, output));
+  }
+  if (absl::EndsWith(path, ".safetensors")) {
+    std::vector<core::TensorToWrite> tensors;
+    tensors.push_back(core::TensorToWrite::FromFloats("output", shape, output));
+    if (probs != nullptr) {
+      tensors.push_back(core::TensorToWrite::FromFloats("attention_probs", probs_shape, *probs));
+    }
+    return core::WriteSafetensors(path, tensors);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--output: expected a .npy or .safetensors file, got '", path, "'"));
+}
+
+class Cli {
+ public:
+  Cli(std::string target, absl::Duration timeout) : target_(std::move(target)), timeout_(timeout) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);  // attention_probs can be large
+    channel_ = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
+    stub_ = AttentionService::NewStub(channel_);
+    health_ = grpc::health::v1::Health::NewStub(channel_);
+  }
+
+  int Models() {
+    absl::StatusOr<attention::v1::ListModelsResponse> list = ListModels();
+    if (!list.ok()) return Fail(list.status());
+    if (list->models().empty()) std::fprintf(stderr, "no models served at %s\n", target_.c_str());
+    for (const ModelInfo& m : list->models()) {
+      std::printf(
+          "%s: embed_dim=%d num_heads=%d num_kv_heads=%d kdim=%d vdim=%d head_dim=%d dtype=%s "
+          "bias=%s max_seq_len=%d\n",
+          m.name().c_str(), m.embed_dim(), m.num_heads(), m.num_kv_heads(), m.kdim(), m.vdim(),
+          m.head_dim(), DataTypeName(m.dtype()).c_str(), m.bias() ? "true" : "false",
+          m.max_seq_len());
+    }
+    return kExitOk;
+  }
+
+  int Info(const std::string& name) {
+    absl::StatusOr<ModelInfo> m = GetModel(name);
+    if (!m.ok()) return FailModel(m.status());
+    std::printf("name: %s\n", m->name().c_str());
+    std::printf("embed_dim: %d\n", m->embed_dim());
+    std::printf("num_heads: %d\n", m->num_heads());
+    std::printf("num_kv_heads: %d\n", m->num_kv_heads());
+    std::printf("kdim: %d\n", m->kdim());
+    std::printf("vdim: %d\n", m->vdim());
+    std::printf("head_dim: %d\n", m->head_dim());
+    std::printf("dtype: %s\n", DataTypeName(m->dtype()).c_str());
+    std::printf("bias: %s\n", m->bias() ? "true" : "false");
+    std::printf("max_seq_len: %d\n", m->max_seq_len());
+    return kExitOk;
+  }
+
+  int Health(const std::string& service) {
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    auto context = Context();
+    const grpc::Status s = health_->Check(context.get(), request, &response);
+    if (!s.ok()) {
+      // The health protocol answers NOT_FOUND for a service it does not know.
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) std::printf("SERVICE_UNKNOWN\n");
+      PrintError(FromGrpc(s));
+      return kExitNotServing;
+    }
+    std::printf("%s\n",
+                grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
+    return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk
+                                                                                : kExitNotServing;
+  }
+
+  int Attend() {
+    const std::string model = absl::GetFlag(FLAGS_model);
+    absl::StatusOr<attention::v1::DataType> dtype = ParseDataType(absl::GetFlag(FLAGS_dtype));
+    if (!dtype.ok()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message())));
+    }
+    EncodeOptions encode;
+    encode.dtype = *dtype;
+    encode.packed = absl::GetFlag(FLAGS_packed);
+    if (encode.packed && encode.dtype != attention::v1::FLOAT32) {
+      return Fail(absl::InvalidArgumentError(
+          "--packed sends float_data, which carries float32 only; use --dtype=float32"));
+    }
+    absl::StatusOr<std::vector<int32_t>> lengths =
+        ParseLengths(absl::GetFlag(FLAGS_lengths), "lengths");
+    if (!lengths.ok()) return Fail(lengths.status());
+    absl::StatusOr<std::vector<int32_t>> key_lengths =
+        ParseLengths(absl::GetFlag(FLAGS_key_lengths), "key_lengths");
+    if (!key_lengths.ok()) return Fail(key_lengths.status());
+    const std::string output_path = absl::GetFlag(FLAGS_output);
+    if (!output_path.empty() && !absl::EndsWith(output_path, ".npy") &&
+        !absl::EndsWith(output_path, ".safetensors")) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          "--output: expected a .npy or .safetensors file, got '", output_path, "'")));
+    }
+
+    Inputs inputs;
+    const std::string input_path = absl::GetFlag(FLAGS_input);
+    if (!input_path.empty()) {
+      absl::StatusOr<Inputs> read = ReadInputs(input_path, absl::GetFlag(FLAGS_input_tensor));
+      if (!read.ok()) return Fail(read.status());
+      inputs = *std::move(read);
+    } else {
+      const int64_t batch = absl::GetFlag(FLAGS_batch);
+      const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
+      const int64_t kv_flag = absl::GetFlag(FLAGS_kv_len);
+      if (batch <= 0 || seq_len <= 0 || kv_flag < 0) {
+        return Fail(absl::InvalidArgumentError(
+            absl::StrCat("--batch and --seq_len must be positive and --kv_len non-negative, got "
+                         "batch=", batch, " seq_len=", seq_len, " kv_len=", kv_flag)));
+      }
+      absl::StatusOr<ModelInfo> info = GetModel(model);
+      if (!info.ok()) return FailModel(info.status());
+      const int64_t embed_dim = info->embed_dim();
+      const int64_t kdim = info->kdim() > 0 ? info->kdim() : embed_dim;
+      const int64_t vdim = info->vdim() > 0 ? info->vdim() : embed_dim;
+      const int64_t kv_len = kv_flag > 0 ? kv_flag : seq_len;
+      std::mt19937_64 gen(absl::GetFlag(FLAGS_seed));
+      inputs.query = RandomNormal({batch, seq_len, embed_dim}, gen);
+      if (kdim != embed_dim || vdim != embed_dim || kv_flag > 0) {
+        inputs.key = RandomNormal({batch, kv_len, kdim}, gen);
+        inputs.value = RandomNormal({batch, kv_len, vdim}, gen);
+      }
+    }
+
+    AttendRequest request;
+    request.set_model_name(model);
+    request.set_request_id("attention-cli");
+    auto encode_into = [&](const HostTensor& t, Tensor* out, absl::string_view label) {
+      absl::StatusOr<Tensor> encoded = EncodeTensor(t.shape, t.values, encode);
+      if (!encoded.ok()) {
+        return absl::Status(encoded.status().code(),
+                            absl::StrCat(label, ": ", encoded.status().message()));
+      }
+      *out = *std::move(encoded);
+      return absl::OkStatus();
+    };
+    if (absl::Status s = encode_into(inputs.query, request.mutable_query(), "query"); !s.ok()) {
+      return Fail(s);
+    }
+    if (inputs.key) {
+      if (absl::Status s = encode_into(*inputs.key, request.mutable_key(), "key"); !s.ok()) {
+        return Fail(s);
+      }
+      if (absl::Status s = encode_into(*inputs.value, request.mutable_value(), "value"); !s.ok()) {
+        return Fail(s);
+      }
+    }
+    request.mutable_query_lengths()->Assign(lengths->begin(), lengths->end());
+    request.mutable_key_lengths()->Assign(key_lengths->begin(), key_lengths->end());
+    request.set_causal(absl::GetFlag(FLAGS_causal));
+    request.set_return_attention_probs(absl::GetFlag(FLAGS_probs));
+
+    AttendResponse response;
+    auto context = Context();
+    const absl::Time start = absl::Now();
+    const grpc::Status s = stub_->Attend(context.get(), request, &response);
+    const absl::Duration round_trip = absl::Now() - start;
+    if (!s.ok()) return FailModel(FromGrpc(s));
+
+    const Tensor& out = response.output();
+    absl::StatusOr<std::vector<float>> values = DecodeTensor(out, "output");
+    if (!values.ok()) return Fail(absl::DataLossError(values.status().message()));
+    const std::vector<int64_t> shape(out.shape().begin(), out.shape().end());
+    std::printf("model: %s\n", response.model_name().c_str());
+    std::printf("output shape: %s\n", ShapeToString(shape).c_str());
+    std::printf("output dtype: %s\n", DataTypeName(out.dtype()).c_str());
+    if (!shape.empty() && !values->empty()) {
+      const int64_t cols = shape.back();
+      const int64_t show = std::min<int64_t>(std::max(absl::GetFlag(FLAGS_show), 0), cols);
+      std::vector<std::string> first;
+      for (int64_t i = 0; i < show; ++i) first.push_back(FormatValue((*values)[i]));
+      std::string index;
+      for (size_t i = 0; i + 1 < shape.size(); ++i) index += "0, ";
+      std::printf("output[%s:%lld]: %s\n", index.c_str(), static_cast<long long>(show),
+                  absl::StrJoin(first, " ").c_str());
+      float lo = std::numeric_limits<float>::infinity();
+      float hi = -std::numeric_limits<float>::infinity();
+      double sum = 0;
+      int64_t nan = 0;
+      for (float v : *values) {
+        if (std::isnan(v)) {
+          ++nan;
+          continue;
+        }
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+        sum += v;
+      }
+      const int64_t finite = static_cast<int64_t>(values->size()) - nan;
+      std::printf("output stats: min=%s max=%s mean=%s%s\n", FormatValue(lo).c_str(),
+                  FormatValue(hi).c_str(),
+                  FormatValue(finite > 0 ? static_cast<float>(sum / finite) : NAN).c_str(),
+                  nan > 0 ? absl::StrCat(" nan=", nan).c_str() : "");
+    }
+    std::vector<float> probs;
+    std::vector<int64_t> probs_shape;
+    const bool has_probs = response.has_attention_probs();
+    if (has_probs) {
+      absl::StatusOr<std::vector<float>> p =
+          DecodeTensor(response.attention_probs(), "attention_probs");
+      if (!p.ok()) return Fail(absl::DataLossError(p.status().message()));
+      probs = *std::move(p);
+      probs_shape.assign(response.attention_probs().shape().begin(),
+                         response.attention_probs().shape().end());
+      std::printf("attention_probs shape: %s\n", ShapeToString(probs_shape).c_str());
+    }
+    const attention::v1::Timing& t = response.timing();
+    std::printf("timing: queue_us=%lld compute_us=%lld batch_size=%d batch_tokens=%lld\n",
+                static_cast<long long>(t.queue_us()), static_cast<long long>(t.compute_us()),
+                t.batch_size(), static_cast<long long>(t.batch_tokens()));
+    std::printf("round_trip_us: %lld\n",
+                static_cast<long long>(absl::ToInt64Microseconds(round_trip)));
+    if (!output_path.empty()) {
+      if (absl::Status w = WriteOutput(output_path, shape, *values, probs_shape,
+                                       has_probs ? &probs : nullptr);
+          !w.ok()) {
+        return Fail(w);
+      }
+      std::printf("wrote: %s\n", output_path.c_str());
+    }
+    return kExitOk;
+  }
+
+ private:
+  std::unique_ptr<grpc::ClientContext> Context() const {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+    return context;
+  }
+
+  // The gRPC status as an absl::Status (same code numbers), with a clearer
+  // message when the server could not be reached or the deadline passed.
+  absl::Status FromGrpc(const grpc::Status& s) const {
+    const auto code = static_cast<absl::StatusCode>(s.error_code());
+    std::string message = s.error_message();
+    // A channel that never became READY means the call did not reach a server.
+    const bool connected = channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
+    if (code == absl::StatusCode::kUnavailable && !connected) {
+      message = absl::StrCat("could not reach --target=", target_, ": ", message);
+    } else if (code == absl::StatusCode::kDeadlineExceeded) {
+      message = absl::StrCat(connected ? "" : absl::StrCat("could not reach --target=", target_,
+                                                           " in time: "),
+                             message, " (--timeout_ms=", absl::ToInt64Milliseconds(timeout_), ")");
+    }
+    return absl::Status(code, message);
+  }
+
+  absl::StatusOr<ModelInfo> GetModel(const std::string& name) {
+    attention::v1::GetModelRequest request;
+    request.set_name(name);
+    ModelInfo info;
+    auto context = Context();
+    const grpc::Status s = stub_->GetModel(context.get(), request, &info);
+    if (!s.ok()) return FromGrpc(s);
+    return info;
+  }
+
+  absl::StatusOr<attention::v1::ListModelsResponse> ListModels() {
+    attention::v1::ListModelsResponse response;
+    auto context = Context();
+    const grpc::Status s =
+        stub_->ListModels(context.get(), attention::v1::ListModelsRequest(), &response);
+    if (!s.ok()) return FromGrpc(s);
+    return response;
+  }
+
+  int Fail(const absl::Status& status) {
+    PrintError(status);
+    return kExitError;
+  }
+
+  // Fail() for a status from an RPC naming a model: NOT_FOUND also lists the
+  // models the server has.
+  int FailModel(const absl::Status& status) {
+    PrintError(status);
+    if (absl::IsNotFound(status)) {
+      absl::StatusOr<attention::v1::ListModelsResponse> list = ListModels();
+      if (list.ok()) {
+        std::vector<std::string> names;
+        for (const ModelInfo& m : list->models()) names.push_back(m.name());
+        std::fprintf(stderr, "available models: %s\n",
+                     names.empty() ? "(none)" : absl::StrJoin(names, ", ").c_str());
+      }
+    }
+    return kExitError;
+  }
+
+  std::string target_;
+  absl::Duration timeout_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<AttentionService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+int Run(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  // --help lists this file's flags (absl's default matches files named like
+  // the binary, and "attention-cli" is not "attention_cli").
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "attention_cli.cc");
+  };
+  absl::SetFlagsUsageConfig(usage_config);
+  if (absl::Status s = CheckFlags(argc, argv); !s.ok()) return UsageError(s.message());
+  const std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) return UsageError("missing SUBCOMMAND");
+  const std::string command = args[1];
+  const std::vector<std::string> rest(args.begin() + 2, args.end());
+  const int32_t timeout_ms = absl::GetFlag(FLAGS_timeout_ms);
+  if (timeout_ms <= 0) {
+    return UsageError(absl::StrCat("--timeout_ms must be positive, got ", timeout_ms));
+  }
+  auto too_many = [&](size_t allowed) {
+    return rest.size() > allowed ? UsageError(absl::StrCat("unexpected argument '",
+                                                           rest[allowed], "' for ", command))
+                                 : -1;
+  };
+  Cli cli(absl::GetFlag(FLAGS_target), absl::Milliseconds(timeout_ms));
+  if (command == "models") {
+    if (int rc = too_many(0); rc >= 0) return rc;
+    return cli.Models();
+  }
+  if (command == "info") {
+    if (int rc = too_many(1); rc >= 0) return rc;
+    return cli.Info(rest.empty() ? absl::GetFlag(FLAGS_model) : rest[0]);
+  }
+  if (command == "health") {
+    if (int rc = too_many(1); rc >= 0) return rc;
+    return cli.Health(rest.empty() ? absl::GetFlag(FLAGS_service) : rest[0]);
+  }
+  if (command == "attend") {
+    if (int rc = too_many(0); rc >= 0) return rc;
+    return cli.Attend();
+  }
+  return UsageError(absl::StrCat("unknown subcommand '", command, "'"));
+}
+
+}  // namespace
+}  // namespace attn::client
+
+int main(int argc, char** argv) { return attn::client::Run(argc, argv); }

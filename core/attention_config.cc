@@ -1,0 +1,27 @@
+#include "core/attention_config.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace attn::core {
+
+absl::Status ValidateAttentionConfig(const AttentionConfig& c) {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (c.embed_dim <= 0) return bad("embed_dim: expected a positive integer, got ", c.embed_dim);
+  if (c.num_heads <= 0) return bad("num_heads: expected a positive integer, got ", c.num_heads);
+  if (c.embed_dim % c.num_heads != 0) {
+    return bad("num_heads: expected a divisor of embed_dim ", c.embed_dim, ", got ", c.num_heads);
+  }
+  if (c.num_kv_heads < 0 || (c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads != 0)) {
+    return bad("num_kv_heads: expected a divisor of num_heads ", c.num_heads, ", got ",
+               c.num_kv_heads);
+  }
+  if (c.kdim < 0) return bad("kdim: expected a positive integer (or 0 for embed_dim), got ", c.kdim);
+  if (c.vdim < 0) return bad("vdim: expected a positive integer (or 0 for embed_dim), got ", c.vdim);
+  constexpr int kMaxDim = 1 << 16;
+  if (c.embed_dim > kMaxDim || c.key_dim() > kMaxDim || c.value_dim() > kMaxDim) {
+    return bad("embed_dim/kdim/vdim: expected at most ", kMaxDim);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attn::core

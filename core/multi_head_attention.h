@@ -1,0 +1,64 @@
+// The oneDNN-backed multi-head attention layer.
+//
+//   out = softmax(Q Kᵀ / sqrt(head_dim) + mask) V, per head, with input
+//   projections (Q = x Wqᵀ + bq, ...) and an output projection.
+//
+// Projections run as oneDNN matmuls over all packed tokens of a ragged batch
+// at once; the primitives are created in Create() with a run-time row count,
+// so no request creates a primitive. Numerics: a query row with no visible
+// key (fully masked) gets a zero attention result, so its output is the
+// output projection's bias; NaN or Inf in visible inputs propagates into the
+// affected rows.
+#ifndef ATTN_CORE_MULTI_HEAD_ATTENTION_H_
+#define ATTN_CORE_MULTI_HEAD_ATTENTION_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/attention_batch.h"
+#include "core/attention_config.h"
+#include "core/attention_weights.h"
+
+namespace attn::core {
+
+class MultiHeadAttention {
+ public:
+  struct Options {
+    // OpenMP threads used by Forward(); 0 keeps the OpenMP default
+    // (OMP_NUM_THREADS, else one per core).
+    int num_threads = 0;
+  };
+
+  // Validates config and weights and builds the oneDNN primitives.
+  // INVALID_ARGUMENT for a bad config or weights, INTERNAL if oneDNN fails.
+  static absl::StatusOr<std::unique_ptr<MultiHeadAttention>> Create(const AttentionConfig& config,
+                                                                    const AttentionWeights& weights,
+                                                                    const Options& options);
+  ~MultiHeadAttention();
+
+  // Runs the layer on a ragged batch. INVALID_ARGUMENT (naming the field)
+  // when the batch does not fit the config. Thread-safe: concurrent calls
+  // share only immutable state, but each uses the OpenMP team of its thread,
+  // so callers should serialize to avoid oversubscribing cores.
+  absl::Status Forward(const AttentionBatch& batch, AttentionResult* result) const;
+
+  const AttentionConfig& config() const { return config_; }
+
+  // oneDNN's version, e.g. "2.6.3", and the CPU ISA it dispatches to.
+  static std::string OneDnnVersion();
+  static std::string OneDnnIsa();
+
+ private:
+  struct Impl;
+  MultiHeadAttention(const AttentionConfig& config, const Options& options,
+                     std::unique_ptr<Impl> impl);
+
+  const AttentionConfig config_;
+  const Options options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace attn::core
+
+#endif  // ATTN_CORE_MULTI_HEAD_ATTENTION_H_

@@ -1,0 +1,248 @@
+#include "server/attend_codec.h"
+
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/dtype.h"
+#include "core/status_macros.h"
+
+namespace attn::server {
+namespace {
+
+using attention::v1::Tensor;
+
+absl::Status Invalid(auto&&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat(parts...));
+}
+
+std::string ShapeString(const Tensor& t) {
+  return absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]");
+}
+
+bool IsSet(const Tensor& t) {
+  return t.shape_size() > 0 || !t.raw_data().empty() || t.float_data_size() > 0 ||
+         t.dtype() != attention::v1::DATA_TYPE_UNSPECIFIED;
+}
+
+// Checks dtype, rank, the last dimension and the payload of one input tensor,
+// and decodes it to floats. `width_name` names the expected last dimension.
+absl::StatusOr<std::vector<float>> DecodeTensor(const char* field, const Tensor& t, int rank,
+                                                int64_t width, const char* width_name,
+                                                int64_t max_seq_len) {
+  if (t.dtype() != attention::v1::FLOAT32 && t.dtype() != attention::v1::BFLOAT16) {
+    return Invalid(field, ".dtype: expected FLOAT32 or BFLOAT16, got ",
+                   attention::v1::DataType_Name(t.dtype()));
+  }
+  if (t.shape_size() != rank) {
+    return Invalid(field, ".shape: expected ",
+                   rank == 3 ? absl::StrCat("[batch, seq, ", width, "]")
+                             : absl::StrCat("[seq, ", width, "]"),
+                   " (rank ", rank, "), got ", ShapeString(t));
+  }
+  int64_t count = 1;
+  for (int i = 0; i < rank; ++i) {
+    const int64_t d = t.shape(i);
+    if (d <= 0) return Invalid(field, ".shape[", i, "]: expected a positive size, got ", d);
+    if (i == rank - 1 && d != width) {
+      return Invalid(field, ".shape[", i, "]: expected ", width, " (", width_name, "), got ", d);
+    }
+    if (i == rank - 2 && d > max_seq_len) {
+      return Invalid(field, ".shape[", i, "]: expected at most ", max_seq_len,
+                     " (the model's max_seq_len), got ", d);
+    }
+    if (d > std::numeric_limits<int32_t>::max() / count) {
+      return Invalid(field, ".shape: ", ShapeString(t), " has too many elements");
+    }
+    count *= d;
+  }
+  const bool has_raw = !t.raw_data().empty();
+  const bool has_floats = t.float_data_size() > 0;
+  if (has_raw == has_floats) {
+    return Invalid(field, ": expected exactly one of raw_data or float_data, got ",
+                   has_raw ? "both" : "neither");
+  }
+  std::vector<float> out(static_cast<size_t>(count));
+  if (has_floats) {
+    if (t.dtype() != attention::v1::FLOAT32) {
+      return Invalid(field, ".float_data: only for dtype FLOAT32; send ",
+                     attention::v1::DataType_Name(t.dtype()), " as raw_data");
+    }
+    if (t.float_data_size() != count) {
+      return Invalid(field, ".float_data: expected ", count, " values for shape ", ShapeString(t),
+                     ", got ", t.float_data_size());
+    }
+    std::memcpy(out.data(), t.float_data().data(), out.size() * sizeof(float));
+    return out;
+  }
+  const core::DType dt = t.dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16;
+  const size_t want = static_cast<size_t>(count) * core::DTypeSize(dt);
+  if (t.raw_data().size() != want) {
+    return Invalid(field, ".raw_data: expected ", want, " bytes (shape ", ShapeString(t), " x ",
+                   core::DTypeSize(dt), "-byte ", attention::v1::DataType_Name(t.dtype()),
+                   "), got ", t.raw_data().size());
+  }
+  core::DecodeToFloat(dt, reinterpret_cast<const uint8_t*>(t.raw_data().data()), out.size(),
+                      out.data());
+  return out;
+}
+
+absl::StatusOr<std::vector<int64_t>> Lengths(const char* field,
+                                             const google::protobuf::RepeatedField<int32_t>& in,
+                                             int64_t batch, int64_t seq, const char* seq_name) {
+  std::vector<int64_t> out;
+  if (in.empty()) {
+    out.assign(static_cast<size_t>(batch), seq);
+    return out;
+  }
+  if (in.size() != batch) {
+    return Invalid(field, ": expected ", batch, " entries (one per batch entry), got ", in.size());
+  }
+  for (int i = 0; i < in.size(); ++i) {
+    if (in[i] < 0 || in[i] > seq) {
+      return Invalid(field, "[", i, "]: expected 0..", seq, " (", seq_name, "), got ", in[i]);
+    }
+    out.push_back(in[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+core::AttentionBatch DecodedRequest::batch_view() const {
+  core::AttentionBatch b;
+  b.query = query;
+  b.cross_attention = cross;
+  if (cross) {
+    b.key = key;
+    b.value = value;
+    b.kv_offsets = kv_offsets;
+  }
+  b.q_offsets = q_offsets;
+  b.causal = causal;
+  b.need_probs = need_probs;
+  return b;
+}
+
+absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRequest& request,
+                                                   const Model& model) {
+  const core::AttentionConfig& c = model.config;
+  DecodedRequest d;
+  if (!IsSet(request.query())) return Invalid("query: required, got nothing");
+  const int rank = request.query().shape_size();
+  if (rank != 2 && rank != 3) {
+    return Invalid("query.shape: expected [batch, seq, ", c.embed_dim, "] or [seq, ", c.embed_dim,
+                   "], got ", ShapeString(request.query()));
+  }
+  d.rank2 = rank == 2;
+  ATTN_ASSIGN_OR_RETURN(std::vector<float> query,
+                        DecodeTensor("query", request.query(), rank, c.embed_dim, "embed_dim",
+                                     model.max_seq_len));
+  d.batch = d.rank2 ? 1 : request.query().shape(0);
+  d.seq_q = request.query().shape(rank - 2);
+  d.dtype = request.query().dtype();
+  d.packed_floats = request.query().float_data_size() > 0;
+  d.causal = request.causal();
+  d.need_probs = request.return_attention_probs();
+
+  const bool has_key = IsSet(request.key());
+  const bool has_value = IsSet(request.value());
+  if (has_key != has_value) {
+    return Invalid(has_key ? "value" : "key", ": required when ", has_key ? "key" : "value",
+                   " is set (cross-attention needs both)");
+  }
+  d.cross = has_key;
+  const bool kv_differ = c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
+  if (!d.cross && kv_differ) {
+    return Invalid("key: required: model '", model.name, "' has kdim ", c.key_dim(), " and vdim ",
+                   c.value_dim(), " (embed_dim ", c.embed_dim, "), so it only does cross-attention");
+  }
+  ATTN_ASSIGN_OR_RETURN(std::vector<int64_t> q_lengths,
+                        Lengths("query_lengths", request.query_lengths(), d.batch, d.seq_q,
+                                "query.shape seq"));
+  std::vector<int64_t> k_lengths;
+  if (d.cross) {
+    ATTN_ASSIGN_OR_RETURN(std::vector<float> key,
+                          DecodeTensor("key", request.key(), rank, c.key_dim(), "kdim",
+                                       model.max_seq_len));
+    ATTN_ASSIGN_OR_RETURN(std::vector<float> value,
+                          DecodeTensor("value", request.value(), rank, c.value_dim(), "vdim",
+                                       model.max_seq_len));
+    for (int i = 0; i + 1 < rank; ++i) {
+      if (request.key().shape(i) != request.value().shape(i)) {
+        return Invalid("value.shape[", i, "]: expected ", request.key().shape(i),
+                       " (as key.shape), got ", request.value().shape(i));
+      }
+    }
+    if (!d.rank2 && request.key().shape(0) != d.batch) {
+      return Invalid("key.shape[0]: expected ", d.batch, " (query batch), got ",
+                     request.key().shape(0));
+    }
+    d.seq_k = request.key().shape(rank - 2);
+    ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch,
+                                             d.seq_k, "key.shape seq"));
+    d.key = core::PackRows(key, d.seq_k, c.key_dim(), k_lengths);
+    d.value = core::PackRows(value, d.seq_k, c.value_dim(), k_lengths);
+    d.kv_offsets = core::OffsetsFromLengths(k_lengths);
+  } else {
+    d.seq_k = d.seq_q;
+    if (!request.key_lengths().empty()) {
+      ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch,
+                                               d.seq_k, "query.shape seq"));
+      if (k_lengths != q_lengths) {
+        return Invalid("key_lengths: expected empty or equal to query_lengths for self-attention");
+      }
+    }
+  }
+  d.query = core::PackRows(query, d.seq_q, c.embed_dim, q_lengths);
+  d.q_offsets = core::OffsetsFromLengths(q_lengths);
+  return d;
+}
+
+void EncodeAttendResponse(const DecodedRequest& d, const core::AttentionResult& result,
+                          const Model& model, attention::v1::AttendResponse* response) {
+  const int64_t e = model.config.embed_dim;
+  const int heads = model.config.num_heads;
+  std::vector<float> padded(static_cast<size_t>(d.batch * d.seq_q * e), 0.0f);
+  for (int64_t b = 0; b < d.batch; ++b) {
+    const int64_t len = d.q_offsets[b + 1] - d.q_offsets[b];
+    std::memcpy(padded.data() + b * d.seq_q * e, result.output.data() + d.q_offsets[b] * e,
+                static_cast<size_t>(len * e) * sizeof(float));
+  }
+  Tensor* out = response->mutable_output();
+  out->set_dtype(d.dtype);
+  if (!d.rank2) out->add_shape(d.batch);
+  out->add_shape(d.seq_q);
+  out->add_shape(e);
+  if (d.packed_floats) {
+    out->mutable_float_data()->Assign(padded.begin(), padded.end());
+  } else {
+    const core::DType dt = d.dtype == attention::v1::BFLOAT16 ? core::DType::kBF16 : core::DType::kF32;
+    std::string* raw = out->mutable_raw_data();
+    raw->resize(padded.size() * core::DTypeSize(dt));
+    core::EncodeFromFloat(dt, padded, reinterpret_cast<uint8_t*>(raw->data()));
+  }
+  if (d.need_probs) {
+    const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
+    std::vector<float> probs(static_cast<size_t>(d.batch * heads * d.seq_q * d.seq_k), 0.0f);
+    for (int64_t b = 0; b < d.batch; ++b) {
+      const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
+      const int64_t lk = ko[b + 1] - ko[b];
+      const float* src = result.probs.data() + result.probs_offsets[b];
+      for (int h = 0; h < heads; ++h) {
+        for (int64_t i = 0; i < lq; ++i) {
+          std::memcpy(probs.data() + ((b * heads + h) * d.seq_q + i) * d.seq_k,
+                      src + (h * lq + i) * lk, static_cast<size_t>(lk) * sizeof(float));
+        }
+      }
+    }
+    Tensor* p = response->mutable_attention_probs();
+    p->set_dtype(attention::v1::FLOAT32);
+    for (int64_t dim : {d.batch, static_cast<int64_t>(heads), d.seq_q, d.seq_k}) p->add_shape(dim);
+    p->mutable_raw_data()->assign(reinterpret_cast<const char*>(probs.data()),
+                                  probs.size() * sizeof(float));
+  }
+}
+
+}  // namespace attn::server

@@ -1,0 +1,77 @@
+// A running attention server: the gRPC endpoint (AttentionService, health,
+// reflection), the /metrics endpoint and the compute worker, wired together.
+//
+// Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING,
+// gRPC stops accepting calls and waits (up to the grace period) for calls in
+// flight, which the worker completes; then the worker drains and joins, and
+// the metrics endpoint closes last.
+//
+// Thread-compatible: Start() and Shutdown() from one thread; serving itself
+// is concurrent.
+#ifndef ATTN_SERVER_ATTENTION_SERVER_H_
+#define ATTN_SERVER_ATTENTION_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "prometheus/exposer.h"
+#include "server/attention_service.h"
+#include "server/metrics.h"
+#include "server/model_repository.h"
+#include "server/work_queue.h"
+
+namespace attn::server {
+
+class AttentionServer {
+ public:
+  struct Options {
+    // gRPC address; port 0 picks a free port (see grpc_port()).
+    std::string listen = "0.0.0.0:50051";
+    // Prometheus address serving /metrics; empty disables it; port 0 picks.
+    std::string metrics_listen = "0.0.0.0:9464";
+    // Largest request or response message.
+    int max_message_bytes = 256 << 20;
+    // How long Shutdown() waits for calls in flight before cancelling them.
+    absl::Duration shutdown_grace = absl::Seconds(30);
+    // Reported in attn_build_info.
+    int threads = 0;
+  };
+
+  // Starts serving `repository`. Fails if an address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<AttentionServer>> Start(
+      std::unique_ptr<ModelRepository> repository, const Options& options);
+  ~AttentionServer();
+
+  // Idempotent; blocks until the server has stopped.
+  void Shutdown();
+
+  int grpc_port() const { return grpc_port_; }
+  // 0 when metrics are disabled.
+  int metrics_port() const { return metrics_port_; }
+  const ModelRepository& repository() const { return *repository_; }
+  ServerMetrics& metrics() { return *metrics_; }
+
+ private:
+  AttentionServer() = default;
+
+  Options options_;
+  std::unique_ptr<ModelRepository> repository_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<WorkQueue> queue_;
+  std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+  bool stopped_ = false;
+};
+
+// Version string of this build ("0.1.0").
+const char* Version();
+
+}  // namespace attn::server
+
+#endif  // ATTN_SERVER_ATTENTION_SERVER_H_

@@ -1,0 +1,104 @@
+#include "server/attention_service.h"
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/attend_codec.h"
+#include "server/status_util.h"
+
+namespace attn::server {
+
+using attention::v1::AttendRequest;
+using attention::v1::AttendResponse;
+
+void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
+  const core::AttentionConfig& c = model.config;
+  info->set_name(model.name);
+  info->set_embed_dim(c.embed_dim);
+  info->set_num_heads(c.num_heads);
+  info->set_num_kv_heads(c.kv_heads());
+  info->set_kdim(c.key_dim());
+  info->set_vdim(c.value_dim());
+  info->set_head_dim(c.head_dim());
+  info->set_dtype(c.dtype == core::DType::kBF16 ? attention::v1::BFLOAT16 : attention::v1::FLOAT32);
+  info->set_bias(c.bias);
+  info->set_max_seq_len(model.max_seq_len);
+}
+
+AttentionService::AttentionService(const ModelRepository* repository, ServerMetrics* metrics,
+                                   WorkQueue* queue)
+    : repository_(repository), metrics_(metrics), queue_(queue) {}
+
+grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
+                                                   const AttendRequest* request,
+                                                   AttendResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Model* model = repository_->Find(request->model_name());
+  if (model == nullptr) {
+    metrics_->RecordRequest("", absl::StatusCode::kNotFound);
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("model_name: no model '", request->model_name(),
+                     "'; available: ", repository_->NameList())));
+    return reactor;
+  }
+  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(*request, *model);
+  if (!decoded.ok()) {
+    metrics_->RecordRequest(model->name, decoded.status().code());
+    reactor->Finish(ToGrpcStatus(decoded.status()));
+    return reactor;
+  }
+  response->set_request_id(request->request_id());
+  response->set_model_name(model->name);
+  auto work = std::make_shared<DecodedRequest>(*std::move(decoded));
+  const absl::Time enqueued = absl::Now();
+  const bool accepted = queue_->Submit([this, reactor, response, model, work, enqueued] {
+    const absl::Time start = absl::Now();
+    core::AttentionResult result;
+    absl::Status status = model->mha->Forward(work->batch_view(), &result);
+    const absl::Time end = absl::Now();
+    if (status.ok()) {
+      EncodeAttendResponse(*work, result, *model, response);
+      attention::v1::Timing* timing = response->mutable_timing();
+      timing->set_queue_us(absl::ToInt64Microseconds(start - enqueued));
+      timing->set_compute_us(absl::ToInt64Microseconds(end - start));
+      timing->set_batch_size(1);
+      timing->set_batch_tokens(work->num_tokens());
+    }
+    metrics_->RecordRequest(model->name, status.code());
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  if (!accepted) {
+    metrics_->RecordRequest(model->name, absl::StatusCode::kUnavailable);
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down"));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionService::ListModels(
+    grpc::CallbackServerContext* context, const attention::v1::ListModelsRequest* /*request*/,
+    attention::v1::ListModelsResponse* response) {
+  for (const Model* model : repository_->models()) FillModelInfo(*model, response->add_models());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionService::GetModel(grpc::CallbackServerContext* context,
+                                                     const attention::v1::GetModelRequest* request,
+                                                     attention::v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const Model* model = repository_->Find(request->name());
+  if (model == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                 absl::StrCat("name: no model '", request->name(),
+                                              "'; available: ", repository_->NameList())));
+    return reactor;
+  }
+  FillModelInfo(*model, response);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace attn::server

@@ -1,0 +1,350 @@
+// In-process gRPC tests: a real server on a free port, a real channel.
+#include "server/attention_service.h"
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "attention/v1/attention.grpc.pb.h"
+#include "core/reference_attention.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+#include "server/attention_server.h"
+
+namespace attn::server {
+namespace {
+
+using attention::v1::AttendRequest;
+using attention::v1::AttendResponse;
+
+constexpr int kEmbed = 64;
+constexpr int kHeads = 4;
+constexpr uint64_t kSeed = 99;
+
+core::AttentionConfig SmallConfig() {
+  core::AttentionConfig c;
+  c.embed_dim = kEmbed;
+  c.num_heads = kHeads;
+  return c;
+}
+
+class AttentionServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::vector<Model> models;
+    Model m;
+    m.name = "small";
+    m.config = SmallConfig();
+    m.max_seq_len = 32;
+    m.mha = *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, kSeed), {});
+    models.push_back(std::move(m));
+    AttentionServer::Options options;
+    options.listen = "127.0.0.1:0";
+    options.metrics_listen = "";
+    auto server = AttentionServer::Start(ModelRepository::FromModels(std::move(models)), options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->grpc_port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = attention::v1::AttentionService::NewStub(channel_);
+  }
+
+  grpc::Status Attend(const AttendRequest& req, AttendResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    return stub_->Attend(&ctx, req, resp);
+  }
+
+  // A valid request: [batch, seq, kEmbed] random float32 as raw bytes.
+  static AttendRequest MakeRequest(int batch, int seq, std::vector<float>* values = nullptr) {
+    std::mt19937 rng(batch * 100 + seq);
+    std::normal_distribution<float> dist;
+    std::vector<float> v(static_cast<size_t>(batch) * seq * kEmbed);
+    for (float& x : v) x = dist(rng);
+    AttendRequest req;
+    req.set_model_name("small");
+    req.set_request_id("r1");
+    auto* q = req.mutable_query();
+    q->set_dtype(attention::v1::FLOAT32);
+    q->add_shape(batch);
+    q->add_shape(seq);
+    q->add_shape(kEmbed);
+    q->set_raw_data(v.data(), v.size() * sizeof(float));
+    if (values != nullptr) *values = v;
+    return req;
+  }
+
+  double Counter(const std::string& model, const std::string& code) {
+    for (const auto& family : server_->metrics().registry()->Collect()) {
+      if (family.name != "attn_requests_total") continue;
+      for (const auto& metric : family.metric) {
+        std::string m, c;
+        for (const auto& label : metric.label) {
+          if (label.name == "model") m = label.value;
+          if (label.name == "code") c = label.value;
+        }
+        if (m == model && c == code) return metric.counter.value;
+      }
+    }
+    return 0;
+  }
+
+  std::unique_ptr<AttentionServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
+};
+
+std::vector<float> RawFloats(const attention::v1::Tensor& t) {
+  std::vector<float> v(t.raw_data().size() / sizeof(float));
+  std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(float));
+  return v;
+}
+
+TEST_F(AttentionServiceTest, AttendMatchesReferenceWithRaggedLengths) {
+  std::vector<float> padded;
+  AttendRequest req = MakeRequest(2, 5, &padded);
+  req.add_query_lengths(5);
+  req.add_query_lengths(3);
+  req.set_causal(true);
+  req.set_return_attention_probs(true);
+  AttendResponse resp;
+  ASSERT_TRUE(Attend(req, &resp).ok());
+  EXPECT_EQ(resp.request_id(), "r1");
+  EXPECT_EQ(resp.model_name(), "small");
+  ASSERT_EQ(resp.output().shape_size(), 3);
+  EXPECT_EQ(resp.output().shape(0), 2);
+  EXPECT_EQ(resp.output().shape(1), 5);
+  EXPECT_EQ(resp.output().shape(2), kEmbed);
+  EXPECT_EQ(resp.output().dtype(), attention::v1::FLOAT32);
+  EXPECT_EQ(resp.timing().batch_size(), 1);
+  EXPECT_EQ(resp.timing().batch_tokens(), 8);
+  EXPECT_GE(resp.timing().compute_us(), 0);
+
+  // Reference on the packed sequences.
+  const core::AttentionConfig c = SmallConfig();
+  const core::AttentionWeights w = core::RandomAttentionWeights(c, kSeed);
+  std::vector<float> packed(padded.begin(), padded.begin() + 5 * kEmbed);
+  packed.insert(packed.end(), padded.begin() + 5 * kEmbed, padded.begin() + 8 * kEmbed);
+  core::AttentionBatch b;
+  b.query = packed;
+  b.q_offsets = {0, 5, 8};
+  b.causal = true;
+  b.need_probs = true;
+  core::AttentionResult want;
+  ASSERT_TRUE(core::ReferenceAttention(c, w, b, &want).ok());
+  const std::vector<float> got = RawFloats(resp.output());
+  for (int row = 0; row < 10; ++row) {
+    const int seq = row / 5, i = row % 5;
+    for (int d = 0; d < kEmbed; ++d) {
+      const float g = got[row * kEmbed + d];
+      if (seq == 1 && i >= 3) {
+        EXPECT_EQ(g, 0.0f) << "padding row " << row;
+      } else {
+        EXPECT_NEAR(g, want.output[(b.q_offsets[seq] + i) * kEmbed + d], 2e-4f) << row;
+      }
+    }
+  }
+  // Probabilities [2, heads, 5, 5]; sequence 1 head 0 row 2 sees keys 0..2.
+  ASSERT_EQ(resp.attention_probs().shape_size(), 4);
+  EXPECT_EQ(resp.attention_probs().shape(1), kHeads);
+  const std::vector<float> probs = RawFloats(resp.attention_probs());
+  ASSERT_EQ(probs.size(), 2u * kHeads * 5 * 5);
+  float sum = 0;
+  for (int j = 0; j < 5; ++j) sum += probs[((1 * kHeads + 0) * 5 + 2) * 5 + j];
+  EXPECT_NEAR(sum, 1.0f, 1e-5f);
+  EXPECT_EQ(probs[((1 * kHeads + 0) * 5 + 2) * 5 + 3], 0.0f);
+  EXPECT_EQ(Counter("small", "OK"), 1);
+}
+
+TEST_F(AttentionServiceTest, AttendAcceptsPackedFloatsAndRank2AndBfloat16) {
+  std::vector<float> v;
+  AttendRequest req = MakeRequest(1, 4, &v);
+  auto* q = req.mutable_query();
+  q->clear_raw_data();
+  q->clear_shape();
+  q->add_shape(4);
+  q->add_shape(kEmbed);
+  for (float x : v) q->add_float_data(x);
+  AttendResponse packed;
+  ASSERT_TRUE(Attend(req, &packed).ok());
+  ASSERT_EQ(packed.output().shape_size(), 2);
+  ASSERT_EQ(packed.output().float_data_size(), 4 * kEmbed);
+
+  AttendRequest bf = MakeRequest(1, 4);
+  auto* bq = bf.mutable_query();
+  bq->set_dtype(attention::v1::BFLOAT16);
+  std::string raw(v.size() * 2, '\0');
+  core::EncodeFromFloat(core::DType::kBF16, v, reinterpret_cast<uint8_t*>(raw.data()));
+  bq->set_raw_data(raw);
+  AttendResponse bresp;
+  ASSERT_TRUE(Attend(bf, &bresp).ok());
+  EXPECT_EQ(bresp.output().dtype(), attention::v1::BFLOAT16);
+  ASSERT_EQ(bresp.output().raw_data().size(), 4u * kEmbed * 2);
+  std::vector<float> decoded(4 * kEmbed);
+  core::DecodeToFloat(core::DType::kBF16,
+                      reinterpret_cast<const uint8_t*>(bresp.output().raw_data().data()),
+                      decoded.size(), decoded.data());
+  for (int i = 0; i < 4 * kEmbed; ++i) {
+    EXPECT_NEAR(decoded[i], packed.output().float_data(i), 5e-2f) << i;
+  }
+}
+
+TEST_F(AttentionServiceTest, UnknownModelIsNotFoundAndListsModels) {
+  AttendRequest req = MakeRequest(1, 2);
+  req.set_model_name("nope");
+  AttendResponse resp;
+  grpc::Status s = Attend(req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "no model 'nope'")) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "small")) << s.error_message();
+  EXPECT_EQ(Counter("", "NOT_FOUND"), 1);
+
+  grpc::ClientContext ctx;
+  attention::v1::GetModelRequest get;
+  get.set_name("nope");
+  attention::v1::ModelInfo info;
+  EXPECT_EQ(stub_->GetModel(&ctx, get, &info).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+struct BadCase {
+  std::string name;
+  std::function<void(AttendRequest*)> mutate;
+  std::string expected_message;
+};
+
+class AttendValidationTest : public AttentionServiceTest,
+                             public ::testing::WithParamInterface<BadCase> {};
+
+TEST_P(AttendValidationTest, MalformedRequestIsInvalidArgumentNamingTheField) {
+  AttendRequest req = MakeRequest(2, 3);
+  GetParam().mutate(&req);
+  AttendResponse resp;
+  grpc::Status s = Attend(req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), GetParam().expected_message))
+      << "got: " << s.error_message();
+  EXPECT_EQ(Counter("small", "INVALID_ARGUMENT"), 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, AttendValidationTest,
+    ::testing::Values(
+        BadCase{"NoQuery", [](AttendRequest* r) { r->clear_query(); }, "query: required"},
+        BadCase{"Rank4",
+                [](AttendRequest* r) { r->mutable_query()->add_shape(1); },
+                "query.shape: expected [batch, seq, 64] or [seq, 64]"},
+        BadCase{"WrongEmbed",
+                [](AttendRequest* r) { r->mutable_query()->set_shape(2, 32); },
+                "query.shape[2]: expected 64 (embed_dim), got 32"},
+        BadCase{"ByteLength",
+                [](AttendRequest* r) { r->mutable_query()->mutable_raw_data()->pop_back(); },
+                "query.raw_data: expected 1536 bytes"},
+        BadCase{"BothPayloads",
+                [](AttendRequest* r) { r->mutable_query()->add_float_data(1.0f); },
+                "query: expected exactly one of raw_data or float_data, got both"},
+        BadCase{"NoPayload",
+                [](AttendRequest* r) { r->mutable_query()->clear_raw_data(); },
+                "got neither"},
+        BadCase{"BadDtype",
+                [](AttendRequest* r) { r->mutable_query()->set_dtype(attention::v1::FLOAT16); },
+                "query.dtype: expected FLOAT32 or BFLOAT16, got FLOAT16"},
+        BadCase{"ZeroDim",
+                [](AttendRequest* r) { r->mutable_query()->set_shape(1, 0); },
+                "query.shape[1]: expected a positive size"},
+        BadCase{"TooLong",
+                [](AttendRequest* r) { r->mutable_query()->set_shape(1, 33); },
+                "query.shape[1]: expected at most 32 (the model's max_seq_len)"},
+        BadCase{"LengthsCount",
+                [](AttendRequest* r) { r->add_query_lengths(1); },
+                "query_lengths: expected 2 entries"},
+        BadCase{"LengthOutOfRange",
+                [](AttendRequest* r) {
+                  r->add_query_lengths(1);
+                  r->add_query_lengths(4);
+                },
+                "query_lengths[1]: expected 0..3"},
+        BadCase{"KeyWithoutValue",
+                [](AttendRequest* r) { *r->mutable_key() = r->query(); },
+                "value: required when key is set"},
+        BadCase{"KeyBatchMismatch",
+                [](AttendRequest* r) {
+                  *r->mutable_key() = r->query();
+                  r->mutable_key()->set_shape(0, 1);
+                  r->mutable_key()->mutable_raw_data()->resize(3 * 64 * 4);
+                  *r->mutable_value() = r->key();
+                },
+                "key.shape[0]: expected 2 (query batch), got 1"},
+        BadCase{"SelfKeyLengthsDiffer",
+                [](AttendRequest* r) {
+                  r->add_key_lengths(1);
+                  r->add_key_lengths(2);
+                },
+                "key_lengths: expected empty or equal to query_lengths"}),
+    [](const ::testing::TestParamInfo<BadCase>& info) { return info.param.name; });
+
+TEST_F(AttentionServiceTest, ListAndGetModelDescribeTheLayer) {
+  grpc::ClientContext ctx;
+  attention::v1::ListModelsResponse list;
+  ASSERT_TRUE(stub_->ListModels(&ctx, {}, &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).name(), "small");
+
+  grpc::ClientContext ctx2;
+  attention::v1::GetModelRequest get;
+  get.set_name("small");
+  attention::v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModel(&ctx2, get, &info).ok());
+  EXPECT_EQ(info.embed_dim(), kEmbed);
+  EXPECT_EQ(info.num_heads(), kHeads);
+  EXPECT_EQ(info.num_kv_heads(), kHeads);
+  EXPECT_EQ(info.kdim(), kEmbed);
+  EXPECT_EQ(info.vdim(), kEmbed);
+  EXPECT_EQ(info.head_dim(), kEmbed / kHeads);
+  EXPECT_EQ(info.dtype(), attention::v1::FLOAT32);
+  EXPECT_TRUE(info.bias());
+  EXPECT_EQ(info.max_seq_len(), 32);
+}
+
+TEST_F(AttentionServiceTest, HealthReportsServingThenNotServingAfterShutdown) {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  server_->Shutdown();
+  grpc::ClientContext ctx2;
+  ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  EXPECT_FALSE(health->Check(&ctx2, req, &resp).ok());
+}
+
+TEST_F(AttentionServiceTest, ConcurrentRequestsAllGetTheirOwnAnswer) {
+  constexpr int kClients = 8;
+  std::vector<std::thread> threads;
+  std::vector<grpc::Status> statuses(kClients);
+  std::vector<AttendResponse> responses(kClients);
+  std::vector<AttendRequest> requests;
+  for (int i = 0; i < kClients; ++i) {
+    requests.push_back(MakeRequest(1, 1 + i));
+    requests.back().set_request_id("id" + std::to_string(i));
+  }
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] { statuses[i] = Attend(requests[i], &responses[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].request_id(), "id" + std::to_string(i));
+    EXPECT_EQ(responses[i].output().shape(1), 1 + i);
+    AttendResponse alone;
+    ASSERT_TRUE(Attend(requests[i], &alone).ok());
+    EXPECT_EQ(alone.output().raw_data(), responses[i].output().raw_data());
+  }
+}
+
+}  // namespace
+}  // namespace attn::server

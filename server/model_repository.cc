@@ -1,0 +1,168 @@
+#include "server/model_repository.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "attention/v1/model_config.pb.h"
+#include "core/safetensors.h"
+#include "core/status_macros.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
+
+namespace attn::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CollectErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    absl::StrAppend(&errors_, errors_.empty() ? "" : "; ", "line ", line + 1, ":", column + 1,
+                    ": ", message);
+  }
+  const std::string& errors() const { return errors_; }
+
+ private:
+  std::string errors_;
+};
+
+absl::StatusOr<attention::v1::ModelConfig> ReadConfig(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  attention::v1::ModelConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  CollectErrors errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text.str(), &config)) {
+    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": ", errors.errors()));
+  }
+  return config;
+}
+
+absl::StatusOr<Model> LoadModel(const fs::path& dir, int num_threads) {
+  const fs::path config_path = dir / "config.pbtxt";
+  ATTN_ASSIGN_OR_RETURN(attention::v1::ModelConfig pb, ReadConfig(config_path));
+  const std::string dir_name = dir.filename().string();
+  auto bad = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(config_path.string(), ": ", parts...));
+  };
+  if (!pb.name().empty() && pb.name() != dir_name) {
+    return bad("name: expected '", dir_name, "' (the directory name) or unset, got '", pb.name(),
+               "'");
+  }
+  Model model;
+  model.name = dir_name;
+  core::AttentionConfig& c = model.config;
+  c.embed_dim = pb.embed_dim();
+  c.num_heads = pb.num_heads();
+  c.num_kv_heads = pb.num_kv_heads();
+  c.kdim = pb.kdim();
+  c.vdim = pb.vdim();
+  c.bias = pb.has_bias() ? pb.bias() : true;
+  switch (pb.dtype()) {
+    case attention::v1::DATA_TYPE_UNSPECIFIED:
+    case attention::v1::FLOAT32:
+      c.dtype = core::DType::kF32;
+      break;
+    default:
+      return bad("dtype: expected FLOAT32 (the only compute dtype so far), got ",
+                 attention::v1::DataType_Name(pb.dtype()));
+  }
+  if (absl::Status s = core::ValidateAttentionConfig(c); !s.ok()) return bad(s.message());
+  if (pb.max_seq_len() < 0) return bad("max_seq_len: expected a positive integer, got ", pb.max_seq_len());
+  model.max_seq_len = pb.max_seq_len() > 0 ? pb.max_seq_len() : ModelRepository::kDefaultMaxSeqLen;
+
+  const fs::path weights_path =
+      dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
+  ATTN_ASSIGN_OR_RETURN(auto file, core::SafetensorsFile::Open(weights_path.string()));
+  core::WeightLoadOptions load;
+  load.prefix = pb.weight_prefix();
+  switch (pb.weight_names()) {
+    case attention::v1::TORCH_MHA: load.naming = core::WeightNaming::kTorchMha; break;
+    case attention::v1::QKVO_PROJ: load.naming = core::WeightNaming::kQkvo; break;
+    default: load.naming = core::WeightNaming::kAuto; break;
+  }
+  ATTN_ASSIGN_OR_RETURN(core::AttentionWeights weights, core::LoadAttentionWeights(*file, c, load));
+  core::MultiHeadAttention::Options mha_options;
+  mha_options.num_threads = num_threads;
+  ATTN_ASSIGN_OR_RETURN(model.mha, core::MultiHeadAttention::Create(c, weights, mha_options));
+  return model;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Options& options) {
+  std::vector<Model> models;
+  if (options.directory.empty()) {
+    Model model;
+    model.name = kDefaultModelName;
+    model.config.embed_dim = kDefaultEmbedDim;
+    model.config.num_heads = kDefaultNumHeads;
+    model.max_seq_len = kDefaultMaxSeqLen;
+    core::MultiHeadAttention::Options mha_options;
+    mha_options.num_threads = options.num_threads;
+    ATTN_ASSIGN_OR_RETURN(
+        model.mha, core::MultiHeadAttention::Create(
+                       model.config, core::RandomAttentionWeights(model.config, kDefaultSeed),
+                       mha_options));
+    models.push_back(std::move(model));
+    return FromModels(std::move(models));
+  }
+  std::error_code ec;
+  const fs::path root(options.directory);
+  if (!fs::is_directory(root, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("--model_repository: '", options.directory, "' is not a directory"));
+  }
+  std::vector<fs::path> dirs;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    if (entry.is_directory() && fs::exists(entry.path() / "config.pbtxt")) {
+      dirs.push_back(entry.path());
+    }
+  }
+  if (ec) return absl::FailedPreconditionError(absl::StrCat(options.directory, ": ", ec.message()));
+  if (dirs.empty()) {
+    return absl::NotFoundError(absl::StrCat("--model_repository: no '<name>/config.pbtxt' under '",
+                                            options.directory, "'"));
+  }
+  std::sort(dirs.begin(), dirs.end());
+  for (const auto& dir : dirs) {
+    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options.num_threads));
+    models.push_back(std::move(model));
+  }
+  return FromModels(std::move(models));
+}
+
+std::unique_ptr<ModelRepository> ModelRepository::FromModels(std::vector<Model> models) {
+  std::unique_ptr<ModelRepository> repo(new ModelRepository());
+  for (auto& m : models) {
+    std::string name = m.name;
+    repo->models_.emplace(std::move(name), std::move(m));
+  }
+  return repo;
+}
+
+const Model* ModelRepository::Find(absl::string_view name) const {
+  auto it = models_.find(name);
+  return it == models_.end() ? nullptr : &it->second;
+}
+
+std::vector<const Model*> ModelRepository::models() const {
+  std::vector<const Model*> out;
+  for (const auto& [name, model] : models_) out.push_back(&model);
+  return out;
+}
+
+std::string ModelRepository::NameList() const {
+  std::vector<std::string> names;
+  for (const auto& [name, model] : models_) names.push_back(name);
+  return absl::StrJoin(names, ", ");
+}
+
+}  // namespace attn::server

@@ -1,0 +1,66 @@
+// The models a server serves: loaded from a model repository directory or
+// the built-in demo model.
+//
+// Repository layout: DIR/<model_name>/config.pbtxt (attention.v1.ModelConfig
+// in text format) and the safetensors weights file it names. Load() reads and
+// validates every model before returning; any bad config or weights file
+// fails the whole load with a message naming the file and the problem, so a
+// server never half-starts.
+#ifndef ATTN_SERVER_MODEL_REPOSITORY_H_
+#define ATTN_SERVER_MODEL_REPOSITORY_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/multi_head_attention.h"
+
+namespace attn::server {
+
+struct Model {
+  std::string name;
+  core::AttentionConfig config;
+  // Longest query or key sequence one request may carry.
+  int max_seq_len = 0;
+  std::unique_ptr<core::MultiHeadAttention> mha;
+};
+
+// Thread-safe after Load() (read-only).
+class ModelRepository {
+ public:
+  struct Options {
+    // Repository directory; empty serves the built-in model.
+    std::string directory;
+    // OpenMP threads for each model's compute (0: OpenMP's default).
+    int num_threads = 0;
+  };
+
+  // The built-in model: "default", embed_dim 512, 8 heads, bias, weights
+  // from a fixed seed.
+  static constexpr char kDefaultModelName[] = "default";
+  static constexpr int kDefaultEmbedDim = 512;
+  static constexpr int kDefaultNumHeads = 8;
+  static constexpr uint64_t kDefaultSeed = 20261126;
+  static constexpr int kDefaultMaxSeqLen = 4096;
+
+  static absl::StatusOr<std::unique_ptr<ModelRepository>> Load(const Options& options);
+  // A repository holding the given models (tests, embedding).
+  static std::unique_ptr<ModelRepository> FromModels(std::vector<Model> models);
+
+  // nullptr when unknown.
+  const Model* Find(absl::string_view name) const;
+  // Models sorted by name.
+  std::vector<const Model*> models() const;
+  // "a, b, c": for NOT_FOUND messages.
+  std::string NameList() const;
+
+ private:
+  ModelRepository() = default;
+  std::map<std::string, Model, std::less<>> models_;
+};
+
+}  // namespace attn::server
+
+#endif  // ATTN_SERVER_MODEL_REPOSITORY_H_

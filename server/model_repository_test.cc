@@ -1,0 +1,143 @@
+#include "server/model_repository.h"
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "core/safetensors.h"
+#include "gtest/gtest.h"
+
+namespace attn::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ModelRepositoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::path(::testing::TempDir()) /
+            ("repo_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  void WriteFile(const fs::path& path, const std::string& text) {
+    fs::create_directories(path.parent_path());
+    std::ofstream(path) << text;
+  }
+
+  // A q/k/v/o model with GQA under a prefix.
+  void WriteQkvoModel(const std::string& name, const std::string& extra_config = "") {
+    core::AttentionConfig c;
+    c.embed_dim = 32;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    const core::AttentionWeights w = core::RandomAttentionWeights(c, 5);
+    using core::TensorToWrite;
+    std::vector<TensorToWrite> t = {
+        TensorToWrite::FromFloats("l0.q_proj.weight", {32, 32}, w.q_weight),
+        TensorToWrite::FromFloats("l0.k_proj.weight", {16, 32}, w.k_weight, core::StDType::kBF16),
+        TensorToWrite::FromFloats("l0.v_proj.weight", {16, 32}, w.v_weight, core::StDType::kF16),
+        TensorToWrite::FromFloats("l0.o_proj.weight", {32, 32}, w.o_weight),
+        TensorToWrite::FromFloats("l0.q_proj.bias", {32}, w.q_bias),
+        TensorToWrite::FromFloats("l0.k_proj.bias", {16}, w.k_bias),
+        TensorToWrite::FromFloats("l0.v_proj.bias", {16}, w.v_bias),
+        TensorToWrite::FromFloats("l0.o_proj.bias", {32}, w.o_bias),
+    };
+    fs::create_directories(root_ / name);
+    ASSERT_TRUE(core::WriteSafetensors((root_ / name / "weights.safetensors").string(), t).ok());
+    WriteFile(root_ / name / "config.pbtxt",
+              "embed_dim: 32\nnum_heads: 4\nnum_kv_heads: 2\nweights_file: \"weights.safetensors\"\n"
+              "weight_names: QKVO_PROJ\nweight_prefix: \"l0.\"\nmax_seq_len: 128\n" +
+                  extra_config);
+  }
+
+  absl::StatusOr<std::unique_ptr<ModelRepository>> Load() {
+    ModelRepository::Options options;
+    options.directory = root_.string();
+    return ModelRepository::Load(options);
+  }
+
+  fs::path root_;
+};
+
+TEST(ModelRepositoryBuiltinTest, EmptyDirectoryServesDefaultModel) {
+  auto repo = ModelRepository::Load({});
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  const Model* m = (*repo)->Find("default");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->config.embed_dim, 512);
+  EXPECT_EQ(m->config.num_heads, 8);
+  EXPECT_EQ((*repo)->NameList(), "default");
+}
+
+TEST_F(ModelRepositoryTest, LoadsEveryModelWithPrefixAndMixedDtypes) {
+  WriteQkvoModel("b_model");
+  WriteFile(root_ / "golden_mha" / "config.pbtxt",
+            "embed_dim: 64\nnum_heads: 4\nweights_file: \"" ATTN_TEST_DATA_DIR
+            "/golden/self_basic.safetensors\"\n");
+  WriteFile(root_ / "not_a_model" / "README", "ignored: no config.pbtxt");
+  auto repo = Load();
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  EXPECT_EQ((*repo)->NameList(), "b_model, golden_mha");
+  const Model* m = (*repo)->Find("b_model");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->config.kv_heads(), 2);
+  EXPECT_EQ(m->max_seq_len, 128);
+  EXPECT_EQ((*repo)->Find("golden_mha")->max_seq_len, ModelRepository::kDefaultMaxSeqLen);
+  EXPECT_EQ((*repo)->Find("missing"), nullptr);
+}
+
+TEST_F(ModelRepositoryTest, BadConfigFailsTheWholeLoadNamingTheFile) {
+  WriteQkvoModel("good");
+  WriteFile(root_ / "bad" / "config.pbtxt", "embed_dim: 30\nnum_heads: 4\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "bad/config.pbtxt")) << repo.status();
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "num_heads")) << repo.status();
+}
+
+TEST_F(ModelRepositoryTest, TextFormatErrorHasLineNumber) {
+  WriteFile(root_ / "m" / "config.pbtxt", "embed_dim: 32\nnum_hedas: 4\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "line 2")) << repo.status();
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "num_hedas")) << repo.status();
+}
+
+TEST_F(ModelRepositoryTest, NameMustMatchDirectory) {
+  WriteQkvoModel("m", "name: \"other\"\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "name: expected 'm'")) << repo.status();
+}
+
+TEST_F(ModelRepositoryTest, MissingWeightsFileIsNamed) {
+  WriteFile(root_ / "m" / "config.pbtxt", "embed_dim: 32\nnum_heads: 4\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "m/model.safetensors")) << repo.status();
+}
+
+TEST_F(ModelRepositoryTest, WeightsThatDisagreeWithConfigAreRejected) {
+  WriteQkvoModel("m", "bias: false\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "bias is false in the config"))
+      << repo.status();
+}
+
+TEST_F(ModelRepositoryTest, EmptyRepositoryIsAnError) {
+  auto repo = Load();
+  EXPECT_EQ(repo.status().code(), absl::StatusCode::kNotFound);
+  ModelRepository::Options options;
+  options.directory = (root_ / "does_not_exist").string();
+  EXPECT_EQ(ModelRepository::Load(options).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace attn::server

@@ -1,0 +1,46 @@
+#include "server/work_queue.h"
+
+#include <atomic>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+
+namespace attn::server {
+namespace {
+
+TEST(WorkQueueTest, RunsTasksInSubmissionOrder) {
+  std::vector<int> order;
+  Mutex mu;
+  {
+    WorkQueue queue;
+    for (int i = 0; i < 100; ++i) {
+      ASSERT_TRUE(queue.Submit([&, i] {
+        MutexLock lock(&mu);
+        order.push_back(i);
+      }));
+    }
+  }  // destructor drains
+  ASSERT_EQ(order.size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+}
+
+TEST(WorkQueueTest, DestructorRunsEveryQueuedTaskBeforeJoining) {
+  std::atomic<int> ran{0};
+  {
+    WorkQueue queue;
+    // Hold the worker on the first task so the rest stay queued.
+    Mutex gate;
+    gate.Lock();
+    ASSERT_TRUE(queue.Submit([&] {
+      MutexLock lock(&gate);
+      ran.fetch_add(1);
+    }));
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(queue.Submit([&] { ran.fetch_add(1); }));
+    gate.Unlock();
+  }
+  EXPECT_EQ(ran.load(), 11);
+}
+
+}  // namespace
+}  // namespace attn::server

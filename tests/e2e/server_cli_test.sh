@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# End to end: the built attention-server on free ports, driven by the built
+# attention-cli, with /metrics scraped over HTTP.
+# Usage: server_cli_test.sh BIN_DIR
+set -euo pipefail
+BIN=$(cd "$1" && pwd)
+source "$(dirname "$0")/lib.sh"
+work=$(mktemp -d)
+trap 'stop_server >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+expect_in() {  # expect_in FILE PATTERN WHAT
+  grep -qE -- "$2" "$1" || { echo "--- $1:" >&2; cat "$1" >&2; fail "$3"; }
+}
+
+start_server "$work/server.log"
+echo "server at $GRPC_TARGET, metrics at $METRICS_URL"
+cli() { "$BIN/attention-cli" "$1" --target="$GRPC_TARGET" "${@:2}"; }
+
+cli health >"$work/health.out" || fail "health: exit $?"
+expect_in "$work/health.out" "SERVING" "health prints SERVING"
+
+cli models >"$work/models.out" || fail "models: exit $?"
+expect_in "$work/models.out" "default" "models lists the built-in model"
+
+cli info default >"$work/info.out" || fail "info: exit $?"
+expect_in "$work/info.out" "embed_dim:? *512" "info shows embed_dim 512"
+expect_in "$work/info.out" "num_heads:? *8" "info shows 8 heads"
+
+cli attend --model=default --batch=2 --seq_len=8 --probs >"$work/attend.out" || fail "attend: exit $?"
+expect_in "$work/attend.out" "output shape: \[2, 8, 512\]" "attend prints the output shape"
+expect_in "$work/attend.out" "queue_us=[0-9]+ compute_us=[0-9]+ batch_size=1" "attend prints timings"
+
+rc=0
+cli attend --model=no_such_model >"$work/nf.out" 2>"$work/nf.err" || rc=$?
+[ "$rc" -eq 2 ] || fail "attend on an unknown model: expected exit 2, got $rc"
+expect_in "$work/nf.err" "NOT_FOUND" "unknown model reports NOT_FOUND"
+
+rc=0
+cli attend --model=default --lengths=9 --batch=1 --seq_len=4 >"$work/bad.out" 2>"$work/bad.err" || rc=$?
+[ "$rc" -eq 2 ] || fail "attend with a bad length: expected exit 2, got $rc"
+expect_in "$work/bad.err" "INVALID_ARGUMENT.*query_lengths" "bad length names the field"
+
+curl -sf "$METRICS_URL" >"$work/metrics.txt" || fail "cannot scrape $METRICS_URL"
+expect_in "$work/metrics.txt" '^attn_requests_total\{code="OK",model="default"\} 1$' "one OK request counted"
+expect_in "$work/metrics.txt" '^attn_requests_total\{code="INVALID_ARGUMENT",model="default"\} 1$' "one INVALID_ARGUMENT counted"
+expect_in "$work/metrics.txt" '^attn_build_info\{.*onednn_version="2\.' "build info exported"
+
+stop_server || fail "server did not exit 0 on SIGTERM"
+expect_in "$work/server.log" "stopped" "server logs its stop"
+echo "e2e: all checks passed"
