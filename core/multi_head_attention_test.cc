@@ -26,6 +26,8 @@ struct Case {
   bool causal = false;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 // Inputs of one case, kept alive for the batch's spans.
 struct Inputs {
   std::vector<float> query, key, value;

@@ -50,7 +50,11 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     return absl::UnavailableError(
         absl::StrCat("--listen=", options.listen, ": cannot listen (address in use or invalid?)"));
   }
-  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  // Health: "" (the whole server), the service name, and one name per model.
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
+  for (const Model* model : s->repository_->models()) health->SetServingStatus(model->name, true);
   return s;
 }
 

@@ -216,6 +216,8 @@ struct BadCase {
   std::string expected_message;
 };
 
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
 class AttendValidationTest : public AttentionServiceTest,
                              public ::testing::WithParamInterface<BadCase> {};
 
@@ -316,6 +318,16 @@ TEST_F(AttentionServiceTest, HealthReportsServingThenNotServingAfterShutdown) {
   grpc::health::v1::HealthCheckResponse resp;
   ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
   EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  for (const char* service : {"small", "attention.v1.AttentionService"}) {
+    grpc::ClientContext c;
+    req.set_service(service);
+    ASSERT_TRUE(health->Check(&c, req, &resp).ok()) << service;
+    EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  grpc::ClientContext unknown;
+  req.set_service("nope");
+  EXPECT_EQ(health->Check(&unknown, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  req.set_service("");
   server_->Shutdown();
   grpc::ClientContext ctx2;
   ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));

@@ -1,9 +1,9 @@
 #include "server/work_queue.h"
 
 #include <atomic>
+#include <future>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 
 namespace attn::server {
@@ -30,14 +30,17 @@ TEST(WorkQueueTest, DestructorRunsEveryQueuedTaskBeforeJoining) {
   {
     WorkQueue queue;
     // Hold the worker on the first task so the rest stay queued.
-    Mutex gate;
-    gate.Lock();
-    ASSERT_TRUE(queue.Submit([&] {
-      MutexLock lock(&gate);
+    std::promise<void> gate, started;
+    std::shared_future<void> opened = gate.get_future().share();
+    ASSERT_TRUE(queue.Submit([&ran, &started, opened] {
+      started.set_value();
+      opened.wait();
       ran.fetch_add(1);
     }));
-    for (int i = 0; i < 10; ++i) ASSERT_TRUE(queue.Submit([&] { ran.fetch_add(1); }));
-    gate.Unlock();
+    started.get_future().wait();
+    for (int i = 0; i < 10; ++i) EXPECT_TRUE(queue.Submit([&] { ran.fetch_add(1); }));
+    EXPECT_EQ(queue.pending(), 10u);
+    gate.set_value();
   }
   EXPECT_EQ(ran.load(), 11);
 }

@@ -20,6 +20,12 @@ cli() { "$BIN/attention-cli" "$1" --target="$GRPC_TARGET" "${@:2}"; }
 cli health >"$work/health.out" || fail "health: exit $?"
 expect_in "$work/health.out" "SERVING" "health prints SERVING"
 
+cli health --service=default >"$work/health_model.out" || fail "health of model default: exit $?"
+expect_in "$work/health_model.out" "^SERVING" "per-model health is SERVING"
+rc=0
+cli health --service=no_such_model >"$work/health_unknown.out" || rc=$?
+[ "$rc" -eq 1 ] || fail "health of an unknown service: expected exit 1, got $rc"
+
 cli models >"$work/models.out" || fail "models: exit $?"
 expect_in "$work/models.out" "default" "models lists the built-in model"
 
