@@ -1,6 +1,7 @@
 #include "server/attention_server.h"
 
 #include <exception>
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -35,6 +36,16 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     s->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
   s->queue_ = std::make_unique<WorkQueue>();
+  // Warm every model up on the worker thread before reporting SERVING.
+  std::promise<absl::Status> warmed;
+  s->queue_->Submit([&warmed, repo = s->repository_.get()] {
+    absl::Status status;
+    for (const Model* model : repo->models()) {
+      status.Update(WarmUp(*model));
+    }
+    warmed.set_value(status);
+  });
+  if (absl::Status status = warmed.get_future().get(); !status.ok()) return status;
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), s->metrics_.get(),
                                                    s->queue_.get());
 
