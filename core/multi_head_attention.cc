@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -101,8 +102,11 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
       new MultiHeadAttention(config, options, std::move(impl)));
 }
 
-absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch,
-                                         AttentionResult* result) const {
+absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionResult* result,
+                                         ForwardTimings* timings) const {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  auto t1 = t0, t2 = t0;
   ATTN_RETURN_IF_ERROR(ValidateAttentionBatch(config_, batch));
   if (!batch.cross_attention && (config_.key_dim() != config_.embed_dim ||
                                  config_.value_dim() != config_.embed_dim)) {
@@ -146,6 +150,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch,
     impl_->q.Run(impl_->engine, strm, batch.query.data(), nq, q.data());
     impl_->k.Run(impl_->engine, strm, kin, nk, k.data());
     impl_->v.Run(impl_->engine, strm, vin, nk, v.data());
+    t1 = Clock::now();
 
     // Attention per (sequence, head); a first, simple kernel: scores for one
     // query row, a max-subtracted softmax, then the weighted sum of values.
@@ -194,9 +199,15 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch,
         }
       }
     }
+    t2 = Clock::now();
     impl_->o.Run(impl_->engine, strm, attn.data(), nq, result->output.data());
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
+  }
+  if (timings != nullptr) {
+    const auto t3 = Clock::now();
+    timings->attention_seconds = std::chrono::duration<double>(t2 - t1).count();
+    timings->projections_seconds = std::chrono::duration<double>((t1 - t0) + (t3 - t2)).count();
   }
   return absl::OkStatus();
 }

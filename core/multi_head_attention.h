@@ -22,6 +22,12 @@
 
 namespace attn::core {
 
+// Where one Forward() spent its time (wall clock).
+struct ForwardTimings {
+  double projections_seconds = 0;  // input and output projections
+  double attention_seconds = 0;    // scores, softmax, weighted sum
+};
+
 class MultiHeadAttention {
  public:
   struct Options {
@@ -41,7 +47,9 @@ class MultiHeadAttention {
   // when the batch does not fit the config. Thread-safe: concurrent calls
   // share only immutable state, but each uses the OpenMP team of its thread,
   // so callers should serialize to avoid oversubscribing cores.
-  absl::Status Forward(const AttentionBatch& batch, AttentionResult* result) const;
+  // When `timings` is given, fills it.
+  absl::Status Forward(const AttentionBatch& batch, AttentionResult* result,
+                       ForwardTimings* timings = nullptr) const;
 
   const AttentionConfig& config() const { return config_; }
 
