@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/attention_kernels.h"
 #include "core/status_macros.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -19,54 +19,101 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 using Dt = memory::data_type;
 
-// One projection y = x Wᵀ + b as a oneDNN matmul whose row count is given at
-// run time, so one primitive serves every batch size.
-struct Projection {
-  int in = 0;
-  int out = 0;
-  bool bias = false;
-  dnnl::matmul prim;
-  memory weights;  // [in, out] view of PyTorch's [out, in] (format ba)
-  memory bias_mem;
-  std::vector<float> weight_data;
-  std::vector<float> bias_data;
+// Row counts with a ready-made matmul primitive. A batch of M rows runs as a
+// few of these chunks (largest first), so every primitive is created in
+// Create() and no request ever creates one.
+constexpr int64_t kChunkRows[] = {512, 256, 128, 64, 32, 16, 8, 4, 2, 1};
 
-  void Init(const dnnl::engine& eng, int in_features, int out_features,
-            const std::vector<float>& w, const std::vector<float>& b) {
-    in = in_features;
-    out = out_features;
-    bias = !b.empty();
-    weight_data = w;
-    bias_data = b;
-    const memory::desc src_md({DNNL_RUNTIME_DIM_VAL, in}, Dt::f32, Tag::ab);
-    const memory::desc w_md({in, out}, Dt::f32, Tag::ba);
+// y[rows, out] = x[rows, in] Wᵀ + b with oneDNN matmuls on weights packed once
+// in the layout each primitive prefers.
+class Linear {
+ public:
+  void Init(const dnnl::engine& eng, int in, int out, const std::vector<float>& w,
+            const std::vector<float>& b) {
+    in_ = in;
+    out_ = out;
+    dnnl::stream strm(eng);
+    // PyTorch's [out, in] row-major is the [in, out] matrix in format ba.
+    memory plain_w({{in, out}, Dt::f32, Tag::ba}, eng, const_cast<float*>(w.data()));
     const memory::desc b_md({1, out}, Dt::f32, Tag::ab);
-    const memory::desc dst_md({DNNL_RUNTIME_DIM_VAL, out}, Dt::f32, Tag::ab);
-    const auto desc = bias ? dnnl::matmul::desc(src_md, w_md, b_md, dst_md)
-                           : dnnl::matmul::desc(src_md, w_md, dst_md);
-    prim = dnnl::matmul(dnnl::matmul::primitive_desc(desc, eng));
-    weights = memory(w_md, eng, weight_data.data());
-    if (bias) bias_mem = memory(b_md, eng, bias_data.data());
+    if (!b.empty()) {
+      bias_ = memory(b_md, eng);
+      std::copy(b.begin(), b.end(), static_cast<float*>(bias_.get_data_handle()));
+    }
+    for (int64_t m : kChunkRows) {
+      const memory::desc src_md({m, in}, Dt::f32, Tag::ab);
+      const memory::desc w_md({in, out}, Dt::f32, Tag::any);
+      const memory::desc dst_md({m, out}, Dt::f32, Tag::ab);
+      const auto desc = b.empty() ? dnnl::matmul::desc(src_md, w_md, dst_md)
+                                  : dnnl::matmul::desc(src_md, w_md, b_md, dst_md);
+      const dnnl::matmul::primitive_desc pd(desc, eng);
+      Chunk chunk{m, dnnl::matmul(pd), -1, pd.impl_info_str()};
+      for (size_t i = 0; i < weights_.size(); ++i) {
+        if (weights_[i].get_desc() == pd.weights_desc()) chunk.weights = static_cast<int>(i);
+      }
+      if (chunk.weights < 0) {
+        memory packed(pd.weights_desc(), eng);
+        dnnl::reorder(plain_w, packed).execute(strm, plain_w, packed);
+        strm.wait();
+        weights_.push_back(packed);
+        chunk.weights = static_cast<int>(weights_.size()) - 1;
+      }
+      chunks_.push_back(std::move(chunk));
+    }
   }
 
   void Run(const dnnl::engine& eng, dnnl::stream& strm, const float* x, int64_t rows,
            float* y) const {
-    if (rows == 0) return;
-    memory src({{rows, in}, Dt::f32, Tag::ab}, eng, const_cast<float*>(x));
-    memory dst({{rows, out}, Dt::f32, Tag::ab}, eng, y);
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}};
-    if (bias) args[DNNL_ARG_BIAS] = bias_mem;
-    prim.execute(strm, args);
-    strm.wait();
+    int64_t done = 0;
+    while (done < rows) {
+      const Chunk* c = &chunks_.front();
+      for (const Chunk& candidate : chunks_) {
+        c = &candidate;
+        if (candidate.rows <= rows - done) break;
+      }
+      const int64_t n = std::min(c->rows, rows - done);
+      memory src({{c->rows, in_}, Dt::f32, Tag::ab}, eng, const_cast<float*>(x + done * in_));
+      memory dst({{c->rows, out_}, Dt::f32, Tag::ab}, eng, y + done * out_);
+      std::unordered_map<int, memory> args = {
+          {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights_[c->weights]}, {DNNL_ARG_DST, dst}};
+      if (bias_) args[DNNL_ARG_BIAS] = bias_;
+      c->prim.execute(strm, args);
+      done += n;
+    }
   }
+
+  void AppendImplNames(std::vector<std::string>* names) const {
+    for (const Chunk& c : chunks_) names->push_back(c.impl);
+  }
+
+ private:
+  struct Chunk {
+    int64_t rows;
+    dnnl::matmul prim;
+    int weights;  // index into weights_
+    std::string impl;
+  };
+  int in_ = 0;
+  int out_ = 0;
+  std::vector<Chunk> chunks_;  // largest first
+  std::vector<memory> weights_;
+  memory bias_;
 };
+
+// Rounds every value to the nearest bfloat16 (bf16 models compute on bf16
+// values with float32 accumulation).
+void RoundToBF16(std::vector<float>* v) {
+  for (float& x : *v) x = BF16ToFloat(FloatToBF16(x));
+}
 
 }  // namespace
 
 struct MultiHeadAttention::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  Projection q, k, v, o;
+  bool avx512 = false;
+  bool fused_qkv = false;  // self-attention: one matmul for q, k and v
+  Linear qkv;              // [E] -> [E + 2 * kv_proj_dim] (self-attention only)
+  Linear q, k, v, o;       // q/k/v for cross-attention; o always
 };
 
 MultiHeadAttention::MultiHeadAttention(const AttentionConfig& config, const Options& options,
@@ -79,22 +126,41 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
     const AttentionConfig& config, const AttentionWeights& weights, const Options& options) {
   ATTN_RETURN_IF_ERROR(ValidateAttentionConfig(config));
   ATTN_RETURN_IF_ERROR(ValidateAttentionWeights(config, weights));
-  if (config.dtype != DType::kF32) {
-    return absl::UnimplementedError(absl::StrCat("dtype: only float32 compute is implemented, got ",
-                                                 DTypeName(config.dtype)));
-  }
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_threads: expected >= 0, got ", options.num_threads));
   }
+  AttentionWeights w = weights;
+  if (config.dtype != DType::kF32) {
+    for (auto* t : {&w.q_weight, &w.k_weight, &w.v_weight, &w.o_weight, &w.q_bias, &w.k_bias,
+                    &w.v_bias, &w.o_bias}) {
+      RoundToBF16(t);
+    }
+  }
+  // Fold 1/sqrt(head_dim) into the query projection: scores need no scaling.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim()));
+  for (float& x : w.q_weight) x *= scale;
+  for (float& x : w.q_bias) x *= scale;
+
   auto impl = std::make_unique<Impl>();
+  impl->avx512 = kernels::UseAvx512();
   try {
     const int e = config.embed_dim;
     const int kv = config.kv_proj_dim();
-    impl->q.Init(impl->engine, e, e, weights.q_weight, weights.q_bias);
-    impl->k.Init(impl->engine, config.key_dim(), kv, weights.k_weight, weights.k_bias);
-    impl->v.Init(impl->engine, config.value_dim(), kv, weights.v_weight, weights.v_bias);
-    impl->o.Init(impl->engine, e, e, weights.o_weight, weights.o_bias);
+    if (options.num_threads > 0) omp_set_num_threads(options.num_threads);
+    if (config.key_dim() == e && config.value_dim() == e) {
+      impl->fused_qkv = true;
+      std::vector<float> qkv_w = w.q_weight, qkv_b = w.q_bias;
+      qkv_w.insert(qkv_w.end(), w.k_weight.begin(), w.k_weight.end());
+      qkv_w.insert(qkv_w.end(), w.v_weight.begin(), w.v_weight.end());
+      qkv_b.insert(qkv_b.end(), w.k_bias.begin(), w.k_bias.end());
+      qkv_b.insert(qkv_b.end(), w.v_bias.begin(), w.v_bias.end());
+      impl->qkv.Init(impl->engine, e, e + 2 * kv, qkv_w, qkv_b);
+    }
+    impl->q.Init(impl->engine, e, e, w.q_weight, w.q_bias);
+    impl->k.Init(impl->engine, config.key_dim(), kv, w.k_weight, w.k_bias);
+    impl->v.Init(impl->engine, config.value_dim(), kv, w.v_weight, w.v_bias);
+    impl->o.Init(impl->engine, e, e, w.o_weight, w.o_bias);
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
   }
@@ -106,7 +172,6 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
                                          ForwardTimings* timings) const {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  auto t1 = t0, t2 = t0;
   ATTN_RETURN_IF_ERROR(ValidateAttentionBatch(config_, batch));
   if (!batch.cross_attention && (config_.key_dim() != config_.embed_dim ||
                                  config_.value_dim() != config_.embed_dim)) {
@@ -120,18 +185,43 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   const int hd = config_.head_dim();
   const int kvd = config_.kv_proj_dim();
   const int heads = config_.num_heads;
-  const int group = heads / config_.kv_heads();
+  const int kv_heads = config_.kv_heads();
+  const int group = heads / kv_heads;
   const std::vector<int64_t>& qo = batch.q_offsets;
   const std::vector<int64_t>& ko = batch.kv();
   const int64_t nq = qo.back();
   const int64_t nk = ko.back();
   const int num_seqs = batch.num_sequences();
+  const bool bf16 = config_.dtype == DType::kBF16;
 
-  std::vector<float> q(static_cast<size_t>(nq) * e);
-  std::vector<float> k(static_cast<size_t>(nk) * kvd);
-  std::vector<float> v(static_cast<size_t>(nk) * kvd);
-  std::vector<float> attn(static_cast<size_t>(nq) * e, 0.0f);
-  result->output.assign(static_cast<size_t>(nq) * e, 0.0f);
+  // bf16 activations: the inputs, the projected q/k/v and the attention
+  // result are rounded to bfloat16 before each matmul reads them.
+  std::vector<float> rounded_q, rounded_k, rounded_v;
+  const float* xq = batch.query.data();
+  const float* xk = batch.cross_attention ? batch.key.data() : xq;
+  const float* xv = batch.cross_attention ? batch.value.data() : xq;
+  if (bf16) {
+    rounded_q.assign(batch.query.begin(), batch.query.end());
+    RoundToBF16(&rounded_q);
+    xq = rounded_q.data();
+    if (batch.cross_attention) {
+      rounded_k.assign(batch.key.begin(), batch.key.end());
+      rounded_v.assign(batch.value.begin(), batch.value.end());
+      RoundToBF16(&rounded_k);
+      RoundToBF16(&rounded_v);
+      xk = rounded_k.data();
+      xv = rounded_v.data();
+    } else {
+      xk = xv = xq;
+    }
+  }
+
+  // Projected q, k, v: one [nq, E + 2 kvd] buffer (self) or three (cross).
+  std::vector<float> qkv, kbuf, vbuf;
+  const float *q, *k, *v;
+  ptrdiff_t ldq, ldk;
+  std::vector<float> attn(static_cast<size_t>(nq) * e);
+  result->output.resize(static_cast<size_t>(nq) * e);
   result->probs.clear();
   result->probs_offsets.assign(num_seqs, 0);
   if (batch.need_probs) {
@@ -143,64 +233,100 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     result->probs.assign(static_cast<size_t>(total), 0.0f);
   }
 
+  auto t1 = t0, t2 = t0;
   try {
     dnnl::stream strm(impl_->engine);
-    const float* kin = batch.cross_attention ? batch.key.data() : batch.query.data();
-    const float* vin = batch.cross_attention ? batch.value.data() : batch.query.data();
-    impl_->q.Run(impl_->engine, strm, batch.query.data(), nq, q.data());
-    impl_->k.Run(impl_->engine, strm, kin, nk, k.data());
-    impl_->v.Run(impl_->engine, strm, vin, nk, v.data());
+    if (impl_->fused_qkv && !batch.cross_attention) {
+      const ptrdiff_t ld = e + 2 * kvd;
+      qkv.resize(static_cast<size_t>(nq) * ld);
+      impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv.data());
+      q = qkv.data();
+      k = qkv.data() + e;
+      v = qkv.data() + e + kvd;
+      ldq = ldk = ld;
+    } else {
+      qkv.resize(static_cast<size_t>(nq) * e);
+      kbuf.resize(static_cast<size_t>(nk) * kvd);
+      vbuf.resize(static_cast<size_t>(nk) * kvd);
+      impl_->q.Run(impl_->engine, strm, xq, nq, qkv.data());
+      impl_->k.Run(impl_->engine, strm, xk, nk, kbuf.data());
+      impl_->v.Run(impl_->engine, strm, xv, nk, vbuf.data());
+      q = qkv.data();
+      k = kbuf.data();
+      v = vbuf.data();
+      ldq = e;
+      ldk = kvd;
+    }
+    strm.wait();
+    if (bf16) {
+      RoundToBF16(&qkv);
+      RoundToBF16(&kbuf);
+      RoundToBF16(&vbuf);
+    }
     t1 = Clock::now();
 
-    // Attention per (sequence, head); a first, simple kernel: scores for one
-    // query row, a max-subtracted softmax, then the weighted sum of values.
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const int64_t tasks = static_cast<int64_t>(num_seqs) * heads;
-#pragma omp parallel
-    {
-      std::vector<float> scores;
-#pragma omp for schedule(dynamic)
-      for (int64_t t = 0; t < tasks; ++t) {
-        const int s = static_cast<int>(t / heads);
-        const int h = static_cast<int>(t % heads);
-        const int g = h / group;
-        const int64_t lq = qo[s + 1] - qo[s];
-        const int64_t lk = ko[s + 1] - ko[s];
-        scores.resize(static_cast<size_t>(lk));
-        float* probs_base = batch.need_probs
-                                ? result->probs.data() + result->probs_offsets[s] + h * lq * lk
-                                : nullptr;
-        for (int64_t i = 0; i < lq; ++i) {
-          // Keys visible to row i: [0, limit).
-          const int64_t limit = batch.causal ? std::clamp<int64_t>(i + (lk - lq) + 1, 0, lk) : lk;
-          if (limit == 0) continue;  // fully masked: zero result
-          const float* qi = &q[(qo[s] + i) * e + h * hd];
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < limit; ++j) {
-            const float* kj = &k[(ko[s] + j) * kvd + g * hd];
-            float dot = 0.0f;
-            for (int d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-            scores[j] = dot * scale;
-            mx = std::isnan(scores[j]) || std::isnan(mx) ? NAN : std::max(mx, scores[j]);
-          }
-          float sum = 0.0f;
-          for (int64_t j = 0; j < limit; ++j) {
-            scores[j] = std::exp(scores[j] - mx);
-            sum += scores[j];
-          }
-          const float inv = 1.0f / sum;
-          float* out = &attn[(qo[s] + i) * e + h * hd];
-          for (int64_t j = 0; j < limit; ++j) {
-            const float p = scores[j] * inv;
-            const float* vj = &v[(ko[s] + j) * kvd + g * hd];
-            for (int d = 0; d < hd; ++d) out[d] += p * vj[d];
-            if (probs_base != nullptr) probs_base[i * lk + j] = p;
-          }
-        }
+    // Keys transposed per (sequence, kv head), so score tiles read contiguous
+    // rows: memory grows with tokens, never with L².
+    std::vector<int64_t> kt_offset(num_seqs + 1, 0);
+    for (int s = 0; s < num_seqs; ++s) {
+      kt_offset[s + 1] = kt_offset[s] + static_cast<int64_t>(kv_heads) * hd *
+                                            kernels::RoundUp16(static_cast<int>(ko[s + 1] - ko[s]));
+    }
+    std::vector<float> kt(static_cast<size_t>(kt_offset.back()));
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < static_cast<int64_t>(num_seqs) * kv_heads; ++t) {
+      const int s = static_cast<int>(t / kv_heads);
+      const int g = static_cast<int>(t % kv_heads);
+      const int lk = static_cast<int>(ko[s + 1] - ko[s]);
+      const int ldkt = kernels::RoundUp16(lk);
+      kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd,
+                             kt.data() + kt_offset[s] + static_cast<int64_t>(g) * hd * ldkt, ldkt);
+    }
+
+    // Tasks: (sequence, head, block of query rows); costs differ (ragged and
+    // causal), so threads take them dynamically.
+    struct Task {
+      int s, h, i0;
+    };
+    std::vector<Task> tasks;
+    for (int s = 0; s < num_seqs; ++s) {
+      const int lq = static_cast<int>(qo[s + 1] - qo[s]);
+      for (int h = 0; h < heads; ++h) {
+        for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) tasks.push_back({s, h, i0});
       }
     }
+    const bool avx512 = impl_->avx512;
+#pragma omp parallel
+    {
+      static thread_local kernels::Workspace ws;
+#pragma omp for schedule(dynamic)
+      for (size_t t = 0; t < tasks.size(); ++t) {
+        const Task& task = tasks[t];
+        const int s = task.s, h = task.h, g = h / group;
+        kernels::HeadView view;
+        view.lq = static_cast<int>(qo[s + 1] - qo[s]);
+        view.lk = static_cast<int>(ko[s + 1] - ko[s]);
+        view.head_dim = hd;
+        view.causal = batch.causal;
+        view.q = q + qo[s] * ldq + h * hd;
+        view.ldq = ldq;
+        view.ldkt = kernels::RoundUp16(view.lk);
+        view.kt = kt.data() + kt_offset[s] + static_cast<int64_t>(g) * hd * view.ldkt;
+        view.v = v + ko[s] * ldk + g * hd;
+        view.ldv = ldk;
+        view.out = attn.data() + qo[s] * e + h * hd;
+        view.ldo = e;
+        if (batch.need_probs) {
+          view.probs = result->probs.data() + result->probs_offsets[s] +
+                       static_cast<int64_t>(h) * view.lq * view.lk;
+        }
+        kernels::AttendBlock(view, task.i0, &ws, avx512);
+      }
+    }
+    if (bf16) RoundToBF16(&attn);
     t2 = Clock::now();
     impl_->o.Run(impl_->engine, strm, attn.data(), nq, result->output.data());
+    strm.wait();
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
   }
@@ -210,6 +336,14 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     timings->projections_seconds = std::chrono::duration<double>((t1 - t0) + (t3 - t2)).count();
   }
   return absl::OkStatus();
+}
+
+std::vector<std::string> MultiHeadAttention::ImplementationNames() const {
+  std::vector<std::string> names;
+  if (impl_->fused_qkv) impl_->qkv.AppendImplNames(&names);
+  for (const Linear* l : {&impl_->q, &impl_->k, &impl_->v, &impl_->o}) l->AppendImplNames(&names);
+  names.push_back(impl_->avx512 ? "attention:avx512" : "attention:portable");
+  return names;
 }
 
 std::string MultiHeadAttention::OneDnnVersion() {

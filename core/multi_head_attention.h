@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/attention_batch.h"
@@ -36,8 +37,10 @@ class MultiHeadAttention {
     int num_threads = 0;
   };
 
-  // Validates config and weights and builds the oneDNN primitives.
-  // INVALID_ARGUMENT for a bad config or weights, INTERNAL if oneDNN fails.
+  // Validates config and weights, packs the weights and builds every oneDNN
+  // primitive Forward() will use. dtype kBF16 rounds weights and activations
+  // to bfloat16 (accumulation and softmax stay float32). INVALID_ARGUMENT for
+  // a bad config or weights, INTERNAL if oneDNN fails.
   static absl::StatusOr<std::unique_ptr<MultiHeadAttention>> Create(const AttentionConfig& config,
                                                                     const AttentionWeights& weights,
                                                                     const Options& options);
@@ -52,6 +55,11 @@ class MultiHeadAttention {
                        ForwardTimings* timings = nullptr) const;
 
   const AttentionConfig& config() const { return config_; }
+
+  // oneDNN implementation of every matmul primitive (e.g. "brg:avx512_core")
+  // and the attention kernel in use ("attention:avx512" or
+  // "attention:portable"); all were chosen in Create().
+  std::vector<std::string> ImplementationNames() const;
 
   // oneDNN's version, e.g. "2.6.3", and the CPU ISA it dispatches to.
   static std::string OneDnnVersion();

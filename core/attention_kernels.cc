@@ -1,0 +1,382 @@
+#include "core/attention_kernels.h"
+
+// GCC 12.2's AVX-512 intrinsics start from _mm512_undefined_ps() and then
+// trip -W(maybe-)uninitialized wherever they are inlined (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace attn::core::kernels {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Keys visible to query row i: [0, VisibleKeys(i)) (bottom-right causal).
+int VisibleKeys(const HeadView& h, int i) {
+  if (!h.causal) return h.lk;
+  return std::clamp(i + (h.lk - h.lq) + 1, 0, h.lk);
+}
+
+// Max that lets a NaN through (std::max would drop it when it comes second).
+inline float NanMax(float a, float b) { return std::isnan(b) || b > a ? b : a; }
+
+// ---------------------------------------------------------------------------
+// Portable kernels: the reference shape of every AVX-512 kernel below.
+struct Portable {
+  // s[r][c] = sum_k q[r][k] kt[k][c] for r < rows, c < cols.
+  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, ptrdiff_t ldkt, int d,
+                 int cols, float* s, ptrdiff_t lds) {
+    for (int r = 0; r < rows; ++r) {
+      float* sr = s + r * lds;
+      std::fill(sr, sr + cols, 0.0f);
+      for (int k = 0; k < d; ++k) {
+        const float a = q[r * ldq + k];
+        const float* ktr = kt + k * ldkt;
+        for (int c = 0; c < cols; ++c) sr[c] += a * ktr[c];
+      }
+    }
+  }
+  static float RowMax(const float* s, int n) {
+    float m = kNegInf;
+    for (int j = 0; j < n; ++j) m = NanMax(m, s[j]);
+    return m;
+  }
+  // s[j] = exp(s[j] - m) * scale for j < n, 0 for n <= j < n_pad; returns
+  // the sum of exp(s[j] - m).
+  static float ExpSub(float* s, int n, int n_pad, float m, float scale) {
+    float sum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      const float e = std::exp(s[j] - m);
+      sum += e;
+      s[j] = e * scale;
+    }
+    std::fill(s + n, s + n_pad, 0.0f);
+    return sum;
+  }
+  // o[r][0, d) += sum_{j < valid[r]} p[r][j] v[j][0, d).
+  static void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* v,
+                 ptrdiff_t ldv, int d, float* o, ptrdiff_t ldo) {
+    for (int r = 0; r < rows; ++r) {
+      float* orow = o + r * ldo;
+      for (int j = 0; j < valid[r]; ++j) {
+        const float a = p[r * ldp + j];
+        const float* vj = v + j * ldv;
+        for (int c = 0; c < d; ++c) orow[c] += a * vj[c];
+      }
+    }
+  }
+  static void Scale(float* o, int n, float a) {
+    for (int c = 0; c < n; ++c) o[c] *= a;
+  }
+  static float Exp(float x) { return std::exp(x); }
+};
+
+// ---------------------------------------------------------------------------
+// AVX-512 kernels, compiled for AVX-512 whatever the build flags; only called
+// when UseAvx512() says the CPU has it.
+#define ATTN_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
+
+// exp(x) for a vector: 2^(x log2 e) split into 2^n * 2^f, f in [-1/2, 1/2],
+// with a degree-6 polynomial for 2^f (relative error ~1e-7). NaN stays NaN;
+// x below -100 is clamped (the result is then ~1e-43, i.e. zero for softmax).
+ATTN_AVX512 inline __m512 Exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-100.0f), x);  // returns x when x is NaN
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022650695910071f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718055994531f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Horizontal sum and max (GCC 12's _mm512_reduce_* trip -Werror=uninitialized).
+ATTN_AVX512 inline float HorizontalSum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s = 0.0f;
+  for (float x : t) s += x;
+  return s;
+}
+ATTN_AVX512 inline float HorizontalMax(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float m = t[0];
+  for (float x : t) m = std::max(m, x);
+  return m;
+}
+
+inline __mmask16 TailMask(int n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
+
+// S tile: R rows x NV*16 columns, accumulated in registers over k.
+template <int R, int NV>
+ATTN_AVX512 void QKTile(const float* q, ptrdiff_t ldq, const float* kt, ptrdiff_t ldkt, int d,
+                        float* s, ptrdiff_t lds) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < d; ++k) {
+    const float* ktr = kt + k * ldkt;
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(ktr + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r * ldq + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + r * lds + 16 * v, acc[r][v]);
+  }
+}
+
+// O tile: R rows x NV*16 columns of o += p[:, 0:jn] v[0:jn, :]; the last
+// vector of each v row is loaded under `last` (head_dim not a multiple of 16).
+template <int R, int NV>
+ATTN_AVX512 void PVTile(const float* p, ptrdiff_t ldp, int jn, const float* v, ptrdiff_t ldv,
+                        __mmask16 last, float* o, ptrdiff_t ldo) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_loadu_ps(o + r * ldo + 16 * c);
+  }
+  for (int j = 0; j < jn; ++j) {
+    const float* vj = v + j * ldv;
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int c = 0; c < NV - 1; ++c) b[c] = _mm512_loadu_ps(vj + 16 * c);
+    b[NV - 1] = _mm512_maskz_loadu_ps(last, vj + 16 * (NV - 1));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(p[r * ldp + j]);
+#pragma GCC unroll 4
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(o + r * ldo + 16 * c, acc[r][c]);
+  }
+}
+
+constexpr int kTileRows = 6;
+constexpr int kTileVecs = 4;
+
+using QKFn = void (*)(const float*, ptrdiff_t, const float*, ptrdiff_t, int, float*, ptrdiff_t);
+using PVFn = void (*)(const float*, ptrdiff_t, int, const float*, ptrdiff_t, __mmask16, float*,
+                      ptrdiff_t);
+
+#define ATTN_TILE_ROW(T, R) {T<R, 1>, T<R, 2>, T<R, 3>, T<R, 4>}
+#define ATTN_TILE_TABLE(T) \
+  {ATTN_TILE_ROW(T, 1), ATTN_TILE_ROW(T, 2), ATTN_TILE_ROW(T, 3), \
+   ATTN_TILE_ROW(T, 4), ATTN_TILE_ROW(T, 5), ATTN_TILE_ROW(T, 6)}
+const QKFn kQKTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(QKTile);
+const PVFn kPVTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(PVTile);
+#undef ATTN_TILE_TABLE
+#undef ATTN_TILE_ROW
+
+struct Avx512 {
+  // cols is a multiple of 16.
+  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, ptrdiff_t ldkt, int d,
+                 int cols, float* s, ptrdiff_t lds) {
+    for (int r = 0; r < rows; r += kTileRows) {
+      const int nr = std::min(kTileRows, rows - r);
+      for (int c = 0; c < cols; c += 16 * kTileVecs) {
+        const int nv = std::min(kTileVecs, (cols - c) / 16);
+        kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, kt + c, ldkt, d, s + r * lds + c, lds);
+      }
+    }
+  }
+  ATTN_AVX512 static float RowMax(const float* s, int n) {
+    __m512 m = _mm512_set1_ps(kNegInf);
+    __mmask16 nan = 0;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+      const __m512 x = _mm512_loadu_ps(s + j);
+      nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      m = _mm512_max_ps(m, x);
+    }
+    if (j < n) {
+      const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), TailMask(n - j), s + j);
+      nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      m = _mm512_max_ps(m, x);
+    }
+    return nan ? std::numeric_limits<float>::quiet_NaN() : HorizontalMax(m);
+  }
+  ATTN_AVX512 static float ExpSub(float* s, int n, int n_pad, float m, float scale) {
+    const __m512 vm = _mm512_set1_ps(m);
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 sum = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+      const __m512 e = Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
+      sum = _mm512_add_ps(sum, e);
+      _mm512_storeu_ps(s + j, _mm512_mul_ps(e, vs));
+    }
+    if (j < n) {
+      const __mmask16 k = TailMask(n - j);
+      const __m512 e = _mm512_maskz_mov_ps(k, Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm)));
+      sum = _mm512_add_ps(sum, e);
+      _mm512_storeu_ps(s + j, _mm512_mul_ps(e, vs));  // zero past n
+      j += 16;
+    }
+    for (; j < n_pad; j += 16) _mm512_storeu_ps(s + j, _mm512_setzero_ps());
+    return HorizontalSum(sum);
+  }
+  static void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* v,
+                 ptrdiff_t ldv, int d, float* o, ptrdiff_t ldo) {
+    for (int r0 = 0; r0 < rows; r0 += kTileRows) {
+      const int nr = std::min(kTileRows, rows - r0);
+      const int jmin = *std::min_element(valid + r0, valid + r0 + nr);
+      for (int c = 0; c < d; c += 16 * kTileVecs) {
+        const int nv = std::min(kTileVecs, (d - c + 15) / 16);
+        const __mmask16 last = TailMask(d - c - 16 * (nv - 1));
+        if (jmin > 0) {
+          kPVTiles[nr - 1][nv - 1](p + r0 * ldp, ldp, jmin, v + c, ldv, last, o + r0 * ldo + c, ldo);
+        }
+        // Rows that see more keys than the group's minimum (the causal diagonal).
+        for (int r = r0; r < r0 + nr; ++r) {
+          if (valid[r] > jmin) {
+            kPVTiles[0][nv - 1](p + r * ldp + jmin, ldp, valid[r] - jmin, v + jmin * ldv + c, ldv,
+                                last, o + r * ldo + c, ldo);
+          }
+        }
+      }
+    }
+  }
+  ATTN_AVX512 static void Scale(float* o, int n, float a) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int c = 0; c < n; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
+  }
+  static float Exp(float x) { return std::exp(x); }
+};
+
+// The blocked attention for one block of query rows; see AttendBlock.
+template <typename K>
+void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
+  const int bq = std::min(kBlockQ, h.lq - i0);
+  const int d = h.head_dim;
+  const int dpad = RoundUp16(d);
+  ws->s.resize(static_cast<size_t>(kBlockQ) * kBlockK);
+  ws->o.assign(static_cast<size_t>(kBlockQ) * dpad, 0.0f);
+  ws->m.assign(kBlockQ, kNegInf);
+  ws->l.assign(kBlockQ, 0.0f);
+  float* s = ws->s.data();
+  float* o = ws->o.data();
+  float* m = ws->m.data();
+  float* l = ws->l.data();
+  int valid[kBlockQ];
+  // The block's last row sees the most keys; causal skips every key block past it.
+  const int kv_end = VisibleKeys(h, i0 + bq - 1);
+  const bool probs = h.probs != nullptr;
+  const float* q = h.q + static_cast<ptrdiff_t>(i0) * h.ldq;
+
+  // Pass 1: running max and sum; without probabilities also the output.
+  for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
+    const int bk = std::min(kBlockK, kv_end - j0);
+    const int bk_pad = RoundUp16(bk);
+    K::QK(q, h.ldq, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+    for (int r = 0; r < bq; ++r) {
+      const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
+      valid[r] = vr;
+      if (vr == 0) continue;
+      float* sr = s + r * kBlockK;
+      const float mn = NanMax(m[r], K::RowMax(sr, vr));
+      const float alpha = K::Exp(m[r] - mn);
+      l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
+      if (!probs && alpha != 1.0f) K::Scale(o + r * dpad, dpad, alpha);
+      m[r] = mn;
+    }
+    if (!probs) K::PV(s, kBlockK, bq, valid, h.v + j0 * h.ldv, h.ldv, d, o, dpad);
+  }
+  if (probs) {
+    // Pass 2: normalized probabilities, written out and applied to V.
+    for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
+      const int bk = std::min(kBlockK, kv_end - j0);
+      const int bk_pad = RoundUp16(bk);
+      K::QK(q, h.ldq, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+      for (int r = 0; r < bq; ++r) {
+        const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
+        valid[r] = vr;
+        if (vr == 0) continue;
+        float* sr = s + r * kBlockK;
+        K::ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
+        std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr, vr * sizeof(float));
+      }
+      K::PV(s, kBlockK, bq, valid, h.v + j0 * h.ldv, h.ldv, d, o, dpad);
+    }
+  }
+  for (int r = 0; r < bq; ++r) {
+    float* out = h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo;
+    // A row that saw no key has l == 0 and o == 0: its result is zero, not NaN.
+    const float inv = probs || l[r] == 0.0f ? 1.0f : 1.0f / l[r];
+    for (int c = 0; c < d; ++c) out[c] = o[r * dpad + c] * inv;
+  }
+}
+
+}  // namespace
+
+bool UseAvx512() {
+  static const bool use = [] {
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512dq") ||
+        !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
+      return false;
+    }
+    // Follow oneDNN's ISA limit (ONEDNN_MAX_CPU_ISA), so one setting moves
+    // every kernel to the fallback.
+    switch (dnnl::get_effective_cpu_isa()) {
+      case dnnl::cpu_isa::avx512_core:
+      case dnnl::cpu_isa::avx512_core_vnni:
+      case dnnl::cpu_isa::avx512_core_bf16:
+      case dnnl::cpu_isa::avx512_core_amx:
+        return true;
+      default:
+        return false;
+    }
+  }();
+  return use;
+}
+
+void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512) {
+  if (avx512) {
+    AttendBlockWith<Avx512>(head, i0, ws);
+  } else {
+    AttendBlockWith<Portable>(head, i0, ws);
+  }
+}
+
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, ptrdiff_t ldkt) {
+  constexpr int kTile = 16;
+  for (int j0 = 0; j0 < lk; j0 += kTile) {
+    const int jn = std::min(kTile, lk - j0);
+    for (int d = 0; d < head_dim; ++d) {
+      float* dst = kt + d * ldkt + j0;
+      for (int j = 0; j < jn; ++j) dst[j] = k[(j0 + j) * ldk + d];
+    }
+  }
+  for (int d = 0; d < head_dim; ++d) std::fill(kt + d * ldkt + lk, kt + (d + 1) * ldkt, 0.0f);
+}
+
+}  // namespace attn::core::kernels

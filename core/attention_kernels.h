@@ -1,0 +1,70 @@
+// Internal to core: the blocked (flash-attention style) attention kernel.
+//
+// For one head of one sequence and a block of query rows, streams over
+// key/value blocks with an online softmax, so memory stays O(block²) whatever
+// the sequence length. Two implementations with one contract: AVX-512
+// (intrinsics, chosen at run time when the CPU and oneDNN's ISA limit allow
+// it) and portable C++ (the fallback, also used with
+// ONEDNN_MAX_CPU_ISA=AVX2).
+#ifndef ATTN_CORE_ATTENTION_KERNELS_H_
+#define ATTN_CORE_ATTENTION_KERNELS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace attn::core::kernels {
+
+// Query rows per block and keys per block.
+inline constexpr int kBlockQ = 64;
+inline constexpr int kBlockK = 128;
+
+inline int RoundUp16(int n) { return (n + 15) / 16 * 16; }
+
+// One (sequence, head): borrowed views into the projection buffers.
+struct HeadView {
+  // Query rows, already multiplied by 1/sqrt(head_dim); row i at q + i * ldq.
+  const float* q = nullptr;
+  ptrdiff_t ldq = 0;
+  // Keys transposed: element (d, j) at kt[d * ldkt + j]; ldkt >= RoundUp16(lk),
+  // columns [lk, ldkt) are zero.
+  const float* kt = nullptr;
+  ptrdiff_t ldkt = 0;
+  // Values; row j at v + j * ldv (head_dim floats).
+  const float* v = nullptr;
+  ptrdiff_t ldv = 0;
+  // Output rows (head_dim floats each): row i at out + i * ldo.
+  float* out = nullptr;
+  ptrdiff_t ldo = 0;
+  // Optional probabilities [lq, lk], row-major, zero-initialised by the caller.
+  float* probs = nullptr;
+  int lq = 0;
+  int lk = 0;
+  int head_dim = 0;
+  bool causal = false;
+};
+
+// Per-thread scratch; grows on demand and is reused across calls.
+struct Workspace {
+  std::vector<float> s;   // kBlockQ x kBlockK scores / probabilities
+  std::vector<float> o;   // kBlockQ x RoundUp16(head_dim) accumulators
+  std::vector<float> m;   // running row max
+  std::vector<float> l;   // running row sum
+};
+
+// True when the AVX-512 kernels run on this CPU under oneDNN's ISA limit.
+bool UseAvx512();
+
+// Attention for query rows [i0, min(i0 + kBlockQ, lq)) of one head: writes
+// their output rows (and probabilities when requested). Rows that see no key
+// get zeros.
+void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512);
+
+// Writes K (lk rows of head_dim floats at stride ldk) transposed into kt
+// (head_dim rows of ldkt floats), zero-filling columns [lk, ldkt).
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt,
+                   ptrdiff_t ldkt);
+
+}  // namespace attn::core::kernels
+
+#endif  // ATTN_CORE_ATTENTION_KERNELS_H_
