@@ -1,12 +1,17 @@
 #include "core/multi_head_attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/reference_attention.h"
 #include "gtest/gtest.h"
+#include "oneapi/dnnl/dnnl.h"
 
 namespace attn::core {
 namespace {
@@ -104,7 +109,15 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"CrossCausalLqLtLk", Config(64, 4), {3, 2}, {8, 5}, true},
         Case{"CausalLqGtLkHasMaskedRows", Config(32, 2), {6}, {3}, true},
         Case{"NoBias", Config(48, 4, 2, 0, 0, false), {10}, {}},
-        Case{"GqaCrossCausal", Config(128, 4, 2, 32, 48), {5, 1, 7}, {5, 9, 2}, true}),
+        Case{"GqaCrossCausal", Config(128, 4, 2, 32, 48), {5, 1, 7}, {5, 9, 2}, true},
+        // Block edges: 64-row query blocks, 128-key blocks, 6x64 register tiles.
+        Case{"HeadDim32ManyBlocks", Config(64, 2), {200}, {}},
+        Case{"HeadDim64CausalManyBlocks", Config(128, 2), {300, 65}, {}, true},
+        Case{"HeadDim80Cross", Config(160, 2), {70}, {129}},
+        Case{"HeadDim128CausalLqLtLk", Config(256, 2), {40}, {257}, true},
+        Case{"HeadDim12NotMultipleOf16", Config(48, 4), {19, 7}, {}, true},
+        Case{"Gqa8to2LongCausal", Config(256, 8, 2), {150}, {}, true},
+        Case{"MixedLengthsWithEmptySequences", Config(64, 4), {0, 129, 1, 0, 64}, {3, 0, 200, 5, 64}}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 TEST(MultiHeadAttentionTest, RaggedBatchEqualsEachSequenceAlone) {
@@ -169,6 +182,112 @@ TEST(MultiHeadAttentionTest, NanInVisibleInputPropagates) {
   EXPECT_FALSE(std::isnan(r.output[0]));
   EXPECT_TRUE(std::isnan(r.output[1 * c.embed_dim]));
   EXPECT_TRUE(std::isnan(r.output[2 * c.embed_dim]));
+}
+
+TEST(MultiHeadAttentionTest, ProbabilitiesSumToOnePerVisibleRow) {
+  const AttentionConfig c = Config(64, 4, 2);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 9), {});
+  ASSERT_TRUE(mha.ok());
+  std::mt19937_64 rng(21);
+  // Causal with Lq > Lk: the first rows of sequence 0 see no key.
+  Inputs in = MakeInputs(Case{"p", c, {150, 7}, {140, 300}, true}, rng, true);
+  AttentionResult r;
+  ASSERT_TRUE((*mha)->Forward(in.batch, &r).ok());
+  const std::vector<int64_t> lq = {150, 7}, lk = {140, 300};
+  for (int s = 0; s < 2; ++s) {
+    for (int h = 0; h < c.num_heads; ++h) {
+      for (int64_t i = 0; i < lq[s]; ++i) {
+        const int64_t visible = std::clamp<int64_t>(i + lk[s] - lq[s] + 1, 0, lk[s]);
+        double sum = 0;
+        for (int64_t j = 0; j < lk[s]; ++j) {
+          const float p = r.probs[r.probs_offsets[s] + (h * lq[s] + i) * lk[s] + j];
+          if (j >= visible) {
+            ASSERT_EQ(p, 0.0f) << "masked key " << j << " of row " << i;
+          }
+          ASSERT_GE(p, 0.0f);
+          sum += p;
+        }
+        ASSERT_NEAR(sum, visible == 0 ? 0.0 : 1.0, 1e-5) << "seq " << s << " head " << h << " row " << i;
+      }
+    }
+  }
+}
+
+TEST(MultiHeadAttentionTest, ProbabilitiesDoNotChangeTheOutput) {
+  const AttentionConfig c = Config(128, 2);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 4), {});
+  ASSERT_TRUE(mha.ok());
+  std::mt19937_64 rng(5);
+  Inputs in = MakeInputs(Case{"o", c, {170}, {}, true}, rng, false);
+  AttentionResult without, with;
+  ASSERT_TRUE((*mha)->Forward(in.batch, &without).ok());
+  in.batch.need_probs = true;
+  ASSERT_TRUE((*mha)->Forward(in.batch, &with).ok());
+  EXPECT_TRUE(without.probs.empty());
+  ExpectNear(with.output, without.output, 1e-5f, "output");
+}
+
+TEST(MultiHeadAttentionTest, Bf16MatchesReferenceWithinBf16Tolerance) {
+  AttentionConfig c = Config(128, 4, 2);
+  const AttentionWeights w = RandomAttentionWeights(c, 6);
+  c.dtype = DType::kBF16;
+  auto mha = MultiHeadAttention::Create(c, w, {});
+  ASSERT_TRUE(mha.ok()) << mha.status();
+  std::mt19937_64 rng(13);
+  Inputs in = MakeInputs(Case{"b", c, {33, 70}, {}, true}, rng, true);
+  AttentionResult got, want;
+  ASSERT_TRUE((*mha)->Forward(in.batch, &got).ok());
+  ASSERT_TRUE(ReferenceAttention(c, w, in.batch, &want).ok());
+  ExpectNear(got.output, want.output, 5e-2f, "output");
+  ExpectNear(got.probs, want.probs, 2e-2f, "probs");
+  // And it is not simply the float32 result: rounding happened.
+  AttentionConfig c32 = c;
+  c32.dtype = DType::kF32;
+  auto f32 = MultiHeadAttention::Create(c32, w, {});
+  ASSERT_TRUE(f32.ok());
+  AttentionResult exact;
+  ASSERT_TRUE((*f32)->Forward(in.batch, &exact).ok());
+  EXPECT_NE(exact.output, got.output);
+}
+
+TEST(MultiHeadAttentionTest, UsesJitImplementationsAndCreatesNoPrimitivePerRequest) {
+  const AttentionConfig c = Config(256, 4);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});
+  ASSERT_TRUE(mha.ok());
+  const std::vector<std::string> names = (*mha)->ImplementationNames();
+  ASSERT_FALSE(names.empty());
+  for (const std::string& name : names) EXPECT_EQ(name.find("ref"), std::string::npos) << name;
+  const char* isa_limit = std::getenv("ONEDNN_MAX_CPU_ISA");
+  if (__builtin_cpu_supports("avx512f") && isa_limit == nullptr) {
+    EXPECT_EQ(names.back(), "attention:avx512");
+  } else if (isa_limit != nullptr) {
+    EXPECT_EQ(names.back(), "attention:portable");
+  }
+  // Every request shape after Create(): oneDNN's verbose log must show
+  // executions only, no primitive creation, and no reference kernels.
+  std::mt19937_64 rng(3);
+  std::vector<Inputs> inputs;
+  for (int64_t len : {1, 3, 17, 64, 129, 700}) {
+    inputs.push_back(MakeInputs(Case{"v", c, {len, 5}, {}, true}, rng, false));
+  }
+  ASSERT_EQ(dnnl_set_verbose(2), dnnl_success);
+  ::testing::internal::CaptureStdout();
+  for (const Inputs& in : inputs) {
+    AttentionResult r;
+    ASSERT_TRUE((*mha)->Forward(in.batch, &r).ok());
+  }
+  std::fflush(stdout);
+  const std::string log = ::testing::internal::GetCapturedStdout();
+  dnnl_set_verbose(0);
+  int execs = 0;
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("onednn_verbose,", 0) != 0 || line.find(",info,") != std::string::npos) continue;
+    EXPECT_EQ(line.rfind("onednn_verbose,create", 0), std::string::npos) << line;
+    EXPECT_EQ(line.find(",ref"), std::string::npos) << line;
+    if (line.rfind("onednn_verbose,exec", 0) == 0) ++execs;
+  }
+  EXPECT_GT(execs, 0) << log;
 }
 
 TEST(MultiHeadAttentionTest, DeterministicAcrossRuns) {
