@@ -279,25 +279,32 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   const int bq = std::min(kBlockQ, h.lq - i0);
   const int d = h.head_dim;
   const int dpad = RoundUp16(d);
-  ws->s.resize(static_cast<size_t>(kBlockQ) * kBlockK);
-  ws->o.assign(static_cast<size_t>(kBlockQ) * dpad, 0.0f);
+  if (ws->s.size() < static_cast<size_t>(kBlockQ) * kBlockK) ws->s.resize(kBlockQ * kBlockK);
+  if (ws->o.size() < static_cast<size_t>(kBlockQ) * dpad) ws->o.resize(kBlockQ * dpad);
+  if (ws->q.size() < static_cast<size_t>(kBlockQ) * d) ws->q.resize(kBlockQ * d);
   ws->m.assign(kBlockQ, kNegInf);
   ws->l.assign(kBlockQ, 0.0f);
   float* s = ws->s.data();
   float* o = ws->o.data();
   float* m = ws->m.data();
   float* l = ws->l.data();
+  std::fill(o, o + bq * dpad, 0.0f);
   int valid[kBlockQ];
   // The block's last row sees the most keys; causal skips every key block past it.
   const int kv_end = VisibleKeys(h, i0 + bq - 1);
   const bool probs = h.probs != nullptr;
-  const float* q = h.q + static_cast<ptrdiff_t>(i0) * h.ldq;
+  // The block's query rows, packed contiguously (they sit far apart in the
+  // fused projection buffer).
+  float* q = ws->q.data();
+  for (int r = 0; r < bq; ++r) {
+    std::memcpy(q + r * d, h.q + static_cast<ptrdiff_t>(i0 + r) * h.ldq, d * sizeof(float));
+  }
 
   // Pass 1: running max and sum; without probabilities also the output.
   for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
     const int bk = std::min(kBlockK, kv_end - j0);
     const int bk_pad = RoundUp16(bk);
-    K::QK(q, h.ldq, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+    K::QK(q, d, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
     for (int r = 0; r < bq; ++r) {
       const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
       valid[r] = vr;
@@ -316,7 +323,7 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
     for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
       const int bk = std::min(kBlockK, kv_end - j0);
       const int bk_pad = RoundUp16(bk);
-      K::QK(q, h.ldq, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+      K::QK(q, d, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
       for (int r = 0; r < bq; ++r) {
         const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
         valid[r] = vr;
@@ -377,6 +384,10 @@ void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* k
     }
   }
   for (int d = 0; d < head_dim; ++d) std::fill(kt + d * ldkt + lk, kt + (d + 1) * ldkt, 0.0f);
+}
+
+void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out) {
+  for (int j = 0; j < lk; ++j) std::memcpy(out + j * head_dim, v + j * ldv, head_dim * sizeof(float));
 }
 
 }  // namespace attn::core::kernels

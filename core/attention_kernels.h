@@ -48,6 +48,7 @@ struct HeadView {
 struct Workspace {
   std::vector<float> s;   // kBlockQ x kBlockK scores / probabilities
   std::vector<float> o;   // kBlockQ x RoundUp16(head_dim) accumulators
+  std::vector<float> q;   // kBlockQ x head_dim packed query rows
   std::vector<float> m;   // running row max
   std::vector<float> l;   // running row sum
 };
@@ -64,6 +65,9 @@ void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512);
 // (head_dim rows of ldkt floats), zero-filling columns [lk, ldkt).
 void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt,
                    ptrdiff_t ldkt);
+
+// Copies V (lk rows of head_dim floats at stride ldv) into contiguous rows.
+void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out);
 
 }  // namespace attn::core::kernels
 

@@ -102,9 +102,23 @@ class Linear {
 
 // Rounds every value to the nearest bfloat16 (bf16 models compute on bf16
 // values with float32 accumulation).
-void RoundToBF16(std::vector<float>* v) {
-  for (float& x : *v) x = BF16ToFloat(FloatToBF16(x));
+void RoundToBF16(float* v, size_t n) {
+  for (size_t i = 0; i < n; ++i) v[i] = BF16ToFloat(FloatToBF16(v[i]));
 }
+void RoundToBF16(std::vector<float>* v) { RoundToBF16(v->data(), v->size()); }
+
+
+// Scratch buffers reused by every Forward() on the same thread. Growing
+// vectors keep their pages, so a steady stream of requests neither allocates
+// nor zero-fills (both cost as much as the attention itself on small shapes).
+struct Scratch {
+  std::vector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
+
+  static float* Get(std::vector<float>& buffer, size_t n) {
+    if (buffer.size() < n) buffer.resize(n);
+    return buffer.data();
+  }
+};
 
 }  // namespace
 
@@ -194,34 +208,30 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   const int num_seqs = batch.num_sequences();
   const bool bf16 = config_.dtype == DType::kBF16;
 
+  static thread_local Scratch scratch;
+  const size_t q_elems = static_cast<size_t>(nq) * e;
   // bf16 activations: the inputs, the projected q/k/v and the attention
   // result are rounded to bfloat16 before each matmul reads them.
-  std::vector<float> rounded_q, rounded_k, rounded_v;
   const float* xq = batch.query.data();
   const float* xk = batch.cross_attention ? batch.key.data() : xq;
   const float* xv = batch.cross_attention ? batch.value.data() : xq;
   if (bf16) {
-    rounded_q.assign(batch.query.begin(), batch.query.end());
-    RoundToBF16(&rounded_q);
-    xq = rounded_q.data();
-    if (batch.cross_attention) {
-      rounded_k.assign(batch.key.begin(), batch.key.end());
-      rounded_v.assign(batch.value.begin(), batch.value.end());
-      RoundToBF16(&rounded_k);
-      RoundToBF16(&rounded_v);
-      xk = rounded_k.data();
-      xv = rounded_v.data();
-    } else {
-      xk = xv = xq;
-    }
+    auto rounded = [](absl::Span<const float> in, std::vector<float>& buffer) {
+      float* out = Scratch::Get(buffer, in.size());
+      std::copy(in.begin(), in.end(), out);
+      RoundToBF16(out, in.size());
+      return out;
+    };
+    xq = rounded(batch.query, scratch.xq);
+    xk = batch.cross_attention ? rounded(batch.key, scratch.xk) : xq;
+    xv = batch.cross_attention ? rounded(batch.value, scratch.xv) : xq;
   }
 
   // Projected q, k, v: one [nq, E + 2 kvd] buffer (self) or three (cross).
-  std::vector<float> qkv, kbuf, vbuf;
   const float *q, *k, *v;
   ptrdiff_t ldq, ldk;
-  std::vector<float> attn(static_cast<size_t>(nq) * e);
-  result->output.resize(static_cast<size_t>(nq) * e);
+  float* attn = Scratch::Get(scratch.attn, q_elems);
+  result->output.resize(q_elems);
   result->probs.clear();
   result->probs_offsets.assign(num_seqs, 0);
   if (batch.need_probs) {
@@ -238,30 +248,32 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     dnnl::stream strm(impl_->engine);
     if (impl_->fused_qkv && !batch.cross_attention) {
       const ptrdiff_t ld = e + 2 * kvd;
-      qkv.resize(static_cast<size_t>(nq) * ld);
-      impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv.data());
-      q = qkv.data();
-      k = qkv.data() + e;
-      v = qkv.data() + e + kvd;
+      float* qkv = Scratch::Get(scratch.qkv, nq * ld);
+      impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv);
+      strm.wait();
+      if (bf16) RoundToBF16(qkv, nq * ld);
+      q = qkv;
+      k = qkv + e;
+      v = qkv + e + kvd;
       ldq = ldk = ld;
     } else {
-      qkv.resize(static_cast<size_t>(nq) * e);
-      kbuf.resize(static_cast<size_t>(nk) * kvd);
-      vbuf.resize(static_cast<size_t>(nk) * kvd);
-      impl_->q.Run(impl_->engine, strm, xq, nq, qkv.data());
-      impl_->k.Run(impl_->engine, strm, xk, nk, kbuf.data());
-      impl_->v.Run(impl_->engine, strm, xv, nk, vbuf.data());
-      q = qkv.data();
-      k = kbuf.data();
-      v = vbuf.data();
+      float* qb = Scratch::Get(scratch.qkv, q_elems);
+      float* kb = Scratch::Get(scratch.k, nk * kvd);
+      float* vb = Scratch::Get(scratch.v, nk * kvd);
+      impl_->q.Run(impl_->engine, strm, xq, nq, qb);
+      impl_->k.Run(impl_->engine, strm, xk, nk, kb);
+      impl_->v.Run(impl_->engine, strm, xv, nk, vb);
+      strm.wait();
+      if (bf16) {
+        RoundToBF16(qb, q_elems);
+        RoundToBF16(kb, nk * kvd);
+        RoundToBF16(vb, nk * kvd);
+      }
+      q = qb;
+      k = kb;
+      v = vb;
       ldq = e;
       ldk = kvd;
-    }
-    strm.wait();
-    if (bf16) {
-      RoundToBF16(&qkv);
-      RoundToBF16(&kbuf);
-      RoundToBF16(&vbuf);
     }
     t1 = Clock::now();
 
@@ -272,7 +284,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       kt_offset[s + 1] = kt_offset[s] + static_cast<int64_t>(kv_heads) * hd *
                                             kernels::RoundUp16(static_cast<int>(ko[s + 1] - ko[s]));
     }
-    std::vector<float> kt(static_cast<size_t>(kt_offset.back()));
+    float* kt = Scratch::Get(scratch.kt, kt_offset.back());
+    // Values packed per (sequence, kv head) too: contiguous rows for P·V.
+    float* vp = Scratch::Get(scratch.vp, nk * kvd);
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < static_cast<int64_t>(num_seqs) * kv_heads; ++t) {
       const int s = static_cast<int>(t / kv_heads);
@@ -280,7 +294,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       const int lk = static_cast<int>(ko[s + 1] - ko[s]);
       const int ldkt = kernels::RoundUp16(lk);
       kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd,
-                             kt.data() + kt_offset[s] + static_cast<int64_t>(g) * hd * ldkt, ldkt);
+                             kt + kt_offset[s] + static_cast<int64_t>(g) * hd * ldkt, ldkt);
+      kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd,
+                          vp + ko[s] * kvd + static_cast<int64_t>(g) * lk * hd);
     }
 
     // Tasks: (sequence, head, block of query rows); costs differ (ragged and
@@ -311,10 +327,10 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
         view.q = q + qo[s] * ldq + h * hd;
         view.ldq = ldq;
         view.ldkt = kernels::RoundUp16(view.lk);
-        view.kt = kt.data() + kt_offset[s] + static_cast<int64_t>(g) * hd * view.ldkt;
-        view.v = v + ko[s] * ldk + g * hd;
-        view.ldv = ldk;
-        view.out = attn.data() + qo[s] * e + h * hd;
+        view.kt = kt + kt_offset[s] + static_cast<int64_t>(g) * hd * view.ldkt;
+        view.v = vp + ko[s] * kvd + static_cast<int64_t>(g) * view.lk * hd;
+        view.ldv = hd;
+        view.out = attn + qo[s] * e + h * hd;
         view.ldo = e;
         if (batch.need_probs) {
           view.probs = result->probs.data() + result->probs_offsets[s] +
@@ -323,9 +339,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
         kernels::AttendBlock(view, task.i0, &ws, avx512);
       }
     }
-    if (bf16) RoundToBF16(&attn);
+    if (bf16) RoundToBF16(attn, q_elems);
     t2 = Clock::now();
-    impl_->o.Run(impl_->engine, strm, attn.data(), nq, result->output.data());
+    impl_->o.Run(impl_->engine, strm, attn, nq, result->output.data());
     strm.wait();
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
