@@ -1,0 +1,398 @@
+// attention-core-bench: MultiHeadAttention::Forward on fixed shapes, in f32
+// and bf16, with GFLOP/s and the fraction of a same-run oneDNN GEMM peak.
+//
+//   attention-core-bench [--threads=N] [--benchmark_* flags]
+//
+// --threads (default 2) sets the OpenMP team for both the GEMM peak and the
+// attention layer; it is parsed here and removed before Google Benchmark
+// sees argv. Benchmark names are exactly
+// mha/<f32|bf16>/B<b>_L<l>_E<e>_H<h>[_causal] and gemm/<f32|bf16>/peak:
+// no per-benchmark MinTime/Iterations/UseRealTime/UseManualTime: Google Benchmark
+// appends those to the name. Every counter is computed from our own
+// steady_clock measurement of each Forward(), so the framework's clock only
+// decides how many iterations run (--benchmark_min_time, 0.5 s by default;
+// the largest case runs once).
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "benchmark/benchmark.h"
+#include "core/attention_batch.h"
+#include "core/attention_config.h"
+#include "core/attention_weights.h"
+#include "core/dtype.h"
+#include "core/multi_head_attention.h"
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace attn::core {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using dnnl::memory;
+using Tag = memory::format_tag;
+using Dt = memory::data_type;
+
+// Set once in main() before any benchmark runs; read-only afterwards.
+int g_threads = 2;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+absl::string_view DTypeTag(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
+
+// Process high-water mark of resident memory, in MiB.
+double MaxRssMiB() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// ---------------------------------------------------------------------------
+// GEMM peak: dst[m, n] (f32) = src[m, k] x weights[k, n], src and weights of
+// the benchmark's dtype, weights reordered once into the layout the
+// primitive prefers (format_tag::any), as MultiHeadAttention does.
+class Gemm {
+ public:
+  static absl::StatusOr<std::unique_ptr<Gemm>> Create(DType dtype, int64_t m, int64_t k,
+                                                      int64_t n) {
+    const Dt dt = dtype == DType::kBF16 ? Dt::bf16 : Dt::f32;
+    try {
+      auto gemm = std::unique_ptr<Gemm>(new Gemm(m, k, n));
+      const memory::desc src_md({m, k}, dt, Tag::ab);
+      const memory::desc any_w_md({k, n}, dt, Tag::any);
+      const memory::desc dst_md({m, n}, Dt::f32, Tag::ab);
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, any_w_md, dst_md),
+                                            gemm->engine_);
+      gemm->impl_ = pd.impl_info_str();
+      gemm->prim_ = dnnl::matmul(pd);
+      gemm->src_ = gemm->Filled(src_md, 1);
+      gemm->weights_ = gemm->Filled(pd.weights_desc(), 2);
+      gemm->dst_ = memory(dst_md, gemm->engine_);
+      return gemm;
+    } catch (const dnnl::error& e) {
+      return absl::InternalError(absl::StrCat("oneDNN ", DTypeTag(dtype), " matmul ", m, "x", k,
+                                              "x", n, ": ", e.what()));
+    }
+  }
+
+  // Runs the matmul once; returns wall seconds.
+  double Run() {
+    const auto start = Clock::now();
+    prim_.execute(stream_,
+                  {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, weights_}, {DNNL_ARG_DST, dst_}});
+    stream_.wait();
+    return SecondsSince(start);
+  }
+
+  double flops() const { return 2.0 * static_cast<double>(m_) * static_cast<double>(k_) * n_; }
+  std::string name() const { return absl::StrCat(m_, "x", k_, "x", n_); }
+  const std::string& impl() const { return impl_; }
+
+ private:
+  Gemm(int64_t m, int64_t k, int64_t n)
+      : m_(m), k_(k), n_(n), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+
+  // Memory of `md` holding uniform values in [-1, 1): filled as a plain f32
+  // matrix, then reordered (layout and dtype) into `md`.
+  memory Filled(const memory::desc& md, uint64_t seed) {
+    memory plain({md.dims(), Dt::f32, Tag::ab}, engine_);
+    float* p = static_cast<float*>(plain.get_data_handle());
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    const int64_t count = md.dims()[0] * md.dims()[1];
+    for (int64_t i = 0; i < count; ++i) p[i] = dist(rng);
+    memory out(md, engine_);
+    dnnl::reorder(plain, out).execute(stream_, plain, out);
+    stream_.wait();
+    return out;
+  }
+
+  int64_t m_, k_, n_;
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+  dnnl::matmul prim_;
+  memory src_, weights_, dst_;
+  std::string impl_;
+};
+
+struct GemmShape {
+  int64_t m, k, n;
+};
+constexpr GemmShape kPeakShapes[] = {{2048, 2048, 2048}, {4096, 1024, 1024}, {1024, 4096, 4096}};
+constexpr int kPeakRepetitions = 3;  // timed runs per shape, after one warm-up run
+
+struct Peak {
+  absl::Status status;
+  double gflops = 0;                                     // best over all shapes and runs
+  std::vector<std::pair<std::string, double>> by_shape;  // best GFLOP/s per shape
+  std::string impl;                                      // oneDNN implementation of the best
+};
+
+Peak MeasurePeak(DType dtype) {
+  Peak peak;
+  omp_set_num_threads(g_threads);
+  for (const GemmShape& s : kPeakShapes) {
+    absl::StatusOr<std::unique_ptr<Gemm>> gemm = Gemm::Create(dtype, s.m, s.k, s.n);
+    if (!gemm.ok()) {
+      peak.status = gemm.status();
+      return peak;
+    }
+    (*gemm)->Run();  // warm-up: first touch of dst, JIT caches
+    double best = 0;
+    for (int r = 0; r < kPeakRepetitions; ++r) {
+      best = std::max(best, (*gemm)->flops() / (*gemm)->Run() / 1e9);
+    }
+    peak.by_shape.emplace_back((*gemm)->name(), best);
+    if (best > peak.gflops) {
+      peak.gflops = best;
+      peak.impl = (*gemm)->impl();
+    }
+  }
+  return peak;
+}
+
+// The peak of `dtype`, measured on first use and then kept for the whole
+// run. Benchmarks run one at a time on the main thread, so no lock.
+const Peak& PeakFor(DType dtype) {
+  static auto* const cache = new std::map<DType, Peak>();
+  auto it = cache->find(dtype);
+  if (it == cache->end()) it = cache->emplace(dtype, MeasurePeak(dtype)).first;
+  return it->second;
+}
+
+void BM_GemmPeak(benchmark::State& state, DType dtype) {
+  const Peak& peak = PeakFor(dtype);
+  if (!peak.status.ok()) {
+    const std::string msg = absl::StrCat(DTypeTag(dtype), ": ", peak.status.message());
+    state.SkipWithError(msg.c_str());
+    return;
+  }
+  // The loop re-runs the first peak shape so the reported time means
+  // something; the counters carry the peak measured above.
+  const GemmShape& s = kPeakShapes[0];
+  absl::StatusOr<std::unique_ptr<Gemm>> gemm = Gemm::Create(dtype, s.m, s.k, s.n);
+  if (!gemm.ok()) {
+    const std::string msg = absl::StrCat(DTypeTag(dtype), ": ", gemm.status().message());
+    state.SkipWithError(msg.c_str());
+    return;
+  }
+  (*gemm)->Run();
+  double seconds = 0;
+  int64_t iterations = 0;
+  for (auto _ : state) {
+    seconds += (*gemm)->Run();
+    ++iterations;
+  }
+  state.counters["gflops"] = peak.gflops;
+  state.counters["omp_threads"] = g_threads;
+  for (const auto& [name, gflops] : peak.by_shape) {
+    state.counters[absl::StrCat("gflops_", name)] = gflops;
+  }
+  if (seconds > 0) {
+    state.counters["run_gflops"] = (*gemm)->flops() * static_cast<double>(iterations) / seconds / 1e9;
+  }
+  state.SetLabel(peak.impl);
+}
+
+// ---------------------------------------------------------------------------
+// Self-attention over `batch` sequences of `seq` tokens each.
+struct MhaShape {
+  int64_t batch, seq;
+  int embed, heads;
+  bool causal;
+};
+
+double ProjectionFlops(const MhaShape& s) {
+  return 8.0 * static_cast<double>(s.batch * s.seq) * s.embed * s.embed;
+}
+
+// QKᵀ and PV: 4·B·L²·E, half of it when causal.
+double AttentionFlops(const MhaShape& s) {
+  const double full = 4.0 * static_cast<double>(s.batch) * static_cast<double>(s.seq) *
+                      static_cast<double>(s.seq) * s.embed;
+  return s.causal ? full / 2 : full;
+}
+
+// Above this many FLOPs one Forward() takes seconds: skip the warm-up call.
+constexpr double kNoWarmupFlops = 1e11;
+
+void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
+  AttentionConfig config;
+  config.embed_dim = shape.embed;
+  config.num_heads = shape.heads;
+  config.dtype = dtype;
+  const AttentionWeights weights = RandomAttentionWeights(config, /*seed=*/42);
+  MultiHeadAttention::Options options;
+  options.num_threads = g_threads;
+  absl::StatusOr<std::unique_ptr<MultiHeadAttention>> mha =
+      MultiHeadAttention::Create(config, weights, options);
+  if (!mha.ok()) {
+    const std::string msg = absl::StrCat(DTypeTag(dtype), ": ", mha.status().message());
+    state.SkipWithError(msg.c_str());
+    return;
+  }
+
+  // Inputs are O(B·L·E): nothing here grows with L².
+  std::vector<float> input(static_cast<size_t>(shape.batch * shape.seq) * shape.embed);
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (float& x : input) x = dist(rng);
+  AttentionBatch batch;
+  batch.query = input;
+  batch.q_offsets = OffsetsFromLengths(std::vector<int64_t>(shape.batch, shape.seq));
+  batch.causal = shape.causal;
+  AttentionResult result;
+
+  const Peak& peak = PeakFor(dtype);
+  const double proj_flops = ProjectionFlops(shape);
+  const double attn_flops = AttentionFlops(shape);
+  if (proj_flops + attn_flops < kNoWarmupFlops) {
+    const absl::Status status = (*mha)->Forward(batch, &result);
+    if (!status.ok()) {
+      const std::string msg = absl::StrCat(DTypeTag(dtype), ": ", status.message());
+      state.SkipWithError(msg.c_str());
+      return;
+    }
+  }
+
+  double total_seconds = 0, proj_seconds = 0, attn_seconds = 0;
+  int64_t iterations = 0;
+  for (auto _ : state) {
+    ForwardTimings timings;
+    const auto start = Clock::now();
+    const absl::Status status = (*mha)->Forward(batch, &result, &timings);
+    const double seconds = SecondsSince(start);
+    if (!status.ok()) {
+      const std::string msg = absl::StrCat(DTypeTag(dtype), ": ", status.message());
+      state.SkipWithError(msg.c_str());
+      break;
+    }
+    total_seconds += seconds;
+    proj_seconds += timings.projections_seconds;
+    attn_seconds += timings.attention_seconds;
+    ++iterations;
+  }
+  if (iterations == 0 || total_seconds <= 0) return;
+
+  const double n = static_cast<double>(iterations);
+  const double gflops = (proj_flops + attn_flops) * n / total_seconds / 1e9;
+  state.counters["gflops"] = gflops;
+  state.counters["proj_ms"] = proj_seconds / n * 1e3;
+  state.counters["attn_ms"] = attn_seconds / n * 1e3;
+  if (attn_seconds > 0) state.counters["attn_gflops"] = attn_flops * n / attn_seconds / 1e9;
+  // The practical peak of a dtype is the fastest way this machine multiplies
+  // such numbers. bf16 values multiply exactly in float32, so on CPUs without
+  // bf16 instructions (where oneDNN emulates bf16 GEMMs) it is the f32 peak.
+  double practical = peak.status.ok() ? peak.gflops : 0;
+  if (dtype == DType::kBF16) {
+    const Peak& f32 = PeakFor(DType::kF32);
+    if (f32.status.ok()) practical = std::max(practical, f32.gflops);
+    if (peak.status.ok()) state.counters["bf16_gemm_gflops"] = peak.gflops;
+  }
+  if (practical > 0) {
+    state.counters["peak_gflops"] = practical;
+    state.counters["pct_peak"] = 100.0 * gflops / practical;
+  }
+  state.counters["omp_threads"] = g_threads;
+  state.counters["max_rss_mib"] = MaxRssMiB();
+  for (const std::string& impl : (*mha)->ImplementationNames()) {
+    if (absl::StartsWith(impl, "attention:")) state.SetLabel(impl);
+  }
+}
+
+void RegisterAll() {
+  // (B, L, E, H); each plain and causal.
+  constexpr MhaShape kShapes[] = {
+      {1, 512, 768, 12, false}, {8, 128, 768, 12, false}, {32, 16, 256, 4, false},
+      {1, 2048, 1024, 16, false}};
+  // Causal only: its L² scores would be 16 GiB in f32 if materialised.
+  constexpr MhaShape kHuge = {1, 16384, 1024, 16, true};
+
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const std::string tag(DTypeTag(dtype));
+    benchmark::RegisterBenchmark(absl::StrCat("gemm/", tag, "/peak").c_str(), BM_GemmPeak, dtype)
+        ->Unit(benchmark::kMillisecond);
+    std::vector<MhaShape> shapes;
+    for (MhaShape s : kShapes) {
+      shapes.push_back(s);
+      s.causal = true;
+      shapes.push_back(s);
+    }
+    shapes.push_back(kHuge);
+    for (const MhaShape& s : shapes) {
+      const std::string name = absl::StrCat("mha/", tag, "/B", s.batch, "_L", s.seq, "_E",
+                                            s.embed, "_H", s.heads, s.causal ? "_causal" : "");
+      benchmark::RegisterBenchmark(name.c_str(), BM_Mha, s, dtype)->Unit(benchmark::kMillisecond);
+    }
+  }
+}
+
+// Removes --threads=N / --threads N from argv. False (with a message) when
+// the value is not a positive integer.
+bool ParseThreads(std::vector<char*>* args, int* threads) {
+  std::vector<char*> rest;
+  for (size_t i = 0; i < args->size(); ++i) {
+    const absl::string_view arg((*args)[i]);
+    absl::string_view value;
+    if (arg == "--threads") {
+      if (i + 1 >= args->size()) {
+        std::fprintf(stderr, "--threads: expected a positive integer, got nothing\n");
+        return false;
+      }
+      value = (*args)[++i];
+    } else if (absl::StartsWith(arg, "--threads=")) {
+      value = arg.substr(absl::string_view("--threads=").size());
+    } else {
+      rest.push_back((*args)[i]);
+      continue;
+    }
+    if (!absl::SimpleAtoi(value, threads) || *threads <= 0) {
+      std::fprintf(stderr, "--threads: expected a positive integer, got '%.*s'\n",
+                   static_cast<int>(value.size()), value.data());
+      return false;
+    }
+  }
+  *args = std::move(rest);
+  return true;
+}
+
+}  // namespace
+}  // namespace attn::core
+
+int main(int argc, char** argv) {
+  using attn::core::g_threads;
+  std::vector<char*> args(argv, argv + argc);
+  if (!attn::core::ParseThreads(&args, &g_threads)) return 2;
+  omp_set_num_threads(g_threads);
+
+  benchmark::AddCustomContext("omp_threads", std::to_string(g_threads));
+  benchmark::AddCustomContext("onednn_version",
+                              attn::core::MultiHeadAttention::OneDnnVersion());
+  benchmark::AddCustomContext("onednn_isa", attn::core::MultiHeadAttention::OneDnnIsa());
+  attn::core::RegisterAll();
+
+  int n = static_cast<int>(args.size());
+  args.push_back(nullptr);
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
