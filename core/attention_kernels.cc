@@ -273,23 +273,74 @@ struct Avx512 {
   static float Exp(float x) { return std::exp(x); }
 };
 
+// In-register transpose of a 16x16 float block: r[i] holds row i on entry and
+// column i on return.
+ATTN_AVX512 inline void Transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int k = 0; k < 4; ++k) {
+      t[8 * i + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+      t[8 * i + 4 + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
+    }
+  }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
+  }
+}
+
+ATTN_AVX512 void TransposeKeysAvx512(const float* k, ptrdiff_t ldk, int lk, int head_dim,
+                                     float* kt, ptrdiff_t ldkt) {
+  __m512 r[16];
+  for (int j0 = 0; j0 < ldkt; j0 += 16) {
+    for (int d0 = 0; d0 < head_dim; d0 += 16) {
+      const int dn = std::min(16, head_dim - d0);
+      const __mmask16 mask = TailMask(dn);
+      for (int i = 0; i < 16; ++i) {
+        r[i] = j0 + i < lk ? _mm512_maskz_loadu_ps(mask, k + (j0 + i) * ldk + d0)
+                           : _mm512_setzero_ps();  // zero columns past lk
+      }
+      Transpose16x16(r);
+      for (int c = 0; c < dn; ++c) _mm512_storeu_ps(kt + (d0 + c) * ldkt + j0, r[c]);
+    }
+  }
+}
+
 // The blocked attention for one block of query rows; see AttendBlock.
 template <typename K>
 void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   const int bq = std::min(kBlockQ, h.lq - i0);
   const int d = h.head_dim;
   const int dpad = RoundUp16(d);
-  if (ws->s.size() < static_cast<size_t>(kBlockQ) * kBlockK) ws->s.resize(kBlockQ * kBlockK);
+  // Rows go through scores, softmax and P·V in groups of one register tile,
+  // so a group's scores stay in L1 while the key/value block is reused by
+  // every group.
+  constexpr int kGroup = kTileRows;
+  if (ws->s.size() < static_cast<size_t>(kGroup) * kBlockK) ws->s.resize(kGroup * kBlockK);
   if (ws->o.size() < static_cast<size_t>(kBlockQ) * dpad) ws->o.resize(kBlockQ * dpad);
   if (ws->q.size() < static_cast<size_t>(kBlockQ) * d) ws->q.resize(kBlockQ * d);
-  ws->m.assign(kBlockQ, kNegInf);
-  ws->l.assign(kBlockQ, 0.0f);
+  if (ws->m.size() < static_cast<size_t>(kBlockQ)) ws->m.resize(kBlockQ);
+  if (ws->l.size() < static_cast<size_t>(kBlockQ)) ws->l.resize(kBlockQ);
   float* s = ws->s.data();
   float* o = ws->o.data();
   float* m = ws->m.data();
   float* l = ws->l.data();
   std::fill(o, o + bq * dpad, 0.0f);
-  int valid[kBlockQ];
+  std::fill(m, m + bq, kNegInf);
+  std::fill(l, l + bq, 0.0f);
+  int valid[kGroup];
   // The block's last row sees the most keys; causal skips every key block past it.
   const int kv_end = VisibleKeys(h, i0 + bq - 1);
   const bool probs = h.probs != nullptr;
@@ -304,42 +355,49 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
     const int bk = std::min(kBlockK, kv_end - j0);
     const int bk_pad = RoundUp16(bk);
-    K::QK(q, d, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
-    for (int r = 0; r < bq; ++r) {
-      const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
-      valid[r] = vr;
-      if (vr == 0) continue;
-      float* sr = s + r * kBlockK;
-      const float mn = NanMax(m[r], K::RowMax(sr, vr));
-      const float alpha = K::Exp(m[r] - mn);
-      l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
-      if (!probs && alpha != 1.0f) K::Scale(o + r * dpad, dpad, alpha);
-      m[r] = mn;
+    for (int r0 = 0; r0 < bq; r0 += kGroup) {
+      const int nr = std::min(kGroup, bq - r0);
+      K::QK(q + r0 * d, d, nr, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+      for (int g = 0; g < nr; ++g) {
+        const int r = r0 + g;
+        const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
+        valid[g] = vr;
+        if (vr == 0) continue;
+        float* sr = s + g * kBlockK;
+        const float mn = NanMax(m[r], K::RowMax(sr, vr));
+        const float alpha = K::Exp(m[r] - mn);
+        l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
+        if (!probs && alpha != 1.0f) K::Scale(o + r * dpad, dpad, alpha);
+        m[r] = mn;
+      }
+      if (!probs) K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
     }
-    if (!probs) K::PV(s, kBlockK, bq, valid, h.v + j0 * h.ldv, h.ldv, d, o, dpad);
   }
   if (probs) {
     // Pass 2: normalized probabilities, written out and applied to V.
     for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
       const int bk = std::min(kBlockK, kv_end - j0);
       const int bk_pad = RoundUp16(bk);
-      K::QK(q, d, bq, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
-      for (int r = 0; r < bq; ++r) {
-        const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
-        valid[r] = vr;
-        if (vr == 0) continue;
-        float* sr = s + r * kBlockK;
-        K::ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
-        std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr, vr * sizeof(float));
+      for (int r0 = 0; r0 < bq; r0 += kGroup) {
+        const int nr = std::min(kGroup, bq - r0);
+        K::QK(q + r0 * d, d, nr, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+        for (int g = 0; g < nr; ++g) {
+          const int r = r0 + g;
+          const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
+          valid[g] = vr;
+          if (vr == 0) continue;
+          float* sr = s + g * kBlockK;
+          K::ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
+          std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr, vr * sizeof(float));
+        }
+        K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
       }
-      K::PV(s, kBlockK, bq, valid, h.v + j0 * h.ldv, h.ldv, d, o, dpad);
     }
   }
   for (int r = 0; r < bq; ++r) {
-    float* out = h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo;
     // A row that saw no key has l == 0 and o == 0: its result is zero, not NaN.
-    const float inv = probs || l[r] == 0.0f ? 1.0f : 1.0f / l[r];
-    for (int c = 0; c < d; ++c) out[c] = o[r * dpad + c] * inv;
+    if (!probs && l[r] != 0.0f) K::Scale(o + r * dpad, dpad, 1.0f / l[r]);
+    std::memcpy(h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo, o + r * dpad, d * sizeof(float));
   }
 }
 
@@ -374,7 +432,12 @@ void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512) {
   }
 }
 
-void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, ptrdiff_t ldkt) {
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, ptrdiff_t ldkt,
+                   bool avx512) {
+  if (avx512) {
+    TransposeKeysAvx512(k, ldk, lk, head_dim, kt, ldkt);
+    return;
+  }
   constexpr int kTile = 16;
   for (int j0 = 0; j0 < lk; j0 += kTile) {
     const int jn = std::min(kTile, lk - j0);

@@ -16,8 +16,8 @@
 namespace attn::core::kernels {
 
 // Query rows per block and keys per block.
-inline constexpr int kBlockQ = 64;
-inline constexpr int kBlockK = 128;
+inline constexpr int kBlockQ = 128;
+inline constexpr int kBlockK = 256;
 
 inline int RoundUp16(int n) { return (n + 15) / 16 * 16; }
 
@@ -46,7 +46,7 @@ struct HeadView {
 
 // Per-thread scratch; grows on demand and is reused across calls.
 struct Workspace {
-  std::vector<float> s;   // kBlockQ x kBlockK scores / probabilities
+  std::vector<float> s;   // one row group x kBlockK scores / probabilities
   std::vector<float> o;   // kBlockQ x RoundUp16(head_dim) accumulators
   std::vector<float> q;   // kBlockQ x head_dim packed query rows
   std::vector<float> m;   // running row max
@@ -64,7 +64,7 @@ void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512);
 // Writes K (lk rows of head_dim floats at stride ldk) transposed into kt
 // (head_dim rows of ldkt floats), zero-filling columns [lk, ldkt).
 void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt,
-                   ptrdiff_t ldkt);
+                   ptrdiff_t ldkt, bool avx512);
 
 // Copies V (lk rows of head_dim floats at stride ldv) into contiguous rows.
 void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out);

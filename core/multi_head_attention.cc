@@ -294,7 +294,8 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       const int lk = static_cast<int>(ko[s + 1] - ko[s]);
       const int ldkt = kernels::RoundUp16(lk);
       kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd,
-                             kt + kt_offset[s] + static_cast<int64_t>(g) * hd * ldkt, ldkt);
+                             kt + kt_offset[s] + static_cast<int64_t>(g) * hd * ldkt, ldkt,
+                             impl_->avx512);
       kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd,
                           vp + ko[s] * kvd + static_cast<int64_t>(g) * lk * hd);
     }
