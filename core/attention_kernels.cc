@@ -32,16 +32,19 @@ inline float NanMax(float a, float b) { return std::isnan(b) || b > a ? b : a; }
 // ---------------------------------------------------------------------------
 // Portable kernels: the reference shape of every AVX-512 kernel below.
 struct Portable {
-  // s[r][c] = sum_k q[r][k] kt[k][c] for r < rows, c < cols.
-  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, ptrdiff_t ldkt, int d,
+  // s[r][c] = sum_k q[r][k] K^T[k][j0 + c] for r < rows, c < cols; kt in
+  // panels, j0 and cols multiples of 16, j0 + cols within the panels.
+  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d,
                  int cols, float* s, ptrdiff_t lds) {
     for (int r = 0; r < rows; ++r) {
       float* sr = s + r * lds;
       std::fill(sr, sr + cols, 0.0f);
-      for (int k = 0; k < d; ++k) {
-        const float a = q[r * ldq + k];
-        const float* ktr = kt + k * ldkt;
-        for (int c = 0; c < cols; ++c) sr[c] += a * ktr[c];
+      for (int c = 0; c < cols; ++c) {
+        const int j = j0 + c;
+        const float* col = kt + (j / kPanel) * kPanel * d + j % kPanel;
+        float acc = 0.0f;
+        for (int k = 0; k < d; ++k) acc += q[r * ldq + k] * col[k * kPanel];
+        sr[c] = acc;
       }
     }
   }
@@ -123,8 +126,8 @@ inline __mmask16 TailMask(int n) { return n >= 16 ? 0xffff : static_cast<__mmask
 
 // S tile: R rows x NV*16 columns, accumulated in registers over k.
 template <int R, int NV>
-ATTN_AVX512 void QKTile(const float* q, ptrdiff_t ldq, const float* kt, ptrdiff_t ldkt, int d,
-                        float* s, ptrdiff_t lds) {
+ATTN_AVX512 void QKTile(const float* q, ptrdiff_t ldq, const float* kt, int d, float* s,
+                        ptrdiff_t lds) {
   __m512 acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -132,7 +135,7 @@ ATTN_AVX512 void QKTile(const float* q, ptrdiff_t ldq, const float* kt, ptrdiff_
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   }
   for (int k = 0; k < d; ++k) {
-    const float* ktr = kt + k * ldkt;
+    const float* ktr = kt + k * kPanel;
     __m512 b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(ktr + 16 * v);
@@ -184,7 +187,7 @@ ATTN_AVX512 void PVTile(const float* p, ptrdiff_t ldp, int jn, const float* v, p
 constexpr int kTileRows = 6;
 constexpr int kTileVecs = 4;
 
-using QKFn = void (*)(const float*, ptrdiff_t, const float*, ptrdiff_t, int, float*, ptrdiff_t);
+using QKFn = void (*)(const float*, ptrdiff_t, const float*, int, float*, ptrdiff_t);
 using PVFn = void (*)(const float*, ptrdiff_t, int, const float*, ptrdiff_t, __mmask16, float*,
                       ptrdiff_t);
 
@@ -198,14 +201,16 @@ const PVFn kPVTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(PVTile);
 #undef ATTN_TILE_ROW
 
 struct Avx512 {
-  // cols is a multiple of 16.
-  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, ptrdiff_t ldkt, int d,
+  // As Portable::QK; j0 is a multiple of kPanel, and one tile spans one panel.
+  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d,
                  int cols, float* s, ptrdiff_t lds) {
+    static_assert(16 * kTileVecs == kPanel, "a score tile spans exactly one key panel");
     for (int r = 0; r < rows; r += kTileRows) {
       const int nr = std::min(kTileRows, rows - r);
-      for (int c = 0; c < cols; c += 16 * kTileVecs) {
+      for (int c = 0; c < cols; c += kPanel) {
         const int nv = std::min(kTileVecs, (cols - c) / 16);
-        kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, kt + c, ldkt, d, s + r * lds + c, lds);
+        const float* panel = kt + static_cast<ptrdiff_t>((j0 + c) / kPanel) * kPanel * d;
+        kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, panel, d, s + r * lds + c, lds);
       }
     }
   }
@@ -302,9 +307,10 @@ ATTN_AVX512 inline void Transpose16x16(__m512 r[16]) {
 }
 
 ATTN_AVX512 void TransposeKeysAvx512(const float* k, ptrdiff_t ldk, int lk, int head_dim,
-                                     float* kt, ptrdiff_t ldkt) {
+                                     float* kt) {
   __m512 r[16];
-  for (int j0 = 0; j0 < ldkt; j0 += 16) {
+  for (int j0 = 0; j0 < RoundUp16(lk); j0 += 16) {
+    float* panel = kt + static_cast<ptrdiff_t>(j0 / kPanel) * kPanel * head_dim + j0 % kPanel;
     for (int d0 = 0; d0 < head_dim; d0 += 16) {
       const int dn = std::min(16, head_dim - d0);
       const __mmask16 mask = TailMask(dn);
@@ -313,7 +319,7 @@ ATTN_AVX512 void TransposeKeysAvx512(const float* k, ptrdiff_t ldk, int lk, int 
                            : _mm512_setzero_ps();  // zero columns past lk
       }
       Transpose16x16(r);
-      for (int c = 0; c < dn; ++c) _mm512_storeu_ps(kt + (d0 + c) * ldkt + j0, r[c]);
+      for (int c = 0; c < dn; ++c) _mm512_storeu_ps(panel + (d0 + c) * kPanel, r[c]);
     }
   }
 }
@@ -357,7 +363,7 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
     const int bk_pad = RoundUp16(bk);
     for (int r0 = 0; r0 < bq; r0 += kGroup) {
       const int nr = std::min(kGroup, bq - r0);
-      K::QK(q + r0 * d, d, nr, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+      K::QK(q + r0 * d, d, nr, h.kt, j0, d, bk_pad, s, kBlockK);
       for (int g = 0; g < nr; ++g) {
         const int r = r0 + g;
         const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
@@ -365,9 +371,11 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
         if (vr == 0) continue;
         float* sr = s + g * kBlockK;
         const float mn = NanMax(m[r], K::RowMax(sr, vr));
-        const float alpha = K::Exp(m[r] - mn);
+        // Rescale what was accumulated under the old max (nothing, in the
+        // first block a row sees; nothing to do when the max held).
+        const float alpha = mn == m[r] ? 1.0f : K::Exp(m[r] - mn);
+        if (!probs && alpha != 1.0f && l[r] != 0.0f) K::Scale(o + r * dpad, dpad, alpha);
         l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
-        if (!probs && alpha != 1.0f) K::Scale(o + r * dpad, dpad, alpha);
         m[r] = mn;
       }
       if (!probs) K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
@@ -380,7 +388,7 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
       const int bk_pad = RoundUp16(bk);
       for (int r0 = 0; r0 < bq; r0 += kGroup) {
         const int nr = std::min(kGroup, bq - r0);
-        K::QK(q + r0 * d, d, nr, h.kt + j0, h.ldkt, d, bk_pad, s, kBlockK);
+        K::QK(q + r0 * d, d, nr, h.kt, j0, d, bk_pad, s, kBlockK);
         for (int g = 0; g < nr; ++g) {
           const int r = r0 + g;
           const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
@@ -432,21 +440,15 @@ void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512) {
   }
 }
 
-void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, ptrdiff_t ldkt,
-                   bool avx512) {
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, bool avx512) {
   if (avx512) {
-    TransposeKeysAvx512(k, ldk, lk, head_dim, kt, ldkt);
+    TransposeKeysAvx512(k, ldk, lk, head_dim, kt);
     return;
   }
-  constexpr int kTile = 16;
-  for (int j0 = 0; j0 < lk; j0 += kTile) {
-    const int jn = std::min(kTile, lk - j0);
-    for (int d = 0; d < head_dim; ++d) {
-      float* dst = kt + d * ldkt + j0;
-      for (int j = 0; j < jn; ++j) dst[j] = k[(j0 + j) * ldk + d];
-    }
+  for (int j = 0; j < RoundUp16(lk); ++j) {
+    float* col = kt + static_cast<ptrdiff_t>(j / kPanel) * kPanel * head_dim + j % kPanel;
+    for (int d = 0; d < head_dim; ++d) col[d * kPanel] = j < lk ? k[j * ldk + d] : 0.0f;
   }
-  for (int d = 0; d < head_dim; ++d) std::fill(kt + d * ldkt + lk, kt + (d + 1) * ldkt, 0.0f);
 }
 
 void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out) {

@@ -21,15 +21,20 @@ inline constexpr int kBlockK = 256;
 
 inline int RoundUp16(int n) { return (n + 15) / 16 * 16; }
 
+// Keys are stored transposed in panels of kPanel keys, the layout the score
+// microkernel streams through: element (d, j) of a head's K^T is at
+// kt[(j / kPanel) * kPanel * head_dim + d * kPanel + j % kPanel].
+inline constexpr int kPanel = 64;
+inline int RoundUpPanel(int n) { return (n + kPanel - 1) / kPanel * kPanel; }
+
 // One (sequence, head): borrowed views into the projection buffers.
 struct HeadView {
   // Query rows, already multiplied by 1/sqrt(head_dim); row i at q + i * ldq.
   const float* q = nullptr;
   ptrdiff_t ldq = 0;
-  // Keys transposed: element (d, j) at kt[d * ldkt + j]; ldkt >= RoundUp16(lk),
-  // columns [lk, ldkt) are zero.
+  // Keys transposed in panels (see kPanel): RoundUpPanel(lk) keys of storage;
+  // keys [lk, RoundUp16(lk)) are zero, later ones are never read.
   const float* kt = nullptr;
-  ptrdiff_t ldkt = 0;
   // Values; row j at v + j * ldv (head_dim floats).
   const float* v = nullptr;
   ptrdiff_t ldv = 0;
@@ -61,10 +66,10 @@ bool UseAvx512();
 // get zeros.
 void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512);
 
-// Writes K (lk rows of head_dim floats at stride ldk) transposed into kt
-// (head_dim rows of ldkt floats), zero-filling columns [lk, ldkt).
-void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt,
-                   ptrdiff_t ldkt, bool avx512);
+// Writes K (lk rows of head_dim floats at stride ldk) transposed into kt in
+// the panel layout (RoundUpPanel(lk) * head_dim floats of storage), with keys
+// [lk, RoundUp16(lk)) zero.
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, bool avx512);
 
 // Copies V (lk rows of head_dim floats at stride ldv) into contiguous rows.
 void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out);

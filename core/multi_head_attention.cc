@@ -282,7 +282,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     std::vector<int64_t> kt_offset(num_seqs + 1, 0);
     for (int s = 0; s < num_seqs; ++s) {
       kt_offset[s + 1] = kt_offset[s] + static_cast<int64_t>(kv_heads) * hd *
-                                            kernels::RoundUp16(static_cast<int>(ko[s + 1] - ko[s]));
+                                            kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
     }
     float* kt = Scratch::Get(scratch.kt, kt_offset.back());
     // Values packed per (sequence, kv head) too: contiguous rows for P·V.
@@ -292,10 +292,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       const int s = static_cast<int>(t / kv_heads);
       const int g = static_cast<int>(t % kv_heads);
       const int lk = static_cast<int>(ko[s + 1] - ko[s]);
-      const int ldkt = kernels::RoundUp16(lk);
+      const int64_t kt_size = static_cast<int64_t>(hd) * kernels::RoundUpPanel(lk);
       kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd,
-                             kt + kt_offset[s] + static_cast<int64_t>(g) * hd * ldkt, ldkt,
-                             impl_->avx512);
+                             kt + kt_offset[s] + g * kt_size, impl_->avx512);
       kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd,
                           vp + ko[s] * kvd + static_cast<int64_t>(g) * lk * hd);
     }
@@ -327,8 +326,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
         view.causal = batch.causal;
         view.q = q + qo[s] * ldq + h * hd;
         view.ldq = ldq;
-        view.ldkt = kernels::RoundUp16(view.lk);
-        view.kt = kt + kt_offset[s] + static_cast<int64_t>(g) * hd * view.ldkt;
+        view.kt = kt + kt_offset[s] + static_cast<int64_t>(g) * hd * kernels::RoundUpPanel(view.lk);
         view.v = vp + ko[s] * kvd + static_cast<int64_t>(g) * view.lk * hd;
         view.ldv = hd;
         view.out = attn + qo[s] * e + h * hd;
