@@ -70,8 +70,11 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, int num_threads) {
     case attention::v1::FLOAT32:
       c.dtype = core::DType::kF32;
       break;
+    case attention::v1::BFLOAT16:
+      c.dtype = core::DType::kBF16;
+      break;
     default:
-      return bad("dtype: expected FLOAT32 (the only compute dtype so far), got ",
+      return bad("dtype: expected FLOAT32 or BFLOAT16, got ",
                  attention::v1::DataType_Name(pb.dtype()));
   }
   if (absl::Status s = core::ValidateAttentionConfig(c); !s.ok()) return bad(s.message());

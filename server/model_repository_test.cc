@@ -92,6 +92,18 @@ TEST_F(ModelRepositoryTest, LoadsEveryModelWithPrefixAndMixedDtypes) {
   EXPECT_EQ((*repo)->Find("missing"), nullptr);
 }
 
+TEST_F(ModelRepositoryTest, Bfloat16ComputeIsAcceptedAndFloat16Refused) {
+  WriteQkvoModel("bf", "dtype: BFLOAT16\n");
+  auto repo = Load();
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  EXPECT_EQ((*repo)->Find("bf")->config.dtype, core::DType::kBF16);
+  WriteQkvoModel("half", "dtype: FLOAT16\n");
+  repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "dtype: expected FLOAT32 or BFLOAT16"))
+      << repo.status();
+}
+
 TEST_F(ModelRepositoryTest, BadConfigFailsTheWholeLoadNamingTheFile) {
   WriteQkvoModel("good");
   WriteFile(root_ / "bad" / "config.pbtxt", "embed_dim: 30\nnum_heads: 4\n");
