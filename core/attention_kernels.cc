@@ -357,32 +357,10 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
     std::memcpy(q + r * d, h.q + static_cast<ptrdiff_t>(i0 + r) * h.ldq, d * sizeof(float));
   }
 
-  // Pass 1: running max and sum; without probabilities also the output.
-  for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
-    const int bk = std::min(kBlockK, kv_end - j0);
-    const int bk_pad = RoundUp16(bk);
-    for (int r0 = 0; r0 < bq; r0 += kGroup) {
-      const int nr = std::min(kGroup, bq - r0);
-      K::QK(q + r0 * d, d, nr, h.kt, j0, d, bk_pad, s, kBlockK);
-      for (int g = 0; g < nr; ++g) {
-        const int r = r0 + g;
-        const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
-        valid[g] = vr;
-        if (vr == 0) continue;
-        float* sr = s + g * kBlockK;
-        const float mn = NanMax(m[r], K::RowMax(sr, vr));
-        // Rescale what was accumulated under the old max (nothing, in the
-        // first block a row sees; nothing to do when the max held).
-        const float alpha = mn == m[r] ? 1.0f : K::Exp(m[r] - mn);
-        if (!probs && alpha != 1.0f && l[r] != 0.0f) K::Scale(o + r * dpad, dpad, alpha);
-        l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
-        m[r] = mn;
-      }
-      if (!probs) K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
-    }
-  }
-  if (probs) {
-    // Pass 2: normalized probabilities, written out and applied to V.
+  // Walks key blocks x row groups: the group's scores, then `row(r, j0, sr,
+  // visible, bk_pad)` for each row that sees a key of the block, then P·V into
+  // o when `accumulate`.
+  auto sweep = [&](auto&& row, bool accumulate) {
     for (int j0 = 0; j0 < kv_end; j0 += kBlockK) {
       const int bk = std::min(kBlockK, kv_end - j0);
       const int bk_pad = RoundUp16(bk);
@@ -390,17 +368,36 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
         const int nr = std::min(kGroup, bq - r0);
         K::QK(q + r0 * d, d, nr, h.kt, j0, d, bk_pad, s, kBlockK);
         for (int g = 0; g < nr; ++g) {
-          const int r = r0 + g;
-          const int vr = std::clamp(VisibleKeys(h, i0 + r) - j0, 0, bk);
-          valid[g] = vr;
-          if (vr == 0) continue;
-          float* sr = s + g * kBlockK;
-          K::ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
-          std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr, vr * sizeof(float));
+          valid[g] = std::clamp(VisibleKeys(h, i0 + r0 + g) - j0, 0, bk);
+          if (valid[g] > 0) row(r0 + g, j0, s + g * kBlockK, valid[g], bk_pad);
         }
-        K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
+        if (accumulate) {
+          K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
+        }
       }
     }
+  };
+  // Pass 1: running max and sum; without probabilities also the output.
+  sweep(
+      [&](int r, int /*j0*/, float* sr, int vr, int bk_pad) {
+        const float mn = NanMax(m[r], K::RowMax(sr, vr));
+        // Rescale what was accumulated under the old max (nothing, in the
+        // first block a row sees; nothing to do when the max held).
+        const float alpha = mn == m[r] ? 1.0f : K::Exp(m[r] - mn);
+        if (!probs && alpha != 1.0f && l[r] != 0.0f) K::Scale(o + r * dpad, dpad, alpha);
+        l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
+        m[r] = mn;
+      },
+      /*accumulate=*/!probs);
+  if (probs) {
+    // Pass 2: normalized probabilities, written out and applied to V.
+    sweep(
+        [&](int r, int j0, float* sr, int vr, int bk_pad) {
+          K::ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
+          std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr,
+                      vr * sizeof(float));
+        },
+        /*accumulate=*/true);
   }
   for (int r = 0; r < bq; ++r) {
     // A row that saw no key has l == 0 and o == 0: its result is zero, not NaN.
