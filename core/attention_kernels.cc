@@ -80,6 +80,10 @@ struct Portable {
   static void Scale(float* o, int n, float a) {
     for (int c = 0; c < n; ++c) o[c] *= a;
   }
+  // out[0, n) = o[0, n) * a.
+  static void ScaleTo(const float* o, int n, float a, float* out) {
+    for (int c = 0; c < n; ++c) out[c] = o[c] * a;
+  }
   static float Exp(float x) { return std::exp(x); }
 };
 
@@ -275,6 +279,13 @@ struct Avx512 {
     const __m512 va = _mm512_set1_ps(a);
     for (int c = 0; c < n; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
   }
+  ATTN_AVX512 static void ScaleTo(const float* o, int n, float a, float* out) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int c = 0; c < n; c += 16) {
+      const __mmask16 k = TailMask(n - c);
+      _mm512_mask_storeu_ps(out + c, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, o + c), va));
+    }
+  }
   static float Exp(float x) { return std::exp(x); }
 };
 
@@ -336,7 +347,6 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   constexpr int kGroup = kTileRows;
   if (ws->s.size() < static_cast<size_t>(kGroup) * kBlockK) ws->s.resize(kGroup * kBlockK);
   if (ws->o.size() < static_cast<size_t>(kBlockQ) * dpad) ws->o.resize(kBlockQ * dpad);
-  if (ws->q.size() < static_cast<size_t>(kBlockQ) * d) ws->q.resize(kBlockQ * d);
   if (ws->m.size() < static_cast<size_t>(kBlockQ)) ws->m.resize(kBlockQ);
   if (ws->l.size() < static_cast<size_t>(kBlockQ)) ws->l.resize(kBlockQ);
   float* s = ws->s.data();
@@ -350,12 +360,7 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   // The block's last row sees the most keys; causal skips every key block past it.
   const int kv_end = VisibleKeys(h, i0 + bq - 1);
   const bool probs = h.probs != nullptr;
-  // The block's query rows, packed contiguously (they sit far apart in the
-  // fused projection buffer).
-  float* q = ws->q.data();
-  for (int r = 0; r < bq; ++r) {
-    std::memcpy(q + r * d, h.q + static_cast<ptrdiff_t>(i0 + r) * h.ldq, d * sizeof(float));
-  }
+  const float* q = h.q + static_cast<ptrdiff_t>(i0) * h.ldq;
 
   // Walks key blocks x row groups: the group's scores, then `row(r, j0, sr,
   // visible, bk_pad)` for each row that sees a key of the block, then P·V into
@@ -366,7 +371,7 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
       const int bk_pad = RoundUp16(bk);
       for (int r0 = 0; r0 < bq; r0 += kGroup) {
         const int nr = std::min(kGroup, bq - r0);
-        K::QK(q + r0 * d, d, nr, h.kt, j0, d, bk_pad, s, kBlockK);
+        K::QK(q + r0 * h.ldq, h.ldq, nr, h.kt, j0, d, bk_pad, s, kBlockK);
         for (int g = 0; g < nr; ++g) {
           valid[g] = std::clamp(VisibleKeys(h, i0 + r0 + g) - j0, 0, bk);
           if (valid[g] > 0) row(r0 + g, j0, s + g * kBlockK, valid[g], bk_pad);
@@ -401,8 +406,8 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   }
   for (int r = 0; r < bq; ++r) {
     // A row that saw no key has l == 0 and o == 0: its result is zero, not NaN.
-    if (!probs && l[r] != 0.0f) K::Scale(o + r * dpad, dpad, 1.0f / l[r]);
-    std::memcpy(h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo, o + r * dpad, d * sizeof(float));
+    const float inv = probs || l[r] == 0.0f ? 1.0f : 1.0f / l[r];
+    K::ScaleTo(o + r * dpad, d, inv, h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo);
   }
 }
 

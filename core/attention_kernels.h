@@ -53,7 +53,6 @@ struct HeadView {
 struct Workspace {
   std::vector<float> s;   // one row group x kBlockK scores / probabilities
   std::vector<float> o;   // kBlockQ x RoundUp16(head_dim) accumulators
-  std::vector<float> q;   // kBlockQ x head_dim packed query rows
   std::vector<float> m;   // running row max
   std::vector<float> l;   // running row sum
 };

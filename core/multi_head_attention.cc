@@ -277,65 +277,102 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     }
     t1 = Clock::now();
 
-    // Keys transposed per (sequence, kv head), so score tiles read contiguous
-    // rows: memory grows with tokens, never with L².
-    std::vector<int64_t> kt_offset(num_seqs + 1, 0);
-    for (int s = 0; s < num_seqs; ++s) {
-      kt_offset[s + 1] = kt_offset[s] + static_cast<int64_t>(kv_heads) * hd *
-                                            kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
-    }
-    float* kt = Scratch::Get(scratch.kt, kt_offset.back());
-    // Values packed per (sequence, kv head) too: contiguous rows for P·V.
-    float* vp = Scratch::Get(scratch.vp, nk * kvd);
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < static_cast<int64_t>(num_seqs) * kv_heads; ++t) {
-      const int s = static_cast<int>(t / kv_heads);
-      const int g = static_cast<int>(t % kv_heads);
-      const int lk = static_cast<int>(ko[s + 1] - ko[s]);
-      const int64_t kt_size = static_cast<int64_t>(hd) * kernels::RoundUpPanel(lk);
-      kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd,
-                             kt + kt_offset[s] + g * kt_size, impl_->avx512);
-      kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd,
-                          vp + ko[s] * kvd + static_cast<int64_t>(g) * lk * hd);
-    }
-
-    // Tasks: (sequence, head, block of query rows); costs differ (ragged and
-    // causal), so threads take them dynamically.
-    struct Task {
-      int s, h, i0;
-    };
-    std::vector<Task> tasks;
-    for (int s = 0; s < num_seqs; ++s) {
-      const int lq = static_cast<int>(qo[s + 1] - qo[s]);
-      for (int h = 0; h < heads; ++h) {
-        for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) tasks.push_back({s, h, i0});
-      }
-    }
+    // Keys are transposed into panels and values packed per (sequence, kv
+    // head), so the microkernels stream contiguous memory; memory grows with
+    // tokens, never with L².
     const bool avx512 = impl_->avx512;
+    auto view_of = [&](int s, int h, const float* kt_sg, const float* v_sg) {
+      kernels::HeadView view;
+      view.lq = static_cast<int>(qo[s + 1] - qo[s]);
+      view.lk = static_cast<int>(ko[s + 1] - ko[s]);
+      view.head_dim = hd;
+      view.causal = batch.causal;
+      view.q = q + qo[s] * ldq + h * hd;
+      view.ldq = ldq;
+      view.kt = kt_sg;
+      view.v = v_sg;
+      view.ldv = hd;
+      view.out = attn + qo[s] * e + h * hd;
+      view.ldo = e;
+      if (batch.need_probs) {
+        view.probs = result->probs.data() + result->probs_offsets[s] +
+                     static_cast<int64_t>(h) * view.lq * view.lk;
+      }
+      return view;
+    };
+    auto pack = [&](int s, int g, float* kt_sg, float* v_sg) {
+      const int lk = static_cast<int>(ko[s + 1] - ko[s]);
+      kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd, kt_sg, avx512);
+      kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd, v_sg);
+    };
+    const int64_t units = static_cast<int64_t>(num_seqs) * kv_heads;
+    if (units >= 4 * static_cast<int64_t>(omp_get_max_threads())) {
+      // Enough (sequence, kv head) units to share out: each thread packs one
+      // unit's keys and values into its own scratch and runs every query head
+      // of the group on them while they are hot in cache.
 #pragma omp parallel
-    {
-      static thread_local kernels::Workspace ws;
+      {
+        static thread_local std::vector<float> kt_buf, v_buf;
+        static thread_local kernels::Workspace ws;
 #pragma omp for schedule(dynamic)
-      for (size_t t = 0; t < tasks.size(); ++t) {
-        const Task& task = tasks[t];
-        const int s = task.s, h = task.h, g = h / group;
-        kernels::HeadView view;
-        view.lq = static_cast<int>(qo[s + 1] - qo[s]);
-        view.lk = static_cast<int>(ko[s + 1] - ko[s]);
-        view.head_dim = hd;
-        view.causal = batch.causal;
-        view.q = q + qo[s] * ldq + h * hd;
-        view.ldq = ldq;
-        view.kt = kt + kt_offset[s] + static_cast<int64_t>(g) * hd * kernels::RoundUpPanel(view.lk);
-        view.v = vp + ko[s] * kvd + static_cast<int64_t>(g) * view.lk * hd;
-        view.ldv = hd;
-        view.out = attn + qo[s] * e + h * hd;
-        view.ldo = e;
-        if (batch.need_probs) {
-          view.probs = result->probs.data() + result->probs_offsets[s] +
-                       static_cast<int64_t>(h) * view.lq * view.lk;
+        for (int64_t t = 0; t < units; ++t) {
+          const int s = static_cast<int>(t / kv_heads);
+          const int g = static_cast<int>(t % kv_heads);
+          const int lk = static_cast<int>(ko[s + 1] - ko[s]);
+          const int lq = static_cast<int>(qo[s + 1] - qo[s]);
+          float* kt_sg = Scratch::Get(kt_buf, static_cast<size_t>(hd) * kernels::RoundUpPanel(lk));
+          float* v_sg = Scratch::Get(v_buf, static_cast<size_t>(lk) * hd);
+          pack(s, g, kt_sg, v_sg);
+          for (int h = g * group; h < (g + 1) * group; ++h) {
+            const kernels::HeadView view = view_of(s, h, kt_sg, v_sg);
+            for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) {
+              kernels::AttendBlock(view, i0, &ws, avx512);
+            }
+          }
         }
-        kernels::AttendBlock(view, task.i0, &ws, avx512);
+      }
+    } else {
+      // Few units (one long sequence, few kv heads): pack everything first,
+      // then share out (sequence, head, block of query rows) tasks.
+      std::vector<int64_t> kt_offset(num_seqs + 1, 0);
+      for (int s = 0; s < num_seqs; ++s) {
+        kt_offset[s + 1] = kt_offset[s] + static_cast<int64_t>(kv_heads) * hd *
+                                              kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
+      }
+      float* kt = Scratch::Get(scratch.kt, kt_offset.back());
+      float* vp = Scratch::Get(scratch.vp, nk * kvd);
+      auto kt_of = [&](int s, int g) {
+        return kt + kt_offset[s] +
+               static_cast<int64_t>(g) * hd * kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
+      };
+      auto v_of = [&](int s, int g) { return vp + ko[s] * kvd + g * (ko[s + 1] - ko[s]) * hd; };
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < units; ++t) {
+        const int s = static_cast<int>(t / kv_heads);
+        const int g = static_cast<int>(t % kv_heads);
+        pack(s, g, kt_of(s, g), v_of(s, g));
+      }
+      // Costs differ (ragged and causal), so threads take tasks dynamically.
+      struct Task {
+        int s, h, i0;
+      };
+      std::vector<Task> tasks;
+      for (int s = 0; s < num_seqs; ++s) {
+        const int lq = static_cast<int>(qo[s + 1] - qo[s]);
+        for (int h = 0; h < heads; ++h) {
+          for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) tasks.push_back({s, h, i0});
+        }
+      }
+#pragma omp parallel
+      {
+        static thread_local kernels::Workspace ws;
+#pragma omp for schedule(dynamic)
+        for (size_t t = 0; t < tasks.size(); ++t) {
+          const Task& task = tasks[t];
+          const int g = task.h / group;
+          kernels::AttendBlock(view_of(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)),
+                               task.i0, &ws, avx512);
+        }
       }
     }
     if (bf16) RoundToBF16(attn, q_elems);
