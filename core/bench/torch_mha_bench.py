@@ -58,7 +58,8 @@ def load_core_json(path):
         # With --benchmark_repetitions keep the median aggregate only.
         if bench.get("run_type") == "aggregate" and bench.get("aggregate_name") != "median":
             continue
-        name = bench.get("name", "")
+        # Aggregates are named "<run_name>_median"; match on the run name.
+        name = bench.get("run_name") or bench.get("name", "")
         m = NAME_RE.match(name)
         if m:
             dtype = m.group(1)
