@@ -1,0 +1,218 @@
+// A dynamic batcher: queues tasks per key (tasks that may share a batch),
+// cuts batches by BatchPolicy, and runs them one at a time on its own
+// executor thread. It knows nothing about tensors.
+//
+// A Task type provides:
+//   int64_t tokens() const;      // cost against the token budgets
+//   absl::Time deadline() const; // absl::InfiniteFuture() for none
+//   bool cancelled() const;      // the client gave up
+//
+// Admission is bounded (requests and tokens over all keys): a full batcher
+// refuses at once with RESOURCE_EXHAUSTED, so accepted work is never dropped.
+// Tasks whose deadline passed or that were cancelled are handed to `reject`
+// (DEADLINE_EXCEEDED / CANCELLED) when their batch is cut, and never take a
+// batch slot. Among keys ready to cut, the one holding the oldest task goes
+// first. Stop() refuses new tasks (UNAVAILABLE), runs everything queued
+// without waiting for delays, then joins; it never waits on the clock.
+//
+// Thread-safe. `run` and `reject` are called on the executor thread only.
+#ifndef ATTN_CORE_BATCHING_BATCHER_H_
+#define ATTN_CORE_BATCHING_BATCHER_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "core/batching/batch_policy.h"
+#include "core/clock.h"
+#include "core/mutex.h"
+
+namespace attn::core {
+
+template <typename Task>
+class Batcher {
+ public:
+  struct Options {
+    BatchPolicy policy;
+    // Admission bounds over all keys.
+    int max_queue_requests = 1024;
+    int64_t max_queue_tokens = int64_t{1} << 20;
+    // Test seam.
+    Clock* clock = Clock::Real();
+  };
+  using RunBatch = std::function<void(const std::string& key, std::vector<std::unique_ptr<Task>>)>;
+  using Reject = std::function<void(std::unique_ptr<Task>, absl::Status)>;
+
+  static absl::StatusOr<std::unique_ptr<Batcher>> Create(const Options& options, RunBatch run,
+                                                         Reject reject) {
+    if (absl::Status s = ValidateBatchPolicy(options.policy); !s.ok()) return s;
+    if (options.max_queue_requests < 1 || options.max_queue_tokens < 1) {
+      return absl::InvalidArgumentError("max_queue_requests/max_queue_tokens: expected >= 1");
+    }
+    if (options.clock == nullptr) return absl::InvalidArgumentError("clock: required");
+    return std::unique_ptr<Batcher>(new Batcher(options, std::move(run), std::move(reject)));
+  }
+
+  ~Batcher() { Stop(); }
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues *task under `key` and takes it. On error *task stays with the
+  // caller: RESOURCE_EXHAUSTED (queue full; message says which bound),
+  // UNAVAILABLE (stopping).
+  absl::Status Submit(const std::string& key, std::unique_ptr<Task>* task) {
+    const int64_t tokens = (*task)->tokens();
+    {
+      MutexLock lock(&mu_);
+      if (stopping_) return absl::UnavailableError("server is shutting down");
+      if (requests_ + 1 > options_.max_queue_requests) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "queue full: ", requests_, " requests waiting (max_queue_size ",
+            options_.max_queue_requests, ")"));
+      }
+      if (tokens_ + tokens > options_.max_queue_tokens && requests_ > 0) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "queue full: ", tokens_, " tokens waiting, ", tokens, " more would exceed ",
+            options_.max_queue_tokens, " (max_queue_tokens)"));
+      }
+      Queue& q = queues_[key];
+      q.entries.push_back({std::move(*task), options_.clock->Now()});
+      q.tokens += tokens;
+      ++requests_;
+      tokens_ += tokens;
+    }
+    cv_.Signal();
+    return absl::OkStatus();
+  }
+
+  // Wakes the executor to look at the clock again (tests with a FakeClock).
+  void Poke() { cv_.Signal(); }
+
+  void Stop() {
+    {
+      MutexLock lock(&mu_);
+      if (stopping_ && !thread_.joinable()) return;
+      stopping_ = true;
+    }
+    cv_.SignalAll();
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  }
+
+  // Requests and tokens waiting (not counting a batch being run).
+  std::pair<int, int64_t> queued() const {
+    MutexLock lock(&mu_);
+    return {requests_, tokens_};
+  }
+
+ private:
+  struct Entry {
+    std::unique_ptr<Task> task;
+    absl::Time enqueued;
+  };
+  struct Queue {
+    std::deque<Entry> entries;
+    int64_t tokens = 0;
+  };
+
+  Batcher(const Options& options, RunBatch run, Reject reject)
+      : options_(options), run_(std::move(run)), reject_(std::move(reject)) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+
+  void Loop() {
+    for (;;) {
+      std::string key;
+      std::vector<std::unique_ptr<Task>> batch;
+      std::vector<std::pair<std::unique_ptr<Task>, absl::Status>> rejected;
+      {
+        MutexLock lock(&mu_);
+        typename std::map<std::string, Queue>::iterator chosen;
+        for (;;) {
+          const absl::Time now = options_.clock->Now();
+          chosen = queues_.end();
+          absl::Time recheck = absl::InfiniteFuture();
+          for (auto it = queues_.begin(); it != queues_.end(); ++it) {
+            Queue& q = it->second;
+            if (q.entries.empty()) continue;
+            QueueView view{static_cast<int>(q.entries.size()), q.tokens,
+                           q.entries.front().enqueued};
+            CutDecision d = DecideCut(options_.policy, view, /*executor_free=*/true, now);
+            if (d.cut || stopping_) {  // draining ignores the delay
+              if (chosen == queues_.end() ||
+                  view.oldest_enqueued < chosen->second.entries.front().enqueued) {
+                chosen = it;
+              }
+            } else {
+              recheck = std::min(recheck, d.recheck_at);
+            }
+          }
+          if (chosen != queues_.end()) break;
+          if (stopping_) return;  // nothing left
+          if (recheck == absl::InfiniteFuture()) {
+            cv_.Wait(&mu_);
+          } else {
+            cv_.WaitWithTimeout(&mu_, std::max(recheck - now, absl::Milliseconds(1)));
+          }
+        }
+        key = chosen->first;
+        Queue& q = chosen->second;
+        const absl::Time now = options_.clock->Now();
+        int64_t batch_tokens = 0;
+        while (!q.entries.empty() && static_cast<int>(batch.size()) < options_.policy.max_batch_size) {
+          Entry& front = q.entries.front();
+          const int64_t t = front.task->tokens();
+          const bool dead = front.task->deadline() <= now;
+          const bool cancelled = front.task->cancelled();
+          if (!dead && !cancelled && !batch.empty() &&
+              batch_tokens + t > options_.policy.max_batch_tokens) {
+            break;
+          }
+          std::unique_ptr<Task> task = std::move(front.task);
+          q.entries.pop_front();
+          q.tokens -= t;
+          --requests_;
+          tokens_ -= t;
+          if (cancelled) {
+            rejected.emplace_back(std::move(task), absl::CancelledError("cancelled before compute"));
+          } else if (dead) {
+            rejected.emplace_back(std::move(task),
+                                  absl::DeadlineExceededError("deadline passed while queued"));
+          } else {
+            batch_tokens += t;
+            batch.push_back(std::move(task));
+          }
+        }
+        if (q.entries.empty()) queues_.erase(chosen);
+      }
+      for (auto& [task, why] : rejected) reject_(std::move(task), why);
+      if (!batch.empty()) run_(key, std::move(batch));
+    }
+  }
+
+  const Options options_;
+  const RunBatch run_;
+  const Reject reject_;
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
+  int requests_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // last: starts after everything above exists
+};
+
+}  // namespace attn::core
+
+#endif  // ATTN_CORE_BATCHING_BATCHER_H_
