@@ -8,6 +8,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "core/status_macros.h"
 
 namespace attn::server {
 
@@ -35,19 +36,33 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
-  s->queue_ = std::make_unique<WorkQueue>();
-  // Warm every model up on the worker thread before reporting SERVING.
-  std::promise<absl::Status> warmed;
-  s->queue_->Submit([&warmed, repo = s->repository_.get()] {
-    absl::Status status;
-    for (const Model* model : repo->models()) {
-      status.Update(WarmUp(*model));
-    }
-    warmed.set_value(status);
-  });
-  if (absl::Status status = warmed.get_future().get(); !status.ok()) return status;
+  AttendBatcher::Options batcher_options;
+  batcher_options.policy = options.batching;
+  batcher_options.max_queue_requests = options.max_queue_size;
+  batcher_options.max_queue_tokens = options.max_queue_tokens;
+  ServerMetrics* metrics = s->metrics_.get();
+  auto batcher = AttendBatcher::Create(
+      batcher_options,
+      [metrics](const std::string& /*key*/, std::vector<std::unique_ptr<AttendCall>> calls) {
+        RunAttendBatch(std::move(calls), [metrics](const std::string& model, absl::StatusCode code) {
+          metrics->RecordRequest(model, code);
+        });
+      },
+      [metrics](std::unique_ptr<AttendCall> call, absl::Status why) {
+        metrics->RecordRequest(call->model->name, why.code());
+        FinishAttendCall(std::move(call), why);
+      });
+  if (!batcher.ok()) return batcher.status();
+  s->batcher_ = *std::move(batcher);
+  // Warm every model up on the batcher's executor thread (the one that will
+  // serve it) before reporting SERVING.
+  absl::Status warm;
+  ATTN_RETURN_IF_ERROR(s->batcher_->RunOnExecutor([&warm, repo = s->repository_.get()] {
+    for (const Model* model : repo->models()) warm.Update(WarmUp(*model));
+  }));
+  ATTN_RETURN_IF_ERROR(warm);
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), s->metrics_.get(),
-                                                   s->queue_.get());
+                                                   s->batcher_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -76,11 +91,14 @@ void AttentionServer::Shutdown() {
   stopped_ = true;
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
+    // Accepted requests run now, without waiting for batching delays; new
+    // ones get UNAVAILABLE until gRPC stops taking calls.
+    if (batcher_ != nullptr) batcher_->Drain();
     server_->Shutdown(std::chrono::system_clock::now() +
                       absl::ToChronoNanoseconds(options_.shutdown_grace));
     server_->Wait();
   }
-  queue_.reset();  // drains remaining tasks, joins the worker
+  if (batcher_ != nullptr) batcher_->Stop();  // runs anything left, joins the executor
   server_.reset();
   service_.reset();
   exposer_.reset();

@@ -3,8 +3,8 @@
 //
 // Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING,
 // gRPC stops accepting calls and waits (up to the grace period) for calls in
-// flight, which the worker completes; then the worker drains and joins, and
-// the metrics endpoint closes last.
+// flight, which the batcher's executor completes; then the batcher drains
+// and joins, and the metrics endpoint closes last.
 //
 // Thread-compatible: Start() and Shutdown() from one thread; serving itself
 // is concurrent.
@@ -21,7 +21,8 @@
 #include "server/attention_service.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
-#include "server/work_queue.h"
+#include "core/batching/batch_policy.h"
+#include "server/attend_call.h"
 
 namespace attn::server {
 
@@ -38,6 +39,12 @@ class AttentionServer {
     absl::Duration shutdown_grace = absl::Seconds(30);
     // Reported in attn_build_info.
     int threads = 0;
+    // Dynamic batching (one queue per model and batch-wide options).
+    core::BatchPolicy batching;
+    // Admission bounds over all queues; past them requests are shed with
+    // RESOURCE_EXHAUSTED.
+    int max_queue_size = 1024;
+    int64_t max_queue_tokens = int64_t{1} << 20;
   };
 
   // Starts serving `repository`. Fails if an address cannot be bound.
@@ -52,6 +59,8 @@ class AttentionServer {
   // 0 when metrics are disabled.
   int metrics_port() const { return metrics_port_; }
   const ModelRepository& repository() const { return *repository_; }
+  // Requests waiting in the batcher.
+  int queued_requests() const { return batcher_ == nullptr ? 0 : batcher_->queued().first; }
   ServerMetrics& metrics() { return *metrics_; }
 
  private:
@@ -61,7 +70,7 @@ class AttentionServer {
   std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  std::unique_ptr<WorkQueue> queue_;
+  std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;

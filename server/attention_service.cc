@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "server/attend_codec.h"
 #include "server/status_util.h"
 
@@ -27,8 +28,8 @@ void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
 }
 
 AttentionService::AttentionService(const ModelRepository* repository, ServerMetrics* metrics,
-                                   WorkQueue* queue)
-    : repository_(repository), metrics_(metrics), queue_(queue) {}
+                                   AttendBatcher* batcher)
+    : repository_(repository), metrics_(metrics), batcher_(batcher) {}
 
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const AttendRequest* request,
@@ -51,27 +52,24 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   }
   response->set_request_id(request->request_id());
   response->set_model_name(model->name);
-  auto work = std::make_shared<DecodedRequest>(*std::move(decoded));
-  const absl::Time enqueued = absl::Now();
-  const bool accepted = queue_->Submit([this, reactor, response, model, work, enqueued] {
-    const absl::Time start = absl::Now();
-    core::AttentionResult result;
-    absl::Status status = model->mha->Forward(work->batch_view(), &result);
-    const absl::Time end = absl::Now();
-    if (status.ok()) {
-      EncodeAttendResponse(*work, result, *model, response);
-      attention::v1::Timing* timing = response->mutable_timing();
-      timing->set_queue_us(absl::ToInt64Microseconds(start - enqueued));
-      timing->set_compute_us(absl::ToInt64Microseconds(end - start));
-      timing->set_batch_size(1);
-      timing->set_batch_tokens(work->num_tokens());
+  auto call = std::make_unique<AttendCall>();
+  call->model = model;
+  call->request = *std::move(decoded);
+  call->enqueued = absl::Now();
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    call->deadline_at = absl::FromChrono(context->deadline());
+  }
+  call->context = context;
+  call->reactor = reactor;
+  call->response = response;
+  const std::string key = BatchKey(*model, call->request);
+  if (absl::Status status = batcher_->Submit(key, &call); !status.ok()) {
+    if (status.code() == absl::StatusCode::kResourceExhausted) {
+      // gRPC's retry policy honours this hint.
+      context->AddTrailingMetadata("grpc-retry-pushback-ms", absl::StrCat(kRetryPushbackMs));
     }
     metrics_->RecordRequest(model->name, status.code());
     reactor->Finish(ToGrpcStatus(status));
-  });
-  if (!accepted) {
-    metrics_->RecordRequest(model->name, absl::StatusCode::kUnavailable);
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down"));
   }
   return reactor;
 }

@@ -1,10 +1,11 @@
 // attention.v1.AttentionService on gRPC's callback API.
 //
 // Reactions only validate and enqueue: Attend decodes the request on the
-// gRPC thread, hands compute to the WorkQueue, and the worker finishes the
-// reactor. ListModels/GetModel answer inline.
+// gRPC thread and submits it to the batcher, whose executor runs the batch
+// and finishes the reactor. A full queue answers RESOURCE_EXHAUSTED at once
+// with a grpc-retry-pushback-ms hint. ListModels/GetModel answer inline.
 //
-// Thread-safe. The repository, metrics and queue must outlive the service
+// Thread-safe. The repository, metrics and batcher must outlive the service
 // (and the grpc::Server it is registered with).
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
 #define ATTN_SERVER_ATTENTION_SERVICE_H_
@@ -12,13 +13,17 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
-#include "server/work_queue.h"
+#include "server/attend_call.h"
 
 namespace attn::server {
 
 class AttentionService final : public attention::v1::AttentionService::CallbackService {
  public:
-  AttentionService(const ModelRepository* repository, ServerMetrics* metrics, WorkQueue* queue);
+  // How long a shed client should wait before retrying.
+  static constexpr int kRetryPushbackMs = 50;
+
+  AttentionService(const ModelRepository* repository, ServerMetrics* metrics,
+                   AttendBatcher* batcher);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
                                    const attention::v1::AttendRequest* request,
@@ -33,7 +38,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
  private:
   const ModelRepository* const repository_;
   ServerMetrics* const metrics_;
-  WorkQueue* const queue_;
+  AttendBatcher* const batcher_;
 };
 
 // Fills `info` from a loaded model.

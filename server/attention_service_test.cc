@@ -3,6 +3,7 @@
 
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -34,7 +35,10 @@ core::AttentionConfig SmallConfig() {
 
 class AttentionServiceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { StartServer(AttentionServer::Options()); }
+
+  void StartServer(AttentionServer::Options options) {
+    if (server_ != nullptr) server_->Shutdown();
     std::vector<Model> models;
     Model m;
     m.name = "small";
@@ -42,7 +46,6 @@ class AttentionServiceTest : public ::testing::Test {
     m.max_seq_len = 32;
     m.mha = *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, kSeed), {});
     models.push_back(std::move(m));
-    AttentionServer::Options options;
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
     auto server = AttentionServer::Start(ModelRepository::FromModels(std::move(models)), options);
@@ -354,8 +357,97 @@ TEST_F(AttentionServiceTest, ConcurrentRequestsAllGetTheirOwnAnswer) {
     EXPECT_EQ(responses[i].output().shape(1), 1 + i);
     AttendResponse alone;
     ASSERT_TRUE(Attend(requests[i], &alone).ok());
-    EXPECT_EQ(alone.output().raw_data(), responses[i].output().raw_data());
+    const std::vector<float> a = RawFloats(alone.output()), b = RawFloats(responses[i].output());
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t j = 0; j < a.size(); ++j) ASSERT_NEAR(a[j], b[j], 1e-5f) << "request " << i;
   }
+}
+
+TEST_F(AttentionServiceTest, ConcurrentRequestsShareOneRaggedBatch) {
+  AttentionServer::Options options;
+  options.batching.max_batch_size = 4;
+  options.batching.max_queue_delay = absl::Seconds(60);  // only a full batch is cut
+  StartServer(options);
+  std::vector<AttendRequest> requests;
+  for (int i = 0; i < 4; ++i) requests.push_back(MakeRequest(1, 2 + i));
+  std::vector<AttendResponse> responses(4);
+  std::vector<grpc::Status> statuses(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] { statuses[i] = Attend(requests[i], &responses[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].timing().batch_size(), 4);
+    EXPECT_EQ(responses[i].timing().batch_tokens(), 2 + 3 + 4 + 5);
+    EXPECT_EQ(responses[i].output().shape(1), 2 + i);
+  }
+  // And each equals the request run alone through the core.
+  const core::AttentionConfig c = SmallConfig();
+  auto mha = core::MultiHeadAttention::Create(c, core::RandomAttentionWeights(c, kSeed), {});
+  ASSERT_TRUE(mha.ok());
+  for (int i = 0; i < 4; ++i) {
+    std::vector<float> q(RawFloats(requests[i].query()));
+    core::AttentionBatch b;
+    b.query = q;
+    b.q_offsets = {0, 2 + i};
+    core::AttentionResult alone;
+    ASSERT_TRUE((*mha)->Forward(b, &alone).ok());
+    const std::vector<float> got = RawFloats(responses[i].output());
+    ASSERT_EQ(got.size(), alone.output.size());
+    for (size_t j = 0; j < got.size(); ++j) ASSERT_NEAR(got[j], alone.output[j], 1e-5f);
+  }
+}
+
+TEST_F(AttentionServiceTest, FullQueueShedsWithRetryHintAndShutdownFinishesAcceptedWork) {
+  AttentionServer::Options options;
+  options.max_queue_size = 1;
+  options.batching.max_queue_delay = absl::Seconds(60);  // the first request waits in the queue
+  StartServer(options);
+  AttendResponse first_response;
+  grpc::Status first_status;
+  std::thread first([&] { first_status = Attend(MakeRequest(1, 3), &first_response); });
+  while (server_->queued_requests() < 1) std::this_thread::yield();
+
+  grpc::ClientContext ctx;
+  AttendResponse shed;
+  const grpc::Status s = stub_->Attend(&ctx, MakeRequest(1, 4), &shed);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "max_queue_size 1")) << s.error_message();
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  auto hint = trailers.find("grpc-retry-pushback-ms");
+  ASSERT_NE(hint, trailers.end());
+  EXPECT_EQ(std::string(hint->second.data(), hint->second.size()), "50");
+  EXPECT_EQ(Counter("small", "RESOURCE_EXHAUSTED"), 1);
+
+  // Shutdown does not wait a minute for the delay: it runs the accepted request.
+  server_->Shutdown();
+  first.join();
+  ASSERT_TRUE(first_status.ok()) << first_status.error_message();
+  EXPECT_EQ(first_response.output().shape(1), 3);
+}
+
+TEST_F(AttentionServiceTest, RequestPastItsDeadlineIsNotComputed) {
+  AttentionServer::Options options;
+  options.batching.max_queue_delay = absl::Milliseconds(300);
+  StartServer(options);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+  AttendResponse resp;
+  const grpc::Status s = stub_->Attend(&ctx, MakeRequest(1, 2), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // When its batch is cut (after the 300 ms delay) the batcher drops it:
+  // counted as expired (or cancelled, if gRPC reported the client's deadline
+  // first), never computed.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED") < 1 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED"), 1);
+  EXPECT_EQ(Counter("small", "OK"), 0);
+  EXPECT_EQ(server_->queued_requests(), 0);
 }
 
 }  // namespace

@@ -19,6 +19,14 @@ ABSL_FLAG(std::string, model_repository, "",
           "Directory of <model>/config.pbtxt; empty serves the built-in model 'default'");
 ABSL_FLAG(int, threads, 0, "Compute threads per model (0: one per core, or OMP_NUM_THREADS)");
 ABSL_FLAG(int, max_message_bytes, 256 << 20, "Largest gRPC request/response message");
+ABSL_FLAG(int, max_batch_size, 64, "Most requests in one batch");
+ABSL_FLAG(int64_t, max_batch_tokens, 16384, "Most query tokens in one batch");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0,
+          "How long the oldest request may wait for a fuller batch (0: never waits)");
+ABSL_FLAG(int, max_queue_size, 1024,
+          "Requests waiting over all models before new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_queue_tokens, int64_t{1} << 20,
+          "Query tokens waiting over all models before new requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long to wait for accepted requests before cancelling them");
 
@@ -47,6 +55,11 @@ int Run() {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  options.batching.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  options.batching.max_queue_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  options.max_queue_tokens = absl::GetFlag(FLAGS_max_queue_tokens);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
     std::cerr << "attention-server: " << server.status().message() << "\n";

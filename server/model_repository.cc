@@ -100,33 +100,6 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, int num_threads) {
 
 }  // namespace
 
-absl::Status WarmUp(const Model& model) {
-  const core::AttentionConfig& c = model.config;
-  const bool cross = c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
-  // oneDNN picks different GEMM kernels as the row count grows: touch a few.
-  for (int64_t len : {1, 16, 128}) {
-    len = std::min<int64_t>(len, model.max_seq_len);
-    std::vector<float> q(static_cast<size_t>(len) * c.embed_dim, 0.5f);
-    std::vector<float> k(static_cast<size_t>(len) * c.key_dim(), 0.5f);
-    std::vector<float> v(static_cast<size_t>(len) * c.value_dim(), 0.5f);
-    core::AttentionBatch batch;
-    batch.query = q;
-    batch.q_offsets = {0, len};
-    if (cross) {
-      batch.cross_attention = true;
-      batch.key = k;
-      batch.value = v;
-      batch.kv_offsets = {0, len};
-    }
-    core::AttentionResult result;
-    if (absl::Status s = model.mha->Forward(batch, &result); !s.ok()) {
-      return absl::InternalError(
-          absl::StrCat("model '", model.name, "': warm-up failed: ", s.message()));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Options& options) {
   std::vector<Model> models;
   if (options.directory.empty()) {

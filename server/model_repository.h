@@ -27,12 +27,6 @@ struct Model {
   std::unique_ptr<core::MultiHeadAttention> mha;
 };
 
-// Runs one small batch through `model`, so oneDNN's kernels are generated and
-// the calling thread's OpenMP team exists before the first request (the first
-// call on a thread otherwise costs tens of milliseconds). Call it on the
-// thread that will run the model's compute.
-absl::Status WarmUp(const Model& model);
-
 // Thread-safe after Load() (read-only).
 class ModelRepository {
  public:

@@ -12,8 +12,9 @@
 // Tasks whose deadline passed or that were cancelled are handed to `reject`
 // (DEADLINE_EXCEEDED / CANCELLED) when their batch is cut, and never take a
 // batch slot. Among keys ready to cut, the one holding the oldest task goes
-// first. Stop() refuses new tasks (UNAVAILABLE), runs everything queued
-// without waiting for delays, then joins; it never waits on the clock.
+// first. Drain()/Stop() refuse new tasks (UNAVAILABLE) and run everything
+// queued without waiting for delays; Stop() then joins. Neither waits on the
+// clock.
 //
 // Thread-safe. `run` and `reject` are called on the executor thread only.
 #ifndef ATTN_CORE_BATCHING_BATCHER_H_
@@ -23,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -100,13 +102,38 @@ class Batcher {
   // Wakes the executor to look at the clock again (tests with a FakeClock).
   void Poke() { cv_.Signal(); }
 
-  void Stop() {
+  // Runs `fn` on the executor thread before any further batch and waits for
+  // it (e.g. warm-up that must happen on the thread that will compute).
+  // UNAVAILABLE once draining.
+  absl::Status RunOnExecutor(std::function<void()> fn) {
+    std::promise<void> done;
     {
       MutexLock lock(&mu_);
-      if (stopping_ && !thread_.joinable()) return;
+      if (stopping_) return absl::UnavailableError("server is shutting down");
+      control_.push_back([&fn, &done] {
+        fn();
+        done.set_value();
+      });
+    }
+    cv_.Signal();
+    done.get_future().wait();
+    return absl::OkStatus();
+  }
+
+  // Refuses new tasks from now on (UNAVAILABLE) and cuts everything queued
+  // at once, without waiting for delays; returns without waiting. The
+  // executor exits when the queues are empty.
+  void Drain() {
+    {
+      MutexLock lock(&mu_);
       stopping_ = true;
     }
     cv_.SignalAll();
+  }
+
+  // Drain(), then wait for the executor to finish. Call from one thread.
+  void Stop() {
+    Drain();
     if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
   }
 
@@ -136,19 +163,20 @@ class Batcher {
       std::string key;
       std::vector<std::unique_ptr<Task>> batch;
       std::vector<std::pair<std::unique_ptr<Task>, absl::Status>> rejected;
+      std::function<void()> control;
       {
         MutexLock lock(&mu_);
-        typename std::map<std::string, Queue>::iterator chosen;
+        auto chosen = queues_.end();
         for (;;) {
+          if (!control_.empty()) break;
           const absl::Time now = options_.clock->Now();
-          chosen = queues_.end();
           absl::Time recheck = absl::InfiniteFuture();
           for (auto it = queues_.begin(); it != queues_.end(); ++it) {
-            Queue& q = it->second;
+            const Queue& q = it->second;
             if (q.entries.empty()) continue;
-            QueueView view{static_cast<int>(q.entries.size()), q.tokens,
-                           q.entries.front().enqueued};
-            CutDecision d = DecideCut(options_.policy, view, /*executor_free=*/true, now);
+            const QueueView view{static_cast<int>(q.entries.size()), q.tokens,
+                                 q.entries.front().enqueued};
+            const CutDecision d = DecideCut(options_.policy, view, /*executor_free=*/true, now);
             if (d.cut || stopping_) {  // draining ignores the delay
               if (chosen == queues_.end() ||
                   view.oldest_enqueued < chosen->second.entries.front().enqueued) {
@@ -159,46 +187,64 @@ class Batcher {
             }
           }
           if (chosen != queues_.end()) break;
-          if (stopping_) return;  // nothing left
+          if (stopping_) return;  // drained
           if (recheck == absl::InfiniteFuture()) {
             cv_.Wait(&mu_);
           } else {
             cv_.WaitWithTimeout(&mu_, std::max(recheck - now, absl::Milliseconds(1)));
           }
         }
-        key = chosen->first;
-        Queue& q = chosen->second;
-        const absl::Time now = options_.clock->Now();
-        int64_t batch_tokens = 0;
-        while (!q.entries.empty() && static_cast<int>(batch.size()) < options_.policy.max_batch_size) {
-          Entry& front = q.entries.front();
-          const int64_t t = front.task->tokens();
-          const bool dead = front.task->deadline() <= now;
-          const bool cancelled = front.task->cancelled();
-          if (!dead && !cancelled && !batch.empty() &&
-              batch_tokens + t > options_.policy.max_batch_tokens) {
-            break;
-          }
-          std::unique_ptr<Task> task = std::move(front.task);
-          q.entries.pop_front();
-          q.tokens -= t;
-          --requests_;
-          tokens_ -= t;
-          if (cancelled) {
-            rejected.emplace_back(std::move(task), absl::CancelledError("cancelled before compute"));
-          } else if (dead) {
-            rejected.emplace_back(std::move(task),
-                                  absl::DeadlineExceededError("deadline passed while queued"));
-          } else {
-            batch_tokens += t;
-            batch.push_back(std::move(task));
-          }
+        if (!control_.empty()) {
+          control = std::move(control_.front());
+          control_.pop_front();
+        } else {
+          key = chosen->first;
+          CutBatch(chosen, &batch, &rejected);
         }
-        if (q.entries.empty()) queues_.erase(chosen);
+      }
+      if (control) {
+        control();
+        continue;
       }
       for (auto& [task, why] : rejected) reject_(std::move(task), why);
       if (!batch.empty()) run_(key, std::move(batch));
     }
+  }
+
+  // Takes the next batch from `queue`: tasks in order while the batch has
+  // room; expired or cancelled tasks go to `rejected` and take no slot.
+  void CutBatch(typename std::map<std::string, Queue>::iterator queue,
+                std::vector<std::unique_ptr<Task>>* batch,
+                std::vector<std::pair<std::unique_ptr<Task>, absl::Status>>* rejected)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Queue& q = queue->second;
+    const absl::Time now = options_.clock->Now();
+    int64_t batch_tokens = 0;
+    while (!q.entries.empty() && static_cast<int>(batch->size()) < options_.policy.max_batch_size) {
+      Entry& front = q.entries.front();
+      const int64_t t = front.task->tokens();
+      const bool dead = front.task->deadline() <= now;
+      const bool cancelled = front.task->cancelled();
+      if (!dead && !cancelled && !batch->empty() &&
+          batch_tokens + t > options_.policy.max_batch_tokens) {
+        break;
+      }
+      std::unique_ptr<Task> task = std::move(front.task);
+      q.entries.pop_front();
+      q.tokens -= t;
+      --requests_;
+      tokens_ -= t;
+      if (cancelled) {
+        rejected->emplace_back(std::move(task), absl::CancelledError("cancelled before compute"));
+      } else if (dead) {
+        rejected->emplace_back(std::move(task),
+                               absl::DeadlineExceededError("deadline passed while queued"));
+      } else {
+        batch_tokens += t;
+        batch->push_back(std::move(task));
+      }
+    }
+    if (q.entries.empty()) queues_.erase(queue);
   }
 
   const Options options_;
@@ -207,6 +253,7 @@ class Batcher {
   mutable Mutex mu_;
   CondVar cv_;
   std::map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::function<void()>> control_ ABSL_GUARDED_BY(mu_);
   int requests_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

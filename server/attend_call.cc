@@ -1,0 +1,120 @@
+#include "server/attend_call.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "server/status_util.h"
+
+namespace attn::server {
+
+std::string BatchKey(const Model& model, const DecodedRequest& request) {
+  return absl::StrCat(model.name, "|causal=", request.causal, "|cross=", request.cross,
+                      "|probs=", request.need_probs);
+}
+
+void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
+  call->reactor->Finish(ToGrpcStatus(status));
+}
+
+void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
+                    const std::function<void(const std::string&, absl::StatusCode)>& record) {
+  if (calls.empty()) return;
+  const Model& model = *calls.front()->model;
+  const DecodedRequest& first = calls.front()->request;
+  const int e = model.config.embed_dim;
+
+  // Concatenate every call's sequences into one ragged batch.
+  std::vector<float> query, key, value;
+  std::vector<int64_t> q_offsets = {0}, kv_offsets = {0};
+  int64_t tokens = 0;
+  for (const auto& call : calls) {
+    const DecodedRequest& r = call->request;
+    query.insert(query.end(), r.query.begin(), r.query.end());
+    for (size_t s = 1; s < r.q_offsets.size(); ++s) {
+      q_offsets.push_back(q_offsets.back() + r.q_offsets[s] - r.q_offsets[s - 1]);
+    }
+    if (first.cross) {
+      key.insert(key.end(), r.key.begin(), r.key.end());
+      value.insert(value.end(), r.value.begin(), r.value.end());
+      for (size_t s = 1; s < r.kv_offsets.size(); ++s) {
+        kv_offsets.push_back(kv_offsets.back() + r.kv_offsets[s] - r.kv_offsets[s - 1]);
+      }
+    }
+    tokens += r.num_tokens();
+  }
+  core::AttentionBatch batch;
+  batch.query = query;
+  batch.q_offsets = std::move(q_offsets);
+  batch.cross_attention = first.cross;
+  if (first.cross) {
+    batch.key = key;
+    batch.value = value;
+    batch.kv_offsets = std::move(kv_offsets);
+  }
+  batch.causal = first.causal;
+  batch.need_probs = first.need_probs;
+
+  const absl::Time start = absl::Now();
+  core::AttentionResult all;
+  const absl::Status status = model.mha->Forward(batch, &all);
+  const absl::Time end = absl::Now();
+
+  // Split the result back: each call's rows and probabilities, rebased.
+  int64_t seq = 0;
+  for (auto& call : calls) {
+    const DecodedRequest& r = call->request;
+    const int num_seqs = static_cast<int>(r.q_offsets.size()) - 1;
+    if (status.ok()) {
+      core::AttentionResult mine;
+      const int64_t row0 = batch.q_offsets[seq];
+      mine.output.assign(all.output.begin() + row0 * e,
+                         all.output.begin() + (row0 + r.num_tokens()) * e);
+      if (r.need_probs) {
+        const int64_t p0 = all.probs_offsets[seq];
+        const int64_t p1 = seq + num_seqs < static_cast<int64_t>(all.probs_offsets.size())
+                               ? all.probs_offsets[seq + num_seqs]
+                               : static_cast<int64_t>(all.probs.size());
+        mine.probs.assign(all.probs.begin() + p0, all.probs.begin() + p1);
+        for (int s = 0; s < num_seqs; ++s) mine.probs_offsets.push_back(all.probs_offsets[seq + s] - p0);
+      }
+      EncodeAttendResponse(r, mine, model, call->response);
+      attention::v1::Timing* timing = call->response->mutable_timing();
+      timing->set_queue_us(absl::ToInt64Microseconds(start - call->enqueued));
+      timing->set_compute_us(absl::ToInt64Microseconds(end - start));
+      timing->set_batch_size(static_cast<int>(calls.size()));
+      timing->set_batch_tokens(tokens);
+    }
+    seq += num_seqs;
+    record(model.name, status.code());
+    FinishAttendCall(std::move(call), status);
+  }
+}
+
+absl::Status WarmUp(const Model& model) {
+  const core::AttentionConfig& c = model.config;
+  const bool cross = c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
+  for (int64_t len : {1, 16, 128}) {
+    len = std::min<int64_t>(len, model.max_seq_len);
+    std::vector<float> q(static_cast<size_t>(len) * c.embed_dim, 0.5f);
+    std::vector<float> k(static_cast<size_t>(len) * c.key_dim(), 0.5f);
+    std::vector<float> v(static_cast<size_t>(len) * c.value_dim(), 0.5f);
+    core::AttentionBatch batch;
+    batch.query = q;
+    batch.q_offsets = {0, len};
+    if (cross) {
+      batch.cross_attention = true;
+      batch.key = k;
+      batch.value = v;
+      batch.kv_offsets = {0, len};
+    }
+    core::AttentionResult result;
+    if (absl::Status s = model.mha->Forward(batch, &result); !s.ok()) {
+      return absl::InternalError(
+          absl::StrCat("model '", model.name, "': warm-up failed: ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attn::server

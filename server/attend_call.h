@@ -1,0 +1,63 @@
+// One accepted Attend request waiting in (or running from) the batcher, and
+// the function that runs a batch of them as one ragged core batch.
+#ifndef ATTN_SERVER_ATTEND_CALL_H_
+#define ATTN_SERVER_ATTEND_CALL_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "attention/v1/attention.pb.h"
+#include "core/batching/batcher.h"
+#include "grpcpp/support/server_callback.h"
+#include "grpcpp/server_context.h"
+#include "server/attend_codec.h"
+#include "server/model_repository.h"
+
+namespace attn::server {
+
+// Satisfies the Task contract of core::Batcher.
+struct AttendCall {
+  const Model* model = nullptr;
+  DecodedRequest request;
+  absl::Time enqueued;
+  absl::Time deadline_at = absl::InfiniteFuture();
+  // The client call: the batch runner writes the response and finishes the
+  // reactor.
+  grpc::CallbackServerContext* context = nullptr;
+  grpc::ServerUnaryReactor* reactor = nullptr;
+  attention::v1::AttendResponse* response = nullptr;
+
+  int64_t tokens() const { return request.num_tokens(); }
+  absl::Time deadline() const { return deadline_at; }
+  bool cancelled() const { return context != nullptr && context->IsCancelled(); }
+};
+
+using AttendBatcher = core::Batcher<AttendCall>;
+
+// Requests that may share a batch: same model and the same batch-wide
+// options (causal, cross-attention, probabilities).
+std::string BatchKey(const Model& model, const DecodedRequest& request);
+
+// Runs `calls` (one key) as one Forward over all their sequences, then
+// finishes each call: its response (with timings: queue, compute, the
+// batch's size and tokens) or the error. `record` gets (model, code) of
+// each finished call.
+void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
+                    const std::function<void(const std::string&, absl::StatusCode)>& record);
+
+// Finishes a call that will not run (shed, expired, cancelled, shutting down).
+void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status);
+
+// Runs a few small batches through `model` so oneDNN's kernels exist and
+// the calling thread's OpenMP team is started before the first request (the
+// first call on a thread costs tens of milliseconds otherwise). Call it on
+// the thread that will compute (Batcher::RunOnExecutor).
+absl::Status WarmUp(const Model& model);
+
+}  // namespace attn::server
+
+#endif  // ATTN_SERVER_ATTEND_CALL_H_
