@@ -1,5 +1,5 @@
 // A running attention server: the gRPC endpoint (AttentionService, health,
-// reflection), the /metrics endpoint and the compute worker, wired together.
+// reflection), the /metrics endpoint and the batcher whose executor computes, wired together.
 //
 // Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING,
 // gRPC stops accepting calls and waits (up to the grace period) for calls in
