@@ -17,6 +17,33 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   call->reactor->Finish(ToGrpcStatus(status));
 }
 
+namespace {
+
+struct BatchRun {
+  absl::Time start, end;
+  int size;
+  int64_t tokens;
+};
+
+// Writes the call's response (its own slice of the result) with timings,
+// records the outcome and finishes the reactor.
+void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
+             const core::AttentionResult& result, const BatchRun& run,
+             const std::function<void(const std::string&, absl::StatusCode)>& record) {
+  if (status.ok()) {
+    EncodeAttendResponse(call->request, result, *call->model, call->response);
+    attention::v1::Timing* timing = call->response->mutable_timing();
+    timing->set_queue_us(absl::ToInt64Microseconds(run.start - call->enqueued));
+    timing->set_compute_us(absl::ToInt64Microseconds(run.end - run.start));
+    timing->set_batch_size(run.size);
+    timing->set_batch_tokens(run.tokens);
+  }
+  record(call->model->name, status.code());
+  FinishAttendCall(std::move(call), status);
+}
+
+}  // namespace
+
 void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
                     const std::function<void(const std::string&, absl::StatusCode)>& record) {
   if (calls.empty()) return;
@@ -24,6 +51,16 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
   const DecodedRequest& first = calls.front()->request;
   const int e = model.config.embed_dim;
 
+  if (calls.size() == 1) {
+    // A lone request: its own packed buffers are the batch, no copy.
+    const DecodedRequest& r = calls.front()->request;
+    const absl::Time start = absl::Now();
+    core::AttentionResult result;
+    const absl::Status status = model.mha->Forward(r.batch_view(), &result);
+    const BatchRun run{start, absl::Now(), 1, r.num_tokens()};
+    Respond(std::move(calls.front()), status, result, run, record);
+    return;
+  }
   // Concatenate every call's sequences into one ragged batch.
   std::vector<float> query, key, value;
   std::vector<int64_t> q_offsets = {0}, kv_offsets = {0};
@@ -65,8 +102,8 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
   for (auto& call : calls) {
     const DecodedRequest& r = call->request;
     const int num_seqs = static_cast<int>(r.q_offsets.size()) - 1;
+    core::AttentionResult mine;
     if (status.ok()) {
-      core::AttentionResult mine;
       const int64_t row0 = batch.q_offsets[seq];
       mine.output.assign(all.output.begin() + row0 * e,
                          all.output.begin() + (row0 + r.num_tokens()) * e);
@@ -78,16 +115,10 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
         mine.probs.assign(all.probs.begin() + p0, all.probs.begin() + p1);
         for (int s = 0; s < num_seqs; ++s) mine.probs_offsets.push_back(all.probs_offsets[seq + s] - p0);
       }
-      EncodeAttendResponse(r, mine, model, call->response);
-      attention::v1::Timing* timing = call->response->mutable_timing();
-      timing->set_queue_us(absl::ToInt64Microseconds(start - call->enqueued));
-      timing->set_compute_us(absl::ToInt64Microseconds(end - start));
-      timing->set_batch_size(static_cast<int>(calls.size()));
-      timing->set_batch_tokens(tokens);
     }
     seq += num_seqs;
-    record(model.name, status.code());
-    FinishAttendCall(std::move(call), status);
+    Respond(std::move(call), status, mine, {start, end, static_cast<int>(calls.size()), tokens},
+            record);
   }
 }
 
