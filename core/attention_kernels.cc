@@ -128,79 +128,65 @@ ATTN_AVX512 inline float HorizontalMax(__m512 v) {
 
 inline __mmask16 TailMask(int n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
 
-// S tile: R rows x NV*16 columns, accumulated in registers over k.
-template <int R, int NV>
-ATTN_AVX512 void QKTile(const float* q, ptrdiff_t ldq, const float* kt, int d, float* s,
-                        ptrdiff_t lds) {
+// The one register-tiled microkernel: c[R][NV*16] (+)= a[R][kn] b[kn][NV*16],
+// with a read by scalar broadcasts (row stride lda) and b by vectors (row
+// stride ldb; the last vector of each row under `last`). Scores use it with
+// c starting at zero (a = queries, b = a key panel), P·V with c loaded from
+// the output accumulators (a = probabilities, b = values).
+template <int R, int NV, bool kAccumulate>
+ATTN_AVX512 void Tile(const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, int kn,
+                      __mmask16 last, float* c, ptrdiff_t ldc) {
   __m512 acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) {
+      acc[r][v] = kAccumulate ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
+    }
   }
-  for (int k = 0; k < d; ++k) {
-    const float* ktr = kt + k * kPanel;
-    __m512 b[NV];
+  for (int k = 0; k < kn; ++k) {
+    const float* bk = b + k * ldb;
+    __m512 bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(ktr + 16 * v);
+    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(bk + 16 * v);
+    bv[NV - 1] = _mm512_maskz_loadu_ps(last, bk + 16 * (NV - 1));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(q[r * ldq + k]);
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + r * lds + 16 * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
   }
 }
 
-// O tile: R rows x NV*16 columns of o += p[:, 0:jn] v[0:jn, :]; the last
-// vector of each v row is loaded under `last` (head_dim not a multiple of 16).
 template <int R, int NV>
-ATTN_AVX512 void PVTile(const float* p, ptrdiff_t ldp, int jn, const float* v, ptrdiff_t ldv,
-                        __mmask16 last, float* o, ptrdiff_t ldo) {
-  __m512 acc[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_loadu_ps(o + r * ldo + 16 * c);
-  }
-  for (int j = 0; j < jn; ++j) {
-    const float* vj = v + j * ldv;
-    __m512 b[NV];
-#pragma GCC unroll 4
-    for (int c = 0; c < NV - 1; ++c) b[c] = _mm512_loadu_ps(vj + 16 * c);
-    b[NV - 1] = _mm512_maskz_loadu_ps(last, vj + 16 * (NV - 1));
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(p[r * ldp + j]);
-#pragma GCC unroll 4
-      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(o + r * ldo + 16 * c, acc[r][c]);
-  }
+ATTN_AVX512 void QKTile(const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, int kn,
+                        __mmask16 last, float* c, ptrdiff_t ldc) {
+  Tile<R, NV, false>(a, lda, b, ldb, kn, last, c, ldc);
+}
+template <int R, int NV>
+ATTN_AVX512 void PVTile(const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, int kn,
+                        __mmask16 last, float* c, ptrdiff_t ldc) {
+  Tile<R, NV, true>(a, lda, b, ldb, kn, last, c, ldc);
 }
 
 constexpr int kTileRows = 6;
 constexpr int kTileVecs = 4;
 
-using QKFn = void (*)(const float*, ptrdiff_t, const float*, int, float*, ptrdiff_t);
-using PVFn = void (*)(const float*, ptrdiff_t, int, const float*, ptrdiff_t, __mmask16, float*,
-                      ptrdiff_t);
+using TileFn = void (*)(const float*, ptrdiff_t, const float*, ptrdiff_t, int, __mmask16, float*,
+                        ptrdiff_t);
 
 #define ATTN_TILE_ROW(T, R) {T<R, 1>, T<R, 2>, T<R, 3>, T<R, 4>}
 #define ATTN_TILE_TABLE(T) \
   {ATTN_TILE_ROW(T, 1), ATTN_TILE_ROW(T, 2), ATTN_TILE_ROW(T, 3), \
    ATTN_TILE_ROW(T, 4), ATTN_TILE_ROW(T, 5), ATTN_TILE_ROW(T, 6)}
-const QKFn kQKTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(QKTile);
-const PVFn kPVTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(PVTile);
+const TileFn kQKTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(QKTile);
+const TileFn kPVTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(PVTile);
 #undef ATTN_TILE_TABLE
 #undef ATTN_TILE_ROW
 
@@ -214,7 +200,7 @@ struct Avx512 {
       for (int c = 0; c < cols; c += kPanel) {
         const int nv = std::min(kTileVecs, (cols - c) / 16);
         const float* panel = kt + static_cast<ptrdiff_t>((j0 + c) / kPanel) * kPanel * d;
-        kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, panel, d, s + r * lds + c, lds);
+        kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, panel, kPanel, d, 0xffff, s + r * lds + c, lds);
       }
     }
   }
@@ -263,12 +249,12 @@ struct Avx512 {
         const int nv = std::min(kTileVecs, (d - c + 15) / 16);
         const __mmask16 last = TailMask(d - c - 16 * (nv - 1));
         if (jmin > 0) {
-          kPVTiles[nr - 1][nv - 1](p + r0 * ldp, ldp, jmin, v + c, ldv, last, o + r0 * ldo + c, ldo);
+          kPVTiles[nr - 1][nv - 1](p + r0 * ldp, ldp, v + c, ldv, jmin, last, o + r0 * ldo + c, ldo);
         }
         // Rows that see more keys than the group's minimum (the causal diagonal).
         for (int r = r0; r < r0 + nr; ++r) {
           if (valid[r] > jmin) {
-            kPVTiles[0][nv - 1](p + r * ldp + jmin, ldp, valid[r] - jmin, v + jmin * ldv + c, ldv,
+            kPVTiles[0][nv - 1](p + r * ldp + jmin, ldp, v + jmin * ldv + c, ldv, valid[r] - jmin,
                                 last, o + r * ldo + c, ldo);
           }
         }
