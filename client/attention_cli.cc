@@ -308,6 +308,7 @@ class Cli {
     std::printf("dtype: %s\n", DataTypeName(m->dtype()).c_str());
     std::printf("bias: %s\n", m->bias() ? "true" : "false");
     std::printf("max_seq_len: %d\n", m->max_seq_len());
+    std::printf("max_request_tokens: %d\n", m->max_request_tokens());
     return kExitOk;
   }
 

@@ -195,6 +195,12 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
       }
     }
   }
+  int64_t tokens = 0;
+  for (int64_t len : q_lengths) tokens += len;
+  if (tokens > model.max_request_tokens) {
+    return Invalid("query: expected at most ", model.max_request_tokens,
+                   " tokens (the model's max_request_tokens), got ", tokens);
+  }
   d.query = core::PackRows(query, d.seq_q, c.embed_dim, q_lengths);
   d.q_offsets = core::OffsetsFromLengths(q_lengths);
   return d;

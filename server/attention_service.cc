@@ -25,6 +25,7 @@ void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
   info->set_dtype(c.dtype == core::DType::kBF16 ? attention::v1::BFLOAT16 : attention::v1::FLOAT32);
   info->set_bias(c.bias);
   info->set_max_seq_len(model.max_seq_len);
+  info->set_max_request_tokens(static_cast<int32_t>(model.max_request_tokens));
 }
 
 AttentionService::AttentionService(const ModelRepository* repository, ServerMetrics* metrics,

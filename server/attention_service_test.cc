@@ -44,6 +44,7 @@ class AttentionServiceTest : public ::testing::Test {
     m.name = "small";
     m.config = SmallConfig();
     m.max_seq_len = 32;
+    m.max_request_tokens = 40;
     m.mha = *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, kSeed), {});
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
@@ -263,6 +264,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"TooLong",
                 [](AttendRequest* r) { r->mutable_query()->set_shape(1, 33); },
                 "query.shape[1]: expected at most 32 (the model's max_seq_len)"},
+        BadCase{"TooManyTokens",
+                [](AttendRequest* r) {
+                  r->mutable_query()->set_shape(0, 14);  // 14 x 3 = 42 tokens
+                  r->mutable_query()->mutable_raw_data()->resize(14 * 3 * 64 * 4);
+                },
+                "query: expected at most 40 tokens (the model's max_request_tokens), got 42"},
         BadCase{"LengthsCount",
                 [](AttendRequest* r) { r->add_query_lengths(1); },
                 "query_lengths: expected 2 entries"},
@@ -312,6 +319,7 @@ TEST_F(AttentionServiceTest, ListAndGetModelDescribeTheLayer) {
   EXPECT_EQ(info.dtype(), attention::v1::FLOAT32);
   EXPECT_TRUE(info.bias());
   EXPECT_EQ(info.max_seq_len(), 32);
+  EXPECT_EQ(info.max_request_tokens(), 40);
 }
 
 TEST_F(AttentionServiceTest, HealthReportsServingThenNotServingAfterShutdown) {

@@ -80,6 +80,11 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, int num_threads) {
   if (absl::Status s = core::ValidateAttentionConfig(c); !s.ok()) return bad(s.message());
   if (pb.max_seq_len() < 0) return bad("max_seq_len: expected a positive integer, got ", pb.max_seq_len());
   model.max_seq_len = pb.max_seq_len() > 0 ? pb.max_seq_len() : ModelRepository::kDefaultMaxSeqLen;
+  if (pb.max_request_tokens() < 0) {
+    return bad("max_request_tokens: expected a positive integer, got ", pb.max_request_tokens());
+  }
+  model.max_request_tokens = pb.max_request_tokens() > 0 ? pb.max_request_tokens()
+                                                          : ModelRepository::kDefaultMaxRequestTokens;
 
   const fs::path weights_path =
       dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
@@ -108,6 +113,7 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Opt
     model.config.embed_dim = kDefaultEmbedDim;
     model.config.num_heads = kDefaultNumHeads;
     model.max_seq_len = kDefaultMaxSeqLen;
+    model.max_request_tokens = kDefaultMaxRequestTokens;
     core::MultiHeadAttention::Options mha_options;
     mha_options.num_threads = options.num_threads;
     ATTN_ASSIGN_OR_RETURN(

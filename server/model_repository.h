@@ -24,6 +24,8 @@ struct Model {
   core::AttentionConfig config;
   // Longest query or key sequence one request may carry.
   int max_seq_len = 0;
+  // Most query tokens (valid rows over all sequences) in one request.
+  int64_t max_request_tokens = 0;
   std::unique_ptr<core::MultiHeadAttention> mha;
 };
 
@@ -44,6 +46,7 @@ class ModelRepository {
   static constexpr int kDefaultNumHeads = 8;
   static constexpr uint64_t kDefaultSeed = 20261126;
   static constexpr int kDefaultMaxSeqLen = 4096;
+  static constexpr int64_t kDefaultMaxRequestTokens = 16384;
 
   static absl::StatusOr<std::unique_ptr<ModelRepository>> Load(const Options& options);
   // A repository holding the given models (tests, embedding).

@@ -88,6 +88,7 @@ TEST_F(ModelRepositoryTest, LoadsEveryModelWithPrefixAndMixedDtypes) {
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->config.kv_heads(), 2);
   EXPECT_EQ(m->max_seq_len, 128);
+  EXPECT_EQ(m->max_request_tokens, ModelRepository::kDefaultMaxRequestTokens);
   EXPECT_EQ((*repo)->Find("golden_mha")->max_seq_len, ModelRepository::kDefaultMaxSeqLen);
   EXPECT_EQ((*repo)->Find("missing"), nullptr);
 }
