@@ -2,6 +2,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <ostream>
 #include <tuple>
 #include <vector>
 
@@ -23,6 +24,13 @@ int MetaInt(const SafetensorsFile& f, const std::string& key) {
   EXPECT_TRUE(absl::SimpleAtoi(f.metadata().at(key), &v)) << key;
   return v;
 }
+
+}  // namespace
+
+// gtest prints parameters with this (else as raw bytes in test names).
+void PrintTo(DType dtype, std::ostream* os) { *os << DTypeName(dtype); }
+
+namespace {
 
 class GoldenTest : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
 
