@@ -39,7 +39,8 @@ struct AttendCall {
 using AttendBatcher = core::Batcher<AttendCall>;
 
 // Requests that may share a batch: same model and the same batch-wide
-// options (causal, cross-attention, probabilities).
+// options (causal, cross-attention, probabilities). Starts with the model
+// name and a '|'.
 std::string BatchKey(const Model& model, const DecodedRequest& request);
 
 // Runs `calls` (one key) as one Forward over all their sequences, then

@@ -38,6 +38,13 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   }
   AttendBatcher::Options batcher_options;
   batcher_options.policy = options.batching;
+  // A model's own batching settings (config.pbtxt) win over the server's.
+  // Keys start with the model name (BatchKey).
+  batcher_options.policy_for_key = [repo = s->repository_.get(),
+                                    fallback = options.batching](const std::string& key) {
+    const Model* model = repo->Find(absl::string_view(key).substr(0, key.find('|')));
+    return model != nullptr && model->batching ? *model->batching : fallback;
+  };
   batcher_options.max_queue_requests = options.max_queue_size;
   batcher_options.max_queue_tokens = options.max_queue_tokens;
   ServerMetrics* metrics = s->metrics_.get();

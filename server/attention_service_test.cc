@@ -2,6 +2,7 @@
 #include "server/attention_service.h"
 
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -47,7 +48,8 @@ class AttentionServiceTest : public ::testing::Test {
     return c;
   }
 
-  void StartServer(AttentionServer::Options options, bool with_gqa = false) {
+  void StartServer(AttentionServer::Options options, bool with_gqa = false,
+                   std::optional<core::BatchPolicy> small_batching = std::nullopt) {
     if (server_ != nullptr) server_->Shutdown();
     std::vector<Model> models;
     if (with_gqa) {
@@ -64,6 +66,7 @@ class AttentionServiceTest : public ::testing::Test {
     m.config = SmallConfig();
     m.max_seq_len = 32;
     m.max_request_tokens = 40;
+    m.batching = small_batching;
     m.mha = *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, kSeed), {});
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
@@ -508,6 +511,25 @@ TEST_F(AttentionServiceTest, SixtyFourConcurrentClientsMixedModelsAndLengthsEach
   // How many rode in a shared batch depends on timing; shown, not asserted
   // (ConcurrentRequestsShareOneRaggedBatch proves batching deterministically).
   std::cout << batched << " of " << kClients << " requests shared a batch\n";
+}
+
+TEST_F(AttentionServiceTest, ModelBatchingSettingsOverrideTheServers) {
+  AttentionServer::Options options;
+  options.batching.max_queue_delay = absl::Seconds(60);  // server-wide: wait for 64
+  core::BatchPolicy small = options.batching;
+  small.max_batch_size = 2;  // this model: cut at 2
+  StartServer(options, /*with_gqa=*/false, small);
+  std::vector<AttendResponse> responses(2);
+  std::vector<grpc::Status> statuses(2);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] { statuses[i] = Attend(MakeRequest(1, 3 + i), &responses[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].timing().batch_size(), 2);
+  }
 }
 
 TEST_F(AttentionServiceTest, FullQueueShedsWithRetryHintAndShutdownFinishesAcceptedWork) {

@@ -44,6 +44,10 @@ int Run() {
   attn::server::ModelRepository::Options repo_options;
   repo_options.directory = absl::GetFlag(FLAGS_model_repository);
   repo_options.num_threads = absl::GetFlag(FLAGS_threads);
+  repo_options.default_batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  repo_options.default_batching.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  repo_options.default_batching.max_queue_delay =
+      absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   auto repository = attn::server::ModelRepository::Load(repo_options);
   if (!repository.ok()) {
     std::cerr << "attention-server: cannot load models: " << repository.status().message() << "\n";
@@ -55,9 +59,7 @@ int Run() {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.threads = absl::GetFlag(FLAGS_threads);
-  options.batching.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
-  options.batching.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
-  options.batching.max_queue_delay = absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.batching = repo_options.default_batching;
   options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.max_queue_tokens = absl::GetFlag(FLAGS_max_queue_tokens);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);

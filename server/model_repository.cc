@@ -45,7 +45,8 @@ absl::StatusOr<attention::v1::ModelConfig> ReadConfig(const fs::path& path) {
   return config;
 }
 
-absl::StatusOr<Model> LoadModel(const fs::path& dir, int num_threads) {
+absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Options& options) {
+  const int num_threads = options.num_threads;
   const fs::path config_path = dir / "config.pbtxt";
   ATTN_ASSIGN_OR_RETURN(attention::v1::ModelConfig pb, ReadConfig(config_path));
   const std::string dir_name = dir.filename().string();
@@ -85,6 +86,16 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, int num_threads) {
   }
   model.max_request_tokens = pb.max_request_tokens() > 0 ? pb.max_request_tokens()
                                                           : ModelRepository::kDefaultMaxRequestTokens;
+  if (pb.has_max_batch_size() || pb.has_max_batch_tokens() || pb.has_max_queue_delay_us()) {
+    core::BatchPolicy policy = options.default_batching;
+    if (pb.has_max_batch_size()) policy.max_batch_size = pb.max_batch_size();
+    if (pb.has_max_batch_tokens()) policy.max_batch_tokens = pb.max_batch_tokens();
+    if (pb.has_max_queue_delay_us()) {
+      policy.max_queue_delay = absl::Microseconds(pb.max_queue_delay_us());
+    }
+    if (absl::Status s = core::ValidateBatchPolicy(policy); !s.ok()) return bad(s.message());
+    model.batching = policy;
+  }
 
   const fs::path weights_path =
       dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
@@ -142,7 +153,7 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Opt
   }
   std::sort(dirs.begin(), dirs.end());
   for (const auto& dir : dirs) {
-    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options.num_threads));
+    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options));
     models.push_back(std::move(model));
   }
   return FromModels(std::move(models));

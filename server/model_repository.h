@@ -10,11 +10,13 @@
 #define ATTN_SERVER_MODEL_REPOSITORY_H_
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/batching/batch_policy.h"
 #include "core/multi_head_attention.h"
 
 namespace attn::server {
@@ -26,6 +28,9 @@ struct Model {
   int max_seq_len = 0;
   // Most query tokens (valid rows over all sequences) in one request.
   int64_t max_request_tokens = 0;
+  // Batching settings from config.pbtxt (merged over the server defaults);
+  // empty when the config sets none.
+  std::optional<core::BatchPolicy> batching;
   std::unique_ptr<core::MultiHeadAttention> mha;
 };
 
@@ -37,6 +42,8 @@ class ModelRepository {
     std::string directory;
     // OpenMP threads for each model's compute (0: OpenMP's default).
     int num_threads = 0;
+    // What a config.pbtxt's unset batching fields mean.
+    core::BatchPolicy default_batching;
   };
 
   // The built-in model: "default", embed_dim 512, 8 heads, bias, weights

@@ -105,6 +105,31 @@ TEST_F(ModelRepositoryTest, Bfloat16ComputeIsAcceptedAndFloat16Refused) {
       << repo.status();
 }
 
+TEST_F(ModelRepositoryTest, BatchingSettingsMergeOverServerDefaults) {
+  WriteQkvoModel("tuned", "max_batch_size: 4\nmax_queue_delay_us: 250\n");
+  WriteQkvoModel("plain");
+  ModelRepository::Options options;
+  options.directory = root_.string();
+  options.default_batching.max_batch_tokens = 999;
+  auto repo = ModelRepository::Load(options);
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  const Model* tuned = (*repo)->Find("tuned");
+  ASSERT_TRUE(tuned->batching.has_value());
+  EXPECT_EQ(tuned->batching->max_batch_size, 4);
+  EXPECT_EQ(tuned->batching->max_batch_tokens, 999);  // from the defaults
+  EXPECT_EQ(tuned->batching->max_queue_delay, absl::Microseconds(250));
+  EXPECT_FALSE((*repo)->Find("plain")->batching.has_value());
+}
+
+TEST_F(ModelRepositoryTest, BadBatchingSettingNamesTheField) {
+  WriteQkvoModel("m", "max_batch_size: 0\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "m/config.pbtxt")) << repo.status();
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "max_batch_size: expected >= 1"))
+      << repo.status();
+}
+
 TEST_F(ModelRepositoryTest, BadConfigFailsTheWholeLoadNamingTheFile) {
   WriteQkvoModel("good");
   WriteFile(root_ / "bad" / "config.pbtxt", "embed_dim: 30\nnum_heads: 4\n");

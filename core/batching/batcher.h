@@ -47,7 +47,11 @@ template <typename Task>
 class Batcher {
  public:
   struct Options {
+    // The policy of every key, unless policy_for_key gives one.
     BatchPolicy policy;
+    // Optional per-key policy (e.g. per model). Must be valid for every key
+    // it is asked about, and cheap: it is called under the batcher's lock.
+    std::function<BatchPolicy(const std::string& key)> policy_for_key;
     // Admission bounds over all keys.
     int max_queue_requests = 1024;
     int64_t max_queue_tokens = int64_t{1} << 20;
@@ -176,7 +180,7 @@ class Batcher {
             if (q.entries.empty()) continue;
             const QueueView view{static_cast<int>(q.entries.size()), q.tokens,
                                  q.entries.front().enqueued};
-            const CutDecision d = DecideCut(options_.policy, view, /*executor_free=*/true, now);
+            const CutDecision d = DecideCut(PolicyFor(it->first), view, /*executor_free=*/true, now);
             if (d.cut || stopping_) {  // draining ignores the delay
               if (chosen == queues_.end() ||
                   view.oldest_enqueued < chosen->second.entries.front().enqueued) {
@@ -218,15 +222,16 @@ class Batcher {
                 std::vector<std::pair<std::unique_ptr<Task>, absl::Status>>* rejected)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Queue& q = queue->second;
+    const BatchPolicy policy = PolicyFor(queue->first);
     const absl::Time now = options_.clock->Now();
     int64_t batch_tokens = 0;
-    while (!q.entries.empty() && static_cast<int>(batch->size()) < options_.policy.max_batch_size) {
+    while (!q.entries.empty() && static_cast<int>(batch->size()) < policy.max_batch_size) {
       Entry& front = q.entries.front();
       const int64_t t = front.task->tokens();
       const bool dead = front.task->deadline() <= now;
       const bool cancelled = front.task->cancelled();
       if (!dead && !cancelled && !batch->empty() &&
-          batch_tokens + t > options_.policy.max_batch_tokens) {
+          batch_tokens + t > policy.max_batch_tokens) {
         break;
       }
       std::unique_ptr<Task> task = std::move(front.task);
@@ -245,6 +250,10 @@ class Batcher {
       }
     }
     if (q.entries.empty()) queues_.erase(queue);
+  }
+
+  BatchPolicy PolicyFor(const std::string& key) const {
+    return options_.policy_for_key ? options_.policy_for_key(key) : options_.policy;
   }
 
   const Options options_;

@@ -201,6 +201,37 @@ TEST_F(BatcherTest, ExpiredAndCancelledTasksAreRejectedAndTakeNoSlot) {
   EXPECT_EQ(rejected[1], std::make_pair(3, absl::StatusCode::kCancelled));
 }
 
+TEST(BatcherPolicyTest, EachKeyUsesItsOwnPolicy) {
+  FakeClock clock;
+  Recorder rec;
+  Batcher<FakeTask>::Options o;
+  o.policy.max_queue_delay = absl::Hours(1);
+  o.policy_for_key = [&o](const std::string& key) {
+    BatchPolicy p = o.policy;
+    p.max_batch_size = key == "two" ? 2 : 3;
+    return p;
+  };
+  o.clock = &clock;
+  auto b = Batcher<FakeTask>::Create(
+      o, [&rec](const std::string& k, auto tasks) { rec.Run(k, std::move(tasks)); },
+      [&rec](auto task, absl::Status why) { rec.Reject(std::move(task), why); });
+  ASSERT_TRUE(b.ok());
+  for (int i = 1; i <= 2; ++i) {
+    auto t = std::make_unique<FakeTask>(FakeTask{i});
+    ASSERT_TRUE((*b)->Submit("two", &t).ok());
+  }
+  const Recorder::Batch first = rec.Next();  // full at 2 for "two", no waiting
+  EXPECT_EQ(first.key, "two");
+  EXPECT_EQ(first.ids, (std::vector<int>{1, 2}));
+  for (int i = 3; i <= 5; ++i) {
+    auto t = std::make_unique<FakeTask>(FakeTask{i});
+    ASSERT_TRUE((*b)->Submit("three", &t).ok());
+  }
+  const Recorder::Batch second = rec.Next();  // full at 3 for "three"
+  EXPECT_EQ(second.key, "three");
+  EXPECT_EQ(second.ids, (std::vector<int>{3, 4, 5}));
+}
+
 TEST_F(BatcherTest, StopRunsQueuedWorkThenRefuses) {
   Start(2, 100, absl::Hours(1));
   for (int i = 1; i <= 3; ++i) ASSERT_TRUE(Submit("m", i).ok());
