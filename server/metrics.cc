@@ -1,7 +1,6 @@
 #include "server/metrics.h"
 
 #include "absl/strings/str_cat.h"
-#include "server/status_util.h"
 
 namespace attn::server {
 
@@ -23,7 +22,7 @@ ServerMetrics::ServerMetrics(const Options& options)
 }
 
 void ServerMetrics::RecordRequest(absl::string_view model, absl::StatusCode code) {
-  requests_->Add({{"model", std::string(model)}, {"code", StatusCodeName(code)}}).Increment();
+  requests_->Add({{"model", std::string(model)}, {"code", absl::StatusCodeToString(code)}}).Increment();
 }
 
 }  // namespace attn::server

@@ -14,11 +14,6 @@ inline grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-// "OK", "INVALID_ARGUMENT", ... as gRPC names them (for metric labels).
-inline std::string StatusCodeName(absl::StatusCode code) {
-  return absl::StatusCodeToString(code);
-}
-
 }  // namespace attn::server
 
 #endif  // ATTN_SERVER_STATUS_UTIL_H_
