@@ -14,7 +14,12 @@ std::string BatchKey(const Model& model, const DecodedRequest& request) {
 }
 
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
-  call->reactor->Finish(ToGrpcStatus(status));
+  if (call->responder != nullptr) {
+    AttendResponder* responder = call->responder;
+    responder->Respond(std::move(call), status);
+  } else {
+    call->reactor->Finish(ToGrpcStatus(status));
+  }
 }
 
 namespace {

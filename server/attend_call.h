@@ -19,17 +19,33 @@
 
 namespace attn::server {
 
+struct AttendCall;
+
+// Where a streamed call's outcome goes (AttendStream's reactor). Unary calls
+// have none: their reactor is finished directly.
+class AttendResponder {
+ public:
+  virtual ~AttendResponder() = default;
+  // Takes the finished call: on OK its `stream_response` is filled in; on an
+  // error the responder reports `status` for this request alone. Called once
+  // per call, from any thread.
+  virtual void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status) = 0;
+};
+
 // Satisfies the Task contract of core::Batcher.
 struct AttendCall {
   const Model* model = nullptr;
   DecodedRequest request;
   absl::Time enqueued;
   absl::Time deadline_at = absl::InfiniteFuture();
-  // The client call: the batch runner writes the response and finishes the
-  // reactor.
+  // The client call: the batch runner fills `response`, then finishes the
+  // unary `reactor`, or hands the call to `responder` (a stream; `response`
+  // then points at `stream_response`).
   grpc::CallbackServerContext* context = nullptr;
   grpc::ServerUnaryReactor* reactor = nullptr;
+  AttendResponder* responder = nullptr;
   attention::v1::AttendResponse* response = nullptr;
+  attention::v1::AttendResponse stream_response;
 
   int64_t tokens() const { return request.num_tokens(); }
   absl::Time deadline() const { return deadline_at; }

@@ -1,5 +1,7 @@
 #include "server/attend_codec.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -108,6 +110,31 @@ absl::StatusOr<std::vector<int64_t>> Lengths(const char* field,
   return out;
 }
 
+// Refuses NaN and ±Inf in the valid rows of a packed input (padding rows
+// were already dropped): they would spread through the softmax into whole
+// rows of NaN output. One branch-free pass over the exponent bits, which the
+// compiler vectorizes; the position is searched only when something was found.
+absl::Status CheckFinite(const char* field, const std::vector<float>& packed, int64_t width,
+                         const std::vector<int64_t>& offsets, bool rank2) {
+  uint32_t bad = 0;
+  for (const float x : packed) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  if (bad == 0) return absl::OkStatus();
+  size_t i = 0;
+  while (std::isfinite(packed[i])) ++i;
+  const int64_t row = static_cast<int64_t>(i) / width;
+  const int64_t seq = std::upper_bound(offsets.begin(), offsets.end(), row) - offsets.begin() - 1;
+  const std::string where =
+      rank2 ? absl::StrCat("[", row - offsets[seq], ", ", static_cast<int64_t>(i) % width, "]")
+            : absl::StrCat("[", seq, ", ", row - offsets[seq], ", ", static_cast<int64_t>(i) % width,
+                           "]");
+  return Invalid(field, where, ": expected a finite value, got ", packed[i],
+                 " (NaN and Inf inputs are refused)");
+}
+
 }  // namespace
 
 core::AttentionBatch DecodedRequest::batch_view() const {
@@ -185,6 +212,8 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
     d.key = core::PackRows(key, d.seq_k, c.key_dim(), k_lengths);
     d.value = core::PackRows(value, d.seq_k, c.value_dim(), k_lengths);
     d.kv_offsets = core::OffsetsFromLengths(k_lengths);
+    ATTN_RETURN_IF_ERROR(CheckFinite("key", d.key, c.key_dim(), d.kv_offsets, d.rank2));
+    ATTN_RETURN_IF_ERROR(CheckFinite("value", d.value, c.value_dim(), d.kv_offsets, d.rank2));
   } else {
     d.seq_k = d.seq_q;
     if (!request.key_lengths().empty()) {
@@ -203,6 +232,7 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   }
   d.query = core::PackRows(query, d.seq_q, c.embed_dim, q_lengths);
   d.q_offsets = core::OffsetsFromLengths(q_lengths);
+  ATTN_RETURN_IF_ERROR(CheckFinite("query", d.query, c.embed_dim, d.q_offsets, d.rank2));
   return d;
 }
 

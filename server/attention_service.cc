@@ -1,11 +1,14 @@
 #include "server/attention_service.h"
 
+#include <deque>
 #include <memory>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "server/attend_codec.h"
+#include "core/mutex.h"
 #include "server/status_util.h"
 
 namespace attn::server {
@@ -32,47 +35,202 @@ AttentionService::AttentionService(const ModelRepository* repository, ServerMetr
                                    AttendBatcher* batcher)
     : repository_(repository), metrics_(metrics), batcher_(batcher) {}
 
+absl::Status AttentionService::Admit(const AttendRequest& request,
+                                     std::unique_ptr<AttendCall>* call) {
+  AttendCall& c = **call;
+  c.response->set_request_id(request.request_id());
+  const Model* model = repository_->Find(request.model_name());
+  if (model == nullptr) {
+    metrics_->RecordRequest("", absl::StatusCode::kNotFound);
+    return absl::NotFoundError(absl::StrCat("model_name: no model '", request.model_name(),
+                                            "'; available: ", repository_->NameList()));
+  }
+  c.response->set_model_name(model->name);
+  c.model = model;
+  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model);
+  if (!decoded.ok()) {
+    metrics_->RecordRequest(model->name, decoded.status().code());
+    return decoded.status();
+  }
+  c.request = *std::move(decoded);
+  c.enqueued = absl::Now();
+  if (c.context->deadline() != std::chrono::system_clock::time_point::max()) {
+    c.deadline_at = absl::FromChrono(c.context->deadline());
+  }
+  const std::string key = BatchKey(*model, c.request);
+  absl::Status status = batcher_->Submit(key, call);
+  if (!status.ok()) metrics_->RecordRequest(model->name, status.code());
+  return status;
+}
+
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const AttendRequest* request,
                                                    AttendResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Model* model = repository_->Find(request->model_name());
-  if (model == nullptr) {
-    metrics_->RecordRequest("", absl::StatusCode::kNotFound);
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        absl::StrCat("model_name: no model '", request->model_name(),
-                     "'; available: ", repository_->NameList())));
-    return reactor;
-  }
-  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(*request, *model);
-  if (!decoded.ok()) {
-    metrics_->RecordRequest(model->name, decoded.status().code());
-    reactor->Finish(ToGrpcStatus(decoded.status()));
-    return reactor;
-  }
-  response->set_request_id(request->request_id());
-  response->set_model_name(model->name);
   auto call = std::make_unique<AttendCall>();
-  call->model = model;
-  call->request = *std::move(decoded);
-  call->enqueued = absl::Now();
-  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
-    call->deadline_at = absl::FromChrono(context->deadline());
-  }
   call->context = context;
   call->reactor = reactor;
   call->response = response;
-  const std::string key = BatchKey(*model, call->request);
-  if (absl::Status status = batcher_->Submit(key, &call); !status.ok()) {
+  if (absl::Status status = Admit(*request, &call); !status.ok()) {
     if (status.code() == absl::StatusCode::kResourceExhausted) {
       // gRPC's retry policy honours this hint.
       context->AddTrailingMetadata("grpc-retry-pushback-ms", absl::StrCat(kRetryPushbackMs));
     }
-    metrics_->RecordRequest(model->name, status.code());
     reactor->Finish(ToGrpcStatus(status));
   }
   return reactor;
+}
+
+// One AttendStream. Every entry point (a read, a write or a cancellation
+// completing, a call finishing) decides under mu_ what to start next, then
+// starts it after unlocking; Finish is decided once, when reads are done, no
+// call is pending and nothing is being written, and nothing touches the
+// reactor after it (OnDone deletes it).
+class AttentionService::StreamReactor final
+    : public grpc::ServerBidiReactor<AttendRequest, AttendResponse>,
+      public AttendResponder {
+ public:
+  StreamReactor(AttentionService* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client half-closed, or the stream broke
+      Actions next;
+      {
+        MutexLock lock(&mu_);
+        reads_done_ = true;
+        next = DecideLocked();
+      }
+      Run(next);
+      return;
+    }
+    auto call = std::make_unique<AttendCall>();
+    call->context = context_;
+    call->responder = this;
+    call->response = &call->stream_response;
+    {
+      MutexLock lock(&mu_);
+      ++pending_;
+    }
+    if (absl::Status status = service_->Admit(request_, &call); !status.ok()) {
+      if (status.code() == absl::StatusCode::kResourceExhausted) {
+        status = absl::ResourceExhaustedError(
+            absl::StrCat(status.message(), " (retry after ", kRetryPushbackMs, " ms)"));
+      }
+      Respond(std::move(call), status);  // cannot finish the stream: no read is done yet
+    }
+    Actions next;
+    {
+      MutexLock lock(&mu_);
+      read_paused_ = true;  // no read outstanding until DecideLocked restarts it
+      next = DecideLocked();
+    }
+    Run(next);
+  }
+
+  void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status) override {
+    AttendResponse message;
+    if (status.ok()) {
+      message = std::move(call->stream_response);
+    } else {
+      message.set_request_id(call->stream_response.request_id());
+      message.set_model_name(call->stream_response.model_name());
+      message.mutable_status()->set_code(static_cast<int>(status.code()));
+      message.mutable_status()->set_message(std::string(status.message()));
+    }
+    call.reset();
+    Actions next;
+    {
+      MutexLock lock(&mu_);
+      --pending_;
+      if (!broken_) outbox_.push_back(std::move(message));
+      next = DecideLocked();
+    }
+    Run(next);
+  }
+
+  void OnWriteDone(bool ok) override {
+    Actions next;
+    {
+      MutexLock lock(&mu_);
+      writing_ = false;
+      outbox_.pop_front();
+      if (!ok) {  // the stream is gone: drop what is left to write
+        broken_ = true;
+        outbox_.clear();
+      }
+      next = DecideLocked();
+    }
+    Run(next);
+  }
+
+  void OnCancel() override {
+    // This stream's queued requests free their slots now, not at their cut.
+    service_->batcher_->SweepCancelled();
+    Actions next;
+    {
+      MutexLock lock(&mu_);
+      // A paused stream has no read to complete with !ok: end reading here.
+      if (read_paused_) reads_done_ = true;
+      next = DecideLocked();
+    }
+    Run(next);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct Actions {
+    bool read = false;
+    const AttendResponse* write = nullptr;
+    bool finish = false;
+  };
+
+  Actions DecideLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Actions a;
+    if (!writing_ && !outbox_.empty()) {
+      writing_ = true;
+      a.write = &outbox_.front();  // deque: stays valid while others are appended
+    }
+    if (read_paused_ && !reads_done_ && !context_->IsCancelled() &&
+        pending_ + static_cast<int>(outbox_.size()) < kMaxStreamInflight) {
+      read_paused_ = false;
+      a.read = true;
+    }
+    if (read_paused_ && context_->IsCancelled()) reads_done_ = true;
+    if (reads_done_ && pending_ == 0 && !writing_ && outbox_.empty() && !finished_) {
+      finished_ = true;
+      a.finish = true;
+    }
+    return a;
+  }
+
+  // Starts what DecideLocked chose; the last thing an entry point does.
+  void Run(const Actions& a) {
+    if (a.read) StartRead(&request_);
+    if (a.write != nullptr) StartWrite(a.write);
+    if (a.finish) Finish(grpc::Status::OK);
+  }
+
+  AttentionService* const service_;
+  grpc::CallbackServerContext* const context_;
+  AttendRequest request_;  // the read buffer; only the read path touches it
+
+  Mutex mu_;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;  // admitted or being admitted, not yet responded
+  std::deque<AttendResponse> outbox_ ABSL_GUARDED_BY(mu_);  // front is being written
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+grpc::ServerBidiReactor<AttendRequest, AttendResponse>* AttentionService::AttendStream(
+    grpc::CallbackServerContext* context) {
+  return new StreamReactor(this, context);
 }
 
 grpc::ServerUnaryReactor* AttentionService::ListModels(

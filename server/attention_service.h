@@ -5,6 +5,14 @@
 // and finishes the reactor. A full queue answers RESOURCE_EXHAUSTED at once
 // with a grpc-retry-pushback-ms hint. ListModels/GetModel answer inline.
 //
+// AttendStream admits each message the same way; responses are written in
+// the order they finish, tagged with the request's request_id, and a failed
+// request gets a response carrying its status while the stream goes on. A
+// stream holds at most kMaxStreamInflight requests (queued, computing or
+// waiting to be written); past that it stops reading until responses drain,
+// so a client that sends faster than it reads is slowed, not buffered
+// without bound.
+//
 // Thread-safe. The repository, metrics and batcher must outlive the service
 // (and the grpc::Server it is registered with).
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
@@ -21,6 +29,8 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
  public:
   // How long a shed client should wait before retrying.
   static constexpr int kRetryPushbackMs = 50;
+  // Requests one AttendStream may have in flight before reading pauses.
+  static constexpr int kMaxStreamInflight = 256;
 
   AttentionService(const ModelRepository* repository, ServerMetrics* metrics,
                    AttendBatcher* batcher);
@@ -28,6 +38,8 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
                                    const attention::v1::AttendRequest* request,
                                    attention::v1::AttendResponse* response) override;
+  grpc::ServerBidiReactor<attention::v1::AttendRequest, attention::v1::AttendResponse>*
+  AttendStream(grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const attention::v1::ListModelsRequest* request,
                                        attention::v1::ListModelsResponse* response) override;
@@ -36,6 +48,15 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
                                      attention::v1::ModelInfo* response) override;
 
  private:
+  class StreamReactor;
+
+  // Validates `request` and hands `*call` (context, reactor or responder
+  // already set) to the batcher. On failure returns why and leaves `*call`
+  // with the caller, its response's request_id and model_name filled in
+  // when known.
+  absl::Status Admit(const attention::v1::AttendRequest& request,
+                     std::unique_ptr<AttendCall>* call);
+
   const ModelRepository* const repository_;
   ServerMetrics* const metrics_;
   AttendBatcher* const batcher_;

@@ -1,7 +1,9 @@
 // In-process gRPC tests: a real server on a free port, a real channel.
 #include "server/attention_service.h"
 
+#include <cmath>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "attention/v1/attention.grpc.pb.h"
 #include "core/reference_attention.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -123,6 +126,10 @@ class AttentionServiceTest : public ::testing::Test {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
 };
+
+void SetRawFloat(attention::v1::Tensor* t, size_t index, float value) {
+  std::memcpy(t->mutable_raw_data()->data() + index * sizeof(float), &value, sizeof(float));
+}
 
 std::vector<float> RawFloats(const attention::v1::Tensor& t) {
   std::vector<float> v(t.raw_data().size() / sizeof(float));
@@ -317,8 +324,31 @@ INSTANTIATE_TEST_SUITE_P(
                   r->add_key_lengths(1);
                   r->add_key_lengths(2);
                 },
-                "key_lengths: expected empty or equal to query_lengths"}),
+                "key_lengths: expected empty or equal to query_lengths"},
+        BadCase{"NaNInQuery",
+                [](AttendRequest* r) {
+                  SetRawFloat(r->mutable_query(), (1 * 3 + 2) * 64 + 5, std::nanf(""));
+                },
+                "query[1, 2, 5]: expected a finite value, got nan"},
+        BadCase{"InfInValue",
+                [](AttendRequest* r) {
+                  *r->mutable_key() = r->query();
+                  *r->mutable_value() = r->query();
+                  SetRawFloat(r->mutable_value(), 64 + 7, -INFINITY);
+                },
+                "value[0, 1, 7]: expected a finite value, got -inf"}),
     [](const ::testing::TestParamInfo<BadCase>& info) { return info.param.name; });
+
+TEST_F(AttentionServiceTest, NonFiniteValuesInPaddingRowsAreIgnored) {
+  AttendRequest req = MakeRequest(2, 3);
+  req.add_query_lengths(3);
+  req.add_query_lengths(1);
+  SetRawFloat(req.mutable_query(), (1 * 3 + 2) * 64, std::nanf(""));  // batch 1, row 2: padding
+  AttendResponse resp;
+  const grpc::Status s = Attend(req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  for (const float x : RawFloats(resp.output())) ASSERT_TRUE(std::isfinite(x));
+}
 
 TEST_F(AttentionServiceTest, ListAndGetModelDescribeTheLayer) {
   grpc::ClientContext ctx;
@@ -580,6 +610,164 @@ TEST_F(AttentionServiceTest, RequestPastItsDeadlineIsNotComputed) {
   EXPECT_EQ(Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED"), 1);
   EXPECT_EQ(Counter("small", "OK"), 0);
   EXPECT_EQ(server_->queued_requests(), 0);
+}
+
+TEST_F(AttentionServiceTest, StreamAnswersEveryRequestTaggedAndBadOnesFailAlone) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub_->AttendStream(&ctx);
+  constexpr int kRequests = 40;
+  std::vector<AttendRequest> sent;
+  for (int i = 0; i < kRequests; ++i) {
+    AttendRequest req = MakeRequest(1 + i % 3, 1 + i % 7);
+    req.set_request_id(absl::StrCat("s", i));
+    if (i % 10 == 4) req.mutable_query()->set_shape(2, kEmbed + 1);  // bad: wrong embed_dim
+    if (i % 10 == 7) req.set_model_name("nope");                     // bad: unknown model
+    sent.push_back(req);
+  }
+  // Write everything before reading anything: requests are in flight together.
+  for (const AttendRequest& req : sent) ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->WritesDone());
+  std::map<std::string, AttendResponse> got;
+  AttendResponse resp;
+  while (stream->Read(&resp)) {
+    EXPECT_TRUE(got.emplace(resp.request_id(), resp).second) << "twice: " << resp.request_id();
+  }
+  const grpc::Status end = stream->Finish();
+  ASSERT_TRUE(end.ok()) << end.error_message();
+  ASSERT_EQ(got.size(), sent.size());
+  for (int i = 0; i < kRequests; ++i) {
+    const AttendResponse& r = got.at(absl::StrCat("s", i));
+    if (i % 10 == 4) {
+      EXPECT_EQ(r.status().code(), grpc::StatusCode::INVALID_ARGUMENT) << i;
+      EXPECT_TRUE(absl::StrContains(r.status().message(), "query.shape[2]")) << r.status().message();
+      EXPECT_FALSE(r.has_output());
+      continue;
+    }
+    if (i % 10 == 7) {
+      EXPECT_EQ(r.status().code(), grpc::StatusCode::NOT_FOUND) << i;
+      EXPECT_TRUE(absl::StrContains(r.status().message(), "available: small")) << r.status().message();
+      continue;
+    }
+    ASSERT_EQ(r.status().code(), 0) << i << ": " << r.status().message();
+    EXPECT_EQ(r.model_name(), "small");
+    EXPECT_GE(r.timing().batch_size(), 1);
+    AttendResponse alone;
+    ASSERT_TRUE(Attend(sent[i], &alone).ok());
+    const std::vector<float> a = RawFloats(alone.output()), b = RawFloats(r.output());
+    ASSERT_EQ(a.size(), b.size()) << i;
+    for (size_t j = 0; j < a.size(); ++j) ASSERT_NEAR(a[j], b[j], 1e-5f) << "request " << i;
+  }
+  EXPECT_EQ(Counter("small", "OK"), kRequests - 8 + (kRequests - 8));  // stream + the unary checks
+  EXPECT_EQ(Counter("small", "INVALID_ARGUMENT"), 4);
+  EXPECT_EQ(Counter("", "NOT_FOUND"), 4);
+}
+
+TEST_F(AttentionServiceTest, StreamWithMoreRequestsThanItsInflightLimitAnswersThemAll) {
+  // A writer far ahead of the reader: the server pauses reading at
+  // kMaxStreamInflight and resumes as responses are written.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto stream = stub_->AttendStream(&ctx);
+  const int total = 3 * AttentionService::kMaxStreamInflight;
+  std::thread writer([&] {
+    for (int i = 0; i < total; ++i) {
+      AttendRequest req = MakeRequest(1, 1 + i % 4);
+      req.set_request_id(std::to_string(i));
+      if (!stream->Write(req)) break;
+    }
+    stream->WritesDone();
+  });
+  std::vector<bool> seen(total, false);
+  int count = 0;
+  AttendResponse resp;
+  while (stream->Read(&resp)) {
+    ASSERT_EQ(resp.status().code(), 0) << resp.status().message();
+    const int id = std::stoi(resp.request_id());
+    ASSERT_FALSE(seen[id]) << id;
+    seen[id] = true;
+    EXPECT_EQ(resp.output().shape(1), 1 + id % 4);
+    ++count;
+  }
+  writer.join();
+  ASSERT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(count, total);
+}
+
+TEST_F(AttentionServiceTest, StreamStopsReadingAtItsInflightLimitAndShutdownAnswersTheRest) {
+  AttentionServer::Options options;
+  options.batching.max_batch_size = 4 * AttentionService::kMaxStreamInflight;
+  options.batching.max_queue_delay = absl::Seconds(60);  // nothing runs until shutdown drains
+  StartServer(options);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto stream = stub_->AttendStream(&ctx);
+  const int total = 3 * AttentionService::kMaxStreamInflight;
+  std::thread writer([&] {
+    for (int i = 0; i < total; ++i) {
+      AttendRequest req = MakeRequest(1, 1);
+      req.set_request_id(std::to_string(i));
+      if (!stream->Write(req)) break;
+    }
+    stream->WritesDone();
+  });
+  while (server_->queued_requests() < AttentionService::kMaxStreamInflight) {
+    std::this_thread::yield();
+  }
+  // Reading is paused: exactly the limit was admitted. Shutdown runs those;
+  // the stream then reads on, and the rest are refused one by one.
+  std::thread stopper([&] { server_->Shutdown(); });
+  std::map<int, int> codes;
+  AttendResponse resp;
+  while (stream->Read(&resp)) ++codes[resp.status().code()];
+  writer.join();
+  stopper.join();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(codes[grpc::StatusCode::OK], AttentionService::kMaxStreamInflight);
+  EXPECT_EQ(codes[grpc::StatusCode::UNAVAILABLE], total - AttentionService::kMaxStreamInflight);
+}
+
+TEST_F(AttentionServiceTest, CancelledStreamDropsItsQueuedRequestsAtOnce) {
+  AttentionServer::Options options;
+  options.batching.max_queue_delay = absl::Seconds(60);  // requests sit in the queue
+  options.shutdown_grace = absl::Seconds(60);
+  StartServer(options);
+  grpc::ClientContext ctx;
+  auto stream = stub_->AttendStream(&ctx);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(MakeRequest(1, 2)));
+  while (server_->queued_requests() < 3) std::this_thread::yield();
+  ctx.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // When the server sees the cancellation it drops the queued requests at
+  // once, long before their 60 s batching delay.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Counter("small", "CANCELLED") < 3 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(Counter("small", "CANCELLED"), 3);
+  EXPECT_EQ(server_->queued_requests(), 0);
+  const auto start = std::chrono::steady_clock::now();
+  server_->Shutdown();  // the stream is gone: nothing to wait for
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+  EXPECT_EQ(Counter("small", "OK"), 0);
+}
+
+TEST_F(AttentionServiceTest, HealthWatchSeesNotServingWhenShutdownBegins) {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service("small");
+  auto watch = health->Watch(&ctx, req);
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  std::thread stopper([&] { server_->Shutdown(); });
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  ctx.TryCancel();
+  watch->Finish();
+  stopper.join();
 }
 
 }  // namespace

@@ -106,6 +106,18 @@ class Batcher {
   // Wakes the executor to look at the clock again (tests with a FakeClock).
   void Poke() { cv_.Signal(); }
 
+  // Asks the executor to reject (CANCELLED) every queued task that reports
+  // cancelled() now, instead of when its batch is cut, so a client that gave
+  // up frees its queue slots at once. Costs one pass over the queues; call it
+  // when a cancellation is observed, not per request.
+  void SweepCancelled() {
+    {
+      MutexLock lock(&mu_);
+      sweep_ = true;
+    }
+    cv_.Signal();
+  }
+
   // Runs `fn` on the executor thread before any further batch and waits for
   // it (e.g. warm-up that must happen on the thread that will compute).
   // UNAVAILABLE once draining.
@@ -173,6 +185,11 @@ class Batcher {
         auto chosen = queues_.end();
         for (;;) {
           if (!control_.empty()) break;
+          if (sweep_) {
+            sweep_ = false;
+            Sweep(&rejected);
+            if (!rejected.empty()) break;
+          }
           const absl::Time now = options_.clock->Now();
           absl::Time recheck = absl::InfiniteFuture();
           for (auto it = queues_.begin(); it != queues_.end(); ++it) {
@@ -201,16 +218,16 @@ class Batcher {
         if (!control_.empty()) {
           control = std::move(control_.front());
           control_.pop_front();
-        } else {
+        } else if (chosen != queues_.end()) {
           key = chosen->first;
           CutBatch(chosen, &batch, &rejected);
         }
       }
+      for (auto& [task, why] : rejected) reject_(std::move(task), why);
       if (control) {
         control();
         continue;
       }
-      for (auto& [task, why] : rejected) reject_(std::move(task), why);
       if (!batch.empty()) run_(key, std::move(batch));
     }
   }
@@ -252,6 +269,29 @@ class Batcher {
     if (q.entries.empty()) queues_.erase(queue);
   }
 
+  // Moves every cancelled task of every queue to `rejected`, keeping the
+  // others in order.
+  void Sweep(std::vector<std::pair<std::unique_ptr<Task>, absl::Status>>* rejected)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto it = queues_.begin(); it != queues_.end();) {
+      Queue& q = it->second;
+      std::deque<Entry> kept;
+      for (Entry& e : q.entries) {
+        if (!e.task->cancelled()) {
+          kept.push_back(std::move(e));
+          continue;
+        }
+        const int64_t t = e.task->tokens();
+        q.tokens -= t;
+        --requests_;
+        tokens_ -= t;
+        rejected->emplace_back(std::move(e.task), absl::CancelledError("cancelled before compute"));
+      }
+      q.entries = std::move(kept);
+      it = q.entries.empty() ? queues_.erase(it) : std::next(it);
+    }
+  }
+
   BatchPolicy PolicyFor(const std::string& key) const {
     return options_.policy_for_key ? options_.policy_for_key(key) : options_.policy;
   }
@@ -266,6 +306,7 @@ class Batcher {
   int requests_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool sweep_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;  // last: starts after everything above exists
 };
 

@@ -1,5 +1,6 @@
 #include "core/batching/batcher.h"
 
+#include <atomic>
 #include <future>
 #include <string>
 #include <vector>
@@ -14,10 +15,12 @@ struct FakeTask {
   int64_t cost = 1;
   absl::Time due = absl::InfiniteFuture();
   bool gave_up = false;
+  // Set by the test while the task waits (a client cancelling later).
+  std::shared_ptr<std::atomic<bool>> cancel_later = nullptr;
 
   int64_t tokens() const { return cost; }
   absl::Time deadline() const { return due; }
-  bool cancelled() const { return gave_up; }
+  bool cancelled() const { return gave_up || (cancel_later != nullptr && cancel_later->load()); }
 };
 
 // Records what the batcher does; Next() blocks until the next batch arrives.
@@ -199,6 +202,27 @@ TEST_F(BatcherTest, ExpiredAndCancelledTasksAreRejectedAndTakeNoSlot) {
   ASSERT_EQ(rejected.size(), 2u);
   EXPECT_EQ(rejected[0], std::make_pair(2, absl::StatusCode::kDeadlineExceeded));
   EXPECT_EQ(rejected[1], std::make_pair(3, absl::StatusCode::kCancelled));
+}
+
+TEST_F(BatcherTest, SweepRejectsCancelledTasksWithoutWaitingForTheirBatch) {
+  Start(10, 100, absl::Seconds(60));  // nothing is cut before the delay
+  auto flag = std::make_shared<std::atomic<bool>>(false);
+  for (int id : {1, 2, 3}) {
+    auto task = std::make_unique<FakeTask>(FakeTask{id, 1, absl::InfiniteFuture(), false, nullptr});
+    if (id != 2) task->cancel_later = flag;
+    ASSERT_TRUE(batcher_->Submit(id == 3 ? "other" : "m", &task).ok());
+  }
+  flag->store(true);
+  batcher_->SweepCancelled();
+  const auto rejected = rec_.WaitRejected(2);
+  ASSERT_EQ(rejected.size(), 2u);
+  EXPECT_EQ(rejected[0], std::make_pair(1, absl::StatusCode::kCancelled));
+  EXPECT_EQ(rejected[1], std::make_pair(3, absl::StatusCode::kCancelled));
+  EXPECT_EQ(batcher_->queued(), std::make_pair(1, int64_t{1}));  // task 2 still waits
+  EXPECT_EQ(rec_.batches(), 0u);
+  clock_.Advance(absl::Seconds(60));
+  batcher_->Poke();
+  EXPECT_EQ(rec_.Next().ids, std::vector<int>{2});
 }
 
 TEST(BatcherPolicyTest, EachKeyUsesItsOwnPolicy) {
