@@ -1,0 +1,43 @@
+#!/usr/bin/python3
+"""Lists the served models and runs one Attend on random data.
+
+    PYTHONPATH=build/python /usr/bin/python3 client/python/example.py --target=localhost:50051
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+from attention_client import AttentionClient, AttentionError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq_len", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+
+    with AttentionClient(args.target, timeout=10) as client:
+        try:
+            for m in client.list_models():
+                print(f"model {m.name}: embed_dim={m.embed_dim} num_heads={m.num_heads} "
+                      f"num_kv_heads={m.num_kv_heads} dtype={m.dtype}")
+            info = client.get_model(args.model)
+            query = np.random.default_rng(0).standard_normal(
+                (args.batch, args.seq_len, info.embed_dim), dtype=np.float32)
+            output, _, timing = client.attend(query, model=args.model, dtype=args.dtype)
+        except AttentionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(f"output shape: {list(output.shape)}")
+    print(f"output[0, 0, :8]: {np.array2string(output[0, 0, :8], precision=5)}")
+    print(f"timing: {timing}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
