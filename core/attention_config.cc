@@ -1,5 +1,7 @@
 #include "core/attention_config.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace attn::core {
@@ -22,6 +24,21 @@ absl::Status ValidateAttentionConfig(const AttentionConfig& c) {
     return bad("embed_dim/kdim/vdim: expected at most ", kMaxDim);
   }
   return absl::OkStatus();
+}
+
+double ForwardFlops(const AttentionConfig& c, int64_t lq, int64_t lk, bool causal) {
+  const double e = c.embed_dim, kv = c.kv_proj_dim();
+  const double projections = 2.0 * static_cast<double>(lq) * e * e * 2 +  // q and output
+                             2.0 * static_cast<double>(lk) * (c.key_dim() + c.value_dim()) * kv;
+  double pairs = static_cast<double>(lq) * static_cast<double>(lk);
+  if (causal) {
+    // Query i sees keys 0 .. i + (lk - lq), clipped to [0, lk].
+    pairs = 0;
+    for (int64_t i = 0; i < lq; ++i) {
+      pairs += static_cast<double>(std::clamp<int64_t>(i + lk - lq + 1, 0, lk));
+    }
+  }
+  return projections + 4.0 * pairs * e;  // QKᵀ and PV: 2·head_dim·heads each
 }
 
 }  // namespace attn::core

@@ -34,6 +34,13 @@ struct AttentionConfig {
 // INVALID_ARGUMENT naming the field when the shape is impossible.
 absl::Status ValidateAttentionConfig(const AttentionConfig& config);
 
+// Floating-point operations (multiply and add counted apart) of one
+// sequence through the layer: the four projections plus QKᵀ and PV over the
+// (query, key) pairs the mask lets through (bottom-right aligned when
+// causal). Softmax and bias adds are not counted. For rates: GFLOP/s.
+double ForwardFlops(const AttentionConfig& config, int64_t query_len, int64_t key_len,
+                    bool causal);
+
 }  // namespace attn::core
 
 #endif  // ATTN_CORE_ATTENTION_CONFIG_H_

@@ -13,13 +13,68 @@ std::string BatchKey(const Model& model, const DecodedRequest& request) {
                       "|probs=", request.need_probs);
 }
 
+namespace {
+
+// Client mistakes: logged at info, not warning.
+bool IsClientError(absl::StatusCode code) {
+  return code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kNotFound ||
+         code == absl::StatusCode::kCancelled;
+}
+
+void LogCall(const AttendCall& call, const absl::Status& status, absl::Duration server_time) {
+  Logger& log = *call.observers->logger;
+  const std::string model = call.model != nullptr ? call.model->name : "";
+  if (status.ok()) {
+    if (!log.access_log()) return;
+    const attention::v1::Timing& t = call.response->timing();
+    log.Log(LogLevel::kInfo, "request",
+            {{"model", model},
+             {"request_id", call.response->request_id()},
+             {"code", "OK"},
+             {"tokens", absl::StrCat(call.request.num_tokens())},
+             {"duration_us", absl::StrCat(absl::ToInt64Microseconds(server_time))},
+             {"queue_us", absl::StrCat(t.queue_us())},
+             {"compute_us", absl::StrCat(t.compute_us())},
+             {"batch_size", absl::StrCat(t.batch_size())}});
+    return;
+  }
+  const LogLevel level = IsClientError(status.code()) ? LogLevel::kInfo : LogLevel::kWarning;
+  if (!log.Enabled(level)) return;
+  log.Log(level, "request_failed",
+          {{"model", model},
+           {"request_id", call.response->request_id()},
+           {"code", absl::StatusCodeToString(status.code())},
+           {"message", std::string(status.message())}});
+}
+
+}  // namespace
+
+void LeftQueue(const AttendCall& call) {
+  call.model_metrics->QueueChanged(-1, -call.request.num_tokens());
+}
+
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
+  const absl::Duration server_time =
+      call->admitted ? absl::Now() - call->enqueued : absl::ZeroDuration();
+  ModelMetrics* m = call->model_metrics;
+  m->RequestFinished(status.code());
+  if (status.ok()) {
+    m->RequestSucceeded(server_time, absl::Microseconds(call->response->timing().queue_us()),
+                        call->request.num_tokens());
+  }
+  if (call->admitted) call->observers->metrics->InflightChanged(-1);
+  LogCall(*call, status, server_time);
   if (call->responder != nullptr) {
     AttendResponder* responder = call->responder;
     responder->Respond(std::move(call), status);
-  } else {
-    call->reactor->Finish(ToGrpcStatus(status));
+    return;
   }
+  if (status.code() == absl::StatusCode::kResourceExhausted) {
+    // gRPC's retry policy honours this hint.
+    call->context->AddTrailingMetadata("grpc-retry-pushback-ms",
+                                       absl::StrCat(call->observers->retry_pushback_ms));
+  }
+  call->reactor->Finish(ToGrpcStatus(status));
 }
 
 namespace {
@@ -30,11 +85,10 @@ struct BatchRun {
   int64_t tokens;
 };
 
-// Writes the call's response (its own slice of the result) with timings,
-// records the outcome and finishes the reactor.
+// Writes the call's response (its own slice of the result) with timings
+// and finishes the call.
 void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
-             const core::AttentionResult& result, const BatchRun& run,
-             const std::function<void(const std::string&, absl::StatusCode)>& record) {
+             const core::AttentionResult& result, const BatchRun& run) {
   if (status.ok()) {
     EncodeAttendResponse(call->request, result, *call->model, call->response);
     attention::v1::Timing* timing = call->response->mutable_timing();
@@ -43,15 +97,34 @@ void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
     timing->set_batch_size(run.size);
     timing->set_batch_tokens(run.tokens);
   }
-  record(call->model->name, status.code());
   FinishAttendCall(std::move(call), status);
+}
+
+// FLOPs of one call's sequences.
+double CallFlops(const AttendCall& call) {
+  const DecodedRequest& r = call.request;
+  const std::vector<int64_t>& ko = r.cross ? r.kv_offsets : r.q_offsets;
+  double flops = 0;
+  for (size_t s = 1; s < r.q_offsets.size(); ++s) {
+    flops += core::ForwardFlops(call.model->config, r.q_offsets[s] - r.q_offsets[s - 1],
+                                ko[s] - ko[s - 1], r.causal);
+  }
+  return flops;
+}
+
+void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const BatchRun& run,
+                 const absl::Status& status) {
+  if (!status.ok()) return;
+  double flops = 0;
+  for (const auto& call : calls) flops += CallFlops(*call);
+  calls.front()->model_metrics->BatchRan(run.size, run.tokens, run.end - run.start, flops);
 }
 
 }  // namespace
 
-void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
-                    const std::function<void(const std::string&, absl::StatusCode)>& record) {
+void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls) {
   if (calls.empty()) return;
+  for (const auto& call : calls) LeftQueue(*call);
   const Model& model = *calls.front()->model;
   const DecodedRequest& first = calls.front()->request;
   const int e = model.config.embed_dim;
@@ -63,7 +136,8 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
     core::AttentionResult result;
     const absl::Status status = model.mha->Forward(r.batch_view(), &result);
     const BatchRun run{start, absl::Now(), 1, r.num_tokens()};
-    Respond(std::move(calls.front()), status, result, run, record);
+    RecordBatch(calls, run, status);
+    Respond(std::move(calls.front()), status, result, run);
     return;
   }
   // Concatenate every call's sequences into one ragged batch.
@@ -100,7 +174,8 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
   const absl::Time start = absl::Now();
   core::AttentionResult all;
   const absl::Status status = model.mha->Forward(batch, &all);
-  const absl::Time end = absl::Now();
+  const BatchRun run{start, absl::Now(), static_cast<int>(calls.size()), tokens};
+  RecordBatch(calls, run, status);
 
   // Split the result back: each call's rows and probabilities, rebased.
   int64_t seq = 0;
@@ -122,8 +197,7 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
       }
     }
     seq += num_seqs;
-    Respond(std::move(call), status, mine, {start, end, static_cast<int>(calls.size()), tokens},
-            record);
+    Respond(std::move(call), status, mine, run);
   }
 }
 

@@ -15,6 +15,8 @@
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/server_context.h"
 #include "server/attend_codec.h"
+#include "server/log.h"
+#include "server/metrics.h"
 #include "server/model_repository.h"
 
 namespace attn::server {
@@ -32,9 +34,22 @@ class AttendResponder {
   virtual void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status) = 0;
 };
 
+// Where every finished call is counted and logged. Outlives every call.
+struct CallObservers {
+  ServerMetrics* metrics = nullptr;
+  Logger* logger = nullptr;
+  // How long a shed client should wait before retrying (the
+  // grpc-retry-pushback-ms trailer of a unary RESOURCE_EXHAUSTED).
+  int retry_pushback_ms = 50;
+};
+
 // Satisfies the Task contract of core::Batcher.
 struct AttendCall {
+  const CallObservers* observers = nullptr;  // required
+  // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
+  ModelMetrics* model_metrics = nullptr;  // the model's series, or unknown_model()
+  bool admitted = false;                  // in the batcher: counted in flight and queued
   DecodedRequest request;
   absl::Time enqueued;
   absl::Time deadline_at = absl::InfiniteFuture();
@@ -59,15 +74,22 @@ using AttendBatcher = core::Batcher<AttendCall>;
 // name and a '|'.
 std::string BatchKey(const Model& model, const DecodedRequest& request);
 
-// Runs `calls` (one key) as one Forward over all their sequences, then
-// finishes each call: its response (with timings: queue, compute, the
-// batch's size and tokens) or the error. `record` gets (model, code) of
-// each finished call.
-void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls,
-                    const std::function<void(const std::string&, absl::StatusCode)>& record);
+// Runs `calls` (one key, all admitted) as one Forward over all their
+// sequences, records the batch, then finishes each call: its response (with
+// timings: queue, compute, the batch's size and tokens) or the error.
+void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls);
 
-// Finishes a call that will not run (shed, expired, cancelled, shutting down).
+// The one way a call ends, run or not (invalid, shed, expired, cancelled,
+// shutting down): counts it (requests by code; for OK also latency, queue
+// time and tokens; for an admitted call the queue and in-flight gauges),
+// logs it (access log; failures at info for the client's own mistakes,
+// warning otherwise), then finishes the unary reactor (a shed call gets the
+// retry hint trailer) or hands the call to its stream.
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status);
+
+// The batcher's bookkeeping for an admitted call leaving the queue (run or
+// rejected): the queue gauges.
+void LeftQueue(const AttendCall& call);
 
 // Runs a few small batches through `model` so oneDNN's kernels exist and
 // the calling thread's OpenMP team is started before the first request (the

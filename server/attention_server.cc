@@ -19,12 +19,18 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   std::unique_ptr<AttentionServer> s(new AttentionServer());
   s->options_ = options;
   s->repository_ = std::move(repository);
+  s->logger_ = options.logger != nullptr ? options.logger : std::make_shared<Logger>();
   ServerMetrics::Options metrics_options;
   metrics_options.version = Version();
   metrics_options.onednn_version = core::MultiHeadAttention::OneDnnVersion();
   metrics_options.isa = core::MultiHeadAttention::OneDnnIsa();
   metrics_options.threads = options.threads;
+  metrics_options.max_queue_requests = options.max_queue_size;
+  metrics_options.max_queue_tokens = options.max_queue_tokens;
   s->metrics_ = std::make_unique<ServerMetrics>(metrics_options);
+  s->observers_.metrics = s->metrics_.get();
+  s->observers_.logger = s->logger_.get();
+  s->observers_.retry_pushback_ms = AttentionService::kRetryPushbackMs;
   if (!options.metrics_listen.empty()) {
     try {
       s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
@@ -33,6 +39,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
           absl::StrCat("--metrics_listen=", options.metrics_listen, ": cannot listen: ", e.what()));
     }
     s->exposer_->RegisterCollectable(s->metrics_->registry());
+    s->exposer_->RegisterCollectable(s->metrics_->process_collectable());
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
@@ -47,20 +54,20 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   };
   batcher_options.max_queue_requests = options.max_queue_size;
   batcher_options.max_queue_tokens = options.max_queue_tokens;
-  ServerMetrics* metrics = s->metrics_.get();
   auto batcher = AttendBatcher::Create(
       batcher_options,
-      [metrics](const std::string& /*key*/, std::vector<std::unique_ptr<AttendCall>> calls) {
-        RunAttendBatch(std::move(calls), [metrics](const std::string& model, absl::StatusCode code) {
-          metrics->RecordRequest(model, code);
-        });
+      [](const std::string& /*key*/, std::vector<std::unique_ptr<AttendCall>> calls) {
+        RunAttendBatch(std::move(calls));
       },
-      [metrics](std::unique_ptr<AttendCall> call, absl::Status why) {
-        metrics->RecordRequest(call->model->name, why.code());
+      [](std::unique_ptr<AttendCall> call, absl::Status why) {
+        LeftQueue(*call);
         FinishAttendCall(std::move(call), why);
       });
   if (!batcher.ok()) return batcher.status();
   s->batcher_ = *std::move(batcher);
+  // Every model's series exist (at zero, not ready) from here on.
+  s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->observers_,
+                                                   s->batcher_.get());
   // Warm every model up on the batcher's executor thread (the one that will
   // serve it) before reporting SERVING.
   absl::Status warm;
@@ -68,8 +75,6 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     for (const Model* model : repo->models()) warm.Update(WarmUp(*model));
   }));
   ATTN_RETURN_IF_ERROR(warm);
-  s->service_ = std::make_unique<AttentionService>(s->repository_.get(), s->metrics_.get(),
-                                                   s->batcher_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -87,7 +92,10 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
-  for (const Model* model : s->repository_->models()) health->SetServingStatus(model->name, true);
+  for (const Model* model : s->repository_->models()) {
+    health->SetServingStatus(model->name, true);
+    s->metrics_->Find(model->name)->SetReady(true);
+  }
   return s;
 }
 
@@ -98,6 +106,7 @@ void AttentionServer::Shutdown() {
   stopped_ = true;
   if (server_ != nullptr) {
     server_->GetHealthCheckService()->SetServingStatus(false);
+    for (const Model* model : repository_->models()) metrics_->Find(model->name)->SetReady(false);
     // Accepted requests run now, without waiting for batching delays; new
     // ones get UNAVAILABLE until gRPC stops taking calls.
     if (batcher_ != nullptr) batcher_->Drain();

@@ -1,10 +1,12 @@
 // A running attention server: the gRPC endpoint (AttentionService, health,
 // reflection), the /metrics endpoint and the batcher whose executor computes, wired together.
 //
-// Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING,
-// gRPC stops accepting calls and waits (up to the grace period) for calls in
-// flight, which the batcher's executor completes; then the batcher drains
-// and joins, and the metrics endpoint closes last.
+// Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING
+// and attn_model_ready 0; the batcher drains (new requests get UNAVAILABLE,
+// everything queued runs without waiting for batching delays); gRPC stops
+// accepting calls and waits, up to the grace period, for calls in flight
+// (an open AttendStream ends when its client closes it); the batcher then
+// stops and joins, and the metrics endpoint closes last.
 //
 // Thread-compatible: Start() and Shutdown() from one thread; serving itself
 // is concurrent.
@@ -19,6 +21,7 @@
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "server/attention_service.h"
+#include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
 #include "core/batching/batch_policy.h"
@@ -45,6 +48,9 @@ class AttentionServer {
     // RESOURCE_EXHAUSTED.
     int max_queue_size = 1024;
     int64_t max_queue_tokens = int64_t{1} << 20;
+    // Request logs (failures, optional access log). Null: a default Logger
+    // (info, stderr).
+    std::shared_ptr<Logger> logger;
   };
 
   // Starts serving `repository`. Fails if an address cannot be bound.
@@ -68,7 +74,9 @@ class AttentionServer {
 
   Options options_;
   std::unique_ptr<ModelRepository> repository_;
+  std::shared_ptr<Logger> logger_;
   std::unique_ptr<ServerMetrics> metrics_;
+  CallObservers observers_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;

@@ -31,35 +31,48 @@ void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
   info->set_max_request_tokens(static_cast<int32_t>(model.max_request_tokens));
 }
 
-AttentionService::AttentionService(const ModelRepository* repository, ServerMetrics* metrics,
-                                   AttendBatcher* batcher)
-    : repository_(repository), metrics_(metrics), batcher_(batcher) {}
+AttentionService::AttentionService(const ModelRepository* repository,
+                                   const CallObservers* observers, AttendBatcher* batcher)
+    : repository_(repository), observers_(observers), batcher_(batcher) {
+  for (const Model* model : repository->models()) {
+    model_metrics_[model] = observers->metrics->AddModel(model->name);
+  }
+}
 
 absl::Status AttentionService::Admit(const AttendRequest& request,
                                      std::unique_ptr<AttendCall>* call) {
   AttendCall& c = **call;
+  c.observers = observers_;
+  c.model_metrics = observers_->metrics->unknown_model();
   c.response->set_request_id(request.request_id());
   const Model* model = repository_->Find(request.model_name());
   if (model == nullptr) {
-    metrics_->RecordRequest("", absl::StatusCode::kNotFound);
     return absl::NotFoundError(absl::StrCat("model_name: no model '", request.model_name(),
                                             "'; available: ", repository_->NameList()));
   }
   c.response->set_model_name(model->name);
   c.model = model;
+  c.model_metrics = model_metrics_.at(model);
   absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model);
-  if (!decoded.ok()) {
-    metrics_->RecordRequest(model->name, decoded.status().code());
-    return decoded.status();
-  }
+  if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
   c.enqueued = absl::Now();
   if (c.context->deadline() != std::chrono::system_clock::time_point::max()) {
     c.deadline_at = absl::FromChrono(c.context->deadline());
   }
-  const std::string key = BatchKey(*model, c.request);
-  absl::Status status = batcher_->Submit(key, call);
-  if (!status.ok()) metrics_->RecordRequest(model->name, status.code());
+  // Counted before Submit: once submitted, the executor may finish the
+  // call (and undo these) at any moment.
+  const int64_t tokens = c.request.num_tokens();
+  ModelMetrics* m = c.model_metrics;
+  c.admitted = true;
+  observers_->metrics->InflightChanged(1);
+  m->QueueChanged(1, tokens);
+  const absl::Status status = batcher_->Submit(BatchKey(*model, c.request), call);
+  if (!status.ok()) {
+    c.admitted = false;
+    observers_->metrics->InflightChanged(-1);
+    m->QueueChanged(-1, -tokens);
+  }
   return status;
 }
 
@@ -72,11 +85,7 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   call->reactor = reactor;
   call->response = response;
   if (absl::Status status = Admit(*request, &call); !status.ok()) {
-    if (status.code() == absl::StatusCode::kResourceExhausted) {
-      // gRPC's retry policy honours this hint.
-      context->AddTrailingMetadata("grpc-retry-pushback-ms", absl::StrCat(kRetryPushbackMs));
-    }
-    reactor->Finish(ToGrpcStatus(status));
+    FinishAttendCall(std::move(call), status);
   }
   return reactor;
 }
@@ -119,7 +128,8 @@ class AttentionService::StreamReactor final
         status = absl::ResourceExhaustedError(
             absl::StrCat(status.message(), " (retry after ", kRetryPushbackMs, " ms)"));
       }
-      Respond(std::move(call), status);  // cannot finish the stream: no read is done yet
+      // Comes back through Respond; cannot finish the stream: no read is done yet.
+      FinishAttendCall(std::move(call), status);
     }
     Actions next;
     {

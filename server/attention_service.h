@@ -18,6 +18,8 @@
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
 #define ATTN_SERVER_ATTENTION_SERVICE_H_
 
+#include <unordered_map>
+
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
@@ -27,12 +29,13 @@ namespace attn::server {
 
 class AttentionService final : public attention::v1::AttentionService::CallbackService {
  public:
-  // How long a shed client should wait before retrying.
+  // How long a shed client should wait before retrying (CallObservers).
   static constexpr int kRetryPushbackMs = 50;
   // Requests one AttendStream may have in flight before reading pauses.
   static constexpr int kMaxStreamInflight = 256;
 
-  AttentionService(const ModelRepository* repository, ServerMetrics* metrics,
+  // Adds every model's metric series to observers->metrics.
+  AttentionService(const ModelRepository* repository, const CallObservers* observers,
                    AttendBatcher* batcher);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
@@ -58,8 +61,10 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
                      std::unique_ptr<AttendCall>* call);
 
   const ModelRepository* const repository_;
-  ServerMetrics* const metrics_;
+  const CallObservers* const observers_;
   AttendBatcher* const batcher_;
+  // Filled in the constructor, read-only after: no lock on the hot path.
+  std::unordered_map<const Model*, ModelMetrics*> model_metrics_;
 };
 
 // Fills `info` from a loaded model.

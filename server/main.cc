@@ -3,6 +3,9 @@
 
 #include <cstdio>
 #include <iostream>
+#include <map>
+#include <memory>
+#include <unistd.h>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -11,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/attention_server.h"
+#include "server/log.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address HOST:PORT (port 0: pick a free one)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
@@ -29,8 +33,28 @@ ABSL_FLAG(int64_t, max_queue_tokens, int64_t{1} << 20,
           "Query tokens waiting over all models before new requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long to wait for accepted requests before cancelling them");
+ABSL_FLAG(std::string, log_level, "info",
+          "Least level logged: debug, info, warning, error or off. Failed requests log at info "
+          "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED) or warning");
+ABSL_FLAG(bool, access_log, false, "Log one event=request line per successful Attend request");
 
 namespace {
+
+using attn::server::LogLevel;
+
+// Finished Attend requests by code, from attn_requests_total.
+std::map<std::string, int64_t> RequestCounts(const attn::server::ServerMetrics& metrics) {
+  std::map<std::string, int64_t> counts;
+  for (const auto& family : metrics.registry()->Collect()) {
+    if (family.name != "attn_requests_total") continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& label : metric.label) {
+        if (label.name == "code") counts[label.value] += static_cast<int64_t>(metric.counter.value);
+      }
+    }
+  }
+  return counts;
+}
 
 int Run() {
   // Block the stop signals in every thread (threads inherit the mask), so
@@ -41,6 +65,22 @@ int Run() {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  auto level = attn::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.ok()) {
+    std::cerr << "attention-server: --log_level: " << level.status().message() << "\n";
+    return 1;
+  }
+  attn::server::Logger::Options log_options;
+  log_options.level = *level;
+  log_options.access_log = absl::GetFlag(FLAGS_access_log);
+  auto log = std::make_shared<attn::server::Logger>(log_options);
+  const absl::Time started = absl::Now();
+  log->Log(LogLevel::kInfo, "start",
+           {{"version", attn::server::Version()},
+            {"pid", absl::StrCat(getpid())},
+            {"model_repository", absl::GetFlag(FLAGS_model_repository)},
+            {"threads", absl::StrCat(absl::GetFlag(FLAGS_threads))}});
+
   attn::server::ModelRepository::Options repo_options;
   repo_options.directory = absl::GetFlag(FLAGS_model_repository);
   repo_options.num_threads = absl::GetFlag(FLAGS_threads);
@@ -50,8 +90,19 @@ int Run() {
       absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   auto repository = attn::server::ModelRepository::Load(repo_options);
   if (!repository.ok()) {
-    std::cerr << "attention-server: cannot load models: " << repository.status().message() << "\n";
+    log->Log(LogLevel::kError, "start_failed",
+             {{"error", absl::StrCat("cannot load models: ", repository.status().message())}});
     return 1;
+  }
+  for (const attn::server::Model* model : (*repository)->models()) {
+    const attn::core::AttentionConfig& c = model->config;
+    log->Log(LogLevel::kInfo, "model_loaded",
+             {{"model", model->name},
+              {"embed_dim", absl::StrCat(c.embed_dim)},
+              {"num_heads", absl::StrCat(c.num_heads)},
+              {"num_kv_heads", absl::StrCat(c.kv_heads())},
+              {"dtype", c.dtype == attn::core::DType::kBF16 ? "bfloat16" : "float32"},
+              {"max_seq_len", absl::StrCat(model->max_seq_len)}});
   }
   attn::server::AttentionServer::Options options;
   options.listen = absl::GetFlag(FLAGS_listen);
@@ -62,29 +113,48 @@ int Run() {
   options.batching = repo_options.default_batching;
   options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.max_queue_tokens = absl::GetFlag(FLAGS_max_queue_tokens);
+  options.logger = log;
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
-    std::cerr << "attention-server: " << server.status().message() << "\n";
+    log->Log(LogLevel::kError, "start_failed", {{"error", std::string(server.status().message())}});
     return 1;
   }
   const std::string host = options.listen.substr(0, options.listen.rfind(':'));
   const std::string metrics_host =
       options.metrics_listen.substr(0, options.metrics_listen.rfind(':'));
-  std::cout << "attention-server " << attn::server::Version() << " ready grpc=" << host << ":"
-            << (*server)->grpc_port() << " metrics="
-            << (options.metrics_listen.empty()
-                    ? std::string("off")
-                    : absl::StrCat(metrics_host, ":", (*server)->metrics_port()))
-            << " models=" << (*server)->repository().NameList()
-            << " onednn=" << attn::core::MultiHeadAttention::OneDnnVersion()
-            << " isa=" << attn::core::MultiHeadAttention::OneDnnIsa() << std::endl;
+  log->Log(LogLevel::kInfo, "ready",
+           {{"version", attn::server::Version()},
+            {"grpc", absl::StrCat(host, ":", (*server)->grpc_port())},
+            {"metrics", options.metrics_listen.empty()
+                            ? std::string("off")
+                            : absl::StrCat(metrics_host, ":", (*server)->metrics_port())},
+            {"models", (*server)->repository().NameList()},
+            {"onednn", attn::core::MultiHeadAttention::OneDnnVersion()},
+            {"isa", attn::core::MultiHeadAttention::OneDnnIsa()},
+            {"startup_ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - started))}});
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
-  std::cout << "attention-server: received " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
-            << ", draining" << std::endl;
+  const absl::Time stopping = absl::Now();
+  log->Log(LogLevel::kInfo, "shutdown_begun",
+           {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+            {"queued", absl::StrCat((*server)->queued_requests())},
+            {"grace", absl::FormatDuration(options.shutdown_grace)}});
   (*server)->Shutdown();
-  std::cout << "attention-server: stopped" << std::endl;
+  // Every finished request by code, e.g. by_code=OK:1200,UNAVAILABLE:3.
+  const std::map<std::string, int64_t> by_code = RequestCounts((*server)->metrics());
+  std::string counts;
+  int64_t answered = 0;
+  for (const auto& [code, n] : by_code) {
+    absl::StrAppend(&counts, counts.empty() ? "" : ",", code, ":", n);
+    answered += n;
+  }
+  const auto ok = by_code.find("OK");
+  log->Log(LogLevel::kInfo, "stopped",
+           {{"drain_ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - stopping))},
+            {"requests", absl::StrCat(answered)},
+            {"ok", absl::StrCat(ok == by_code.end() ? 0 : ok->second)},
+            {"by_code", counts.empty() ? "-" : counts}});
   return 0;
 }
 

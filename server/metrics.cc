@@ -1,15 +1,151 @@
 #include "server/metrics.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
+#include "server/process_metrics.h"
 
 namespace attn::server {
+namespace {
+
+// Durations: 1-2.5-5 per decade from 10 µs to 10 s, then 30 s (the longest
+// deadline worth telling apart). Written out so the `le` labels are exact.
+const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
+  static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
+      1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+      2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+  return *kBuckets;
+}
+
+// Powers of two from 1 to `max`.
+prometheus::Histogram::BucketBoundaries PowersOfTwo(double max) {
+  prometheus::Histogram::BucketBoundaries b;
+  for (double x = 1; x <= max; x *= 2) b.push_back(x);
+  return b;
+}
+
+const prometheus::Histogram::BucketBoundaries& BatchSizeBuckets() {
+  static const auto* const kBuckets =
+      new prometheus::Histogram::BucketBoundaries(PowersOfTwo(256));
+  return *kBuckets;
+}
+
+const prometheus::Histogram::BucketBoundaries& TokenBuckets() {
+  static const auto* const kBuckets =
+      new prometheus::Histogram::BucketBoundaries(PowersOfTwo(65536));
+  return *kBuckets;
+}
+
+}  // namespace
+
+void ModelMetrics::RequestFinished(absl::StatusCode code) {
+  int i = static_cast<int>(code);
+  if (i < 0 || i >= static_cast<int>(by_code_.size())) {  // not a canonical code
+    code = absl::StatusCode::kUnknown;
+    i = static_cast<int>(code);
+  }
+  prometheus::Counter* counter = by_code_[i].load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // First request with this code: create the series once. Double-checked
+    // under the server's lock so concurrent first uses share one counter.
+    MutexLock lock(&server_->mu_);
+    counter = by_code_[i].load(std::memory_order_relaxed);
+    if (counter == nullptr) {
+      counter = &server_->requests_->Add(
+          {{"model", name_}, {"code", absl::StatusCodeToString(code)}});
+      by_code_[i].store(counter, std::memory_order_release);
+    }
+  }
+  counter->Increment();
+}
+
+// The unknown model has only request counters: the other series stay null
+// and recording into them is a no-op.
+
+void ModelMetrics::RequestSucceeded(absl::Duration server_time, absl::Duration queue_time,
+                                    int64_t tokens) {
+  if (request_duration_ == nullptr) return;
+  request_duration_->Observe(absl::ToDoubleSeconds(server_time));
+  queue_duration_->Observe(absl::ToDoubleSeconds(queue_time));
+  request_tokens_->Observe(static_cast<double>(tokens));
+  tokens_total_->Increment(static_cast<double>(tokens));
+}
+
+void ModelMetrics::BatchRan(int requests, int64_t tokens, absl::Duration compute, double flops) {
+  if (compute_duration_ == nullptr) return;
+  compute_duration_->Observe(absl::ToDoubleSeconds(compute));
+  batch_size_->Observe(requests);
+  batch_tokens_->Observe(static_cast<double>(tokens));
+  flops_total_->Increment(flops);
+}
+
+void ModelMetrics::QueueChanged(int64_t requests_delta, int64_t tokens_delta) {
+  if (queue_depth_ == nullptr) return;
+  queue_depth_->Increment(static_cast<double>(requests_delta));
+  queue_tokens_->Increment(static_cast<double>(tokens_delta));
+}
+
+void ModelMetrics::SetReady(bool ready) {
+  if (ready_ == nullptr) return;
+  ready_->Set(ready ? 1 : 0);
+}
 
 ServerMetrics::ServerMetrics(const Options& options)
     : registry_(std::make_shared<prometheus::Registry>()),
       requests_(&prometheus::BuildCounter()
                      .Name("attn_requests_total")
-                     .Help("Attend requests by model and gRPC status code.")
-                     .Register(*registry_)) {
+                     .Help("Finished Attend requests by model and gRPC status code.")
+                     .Register(*registry_)),
+      request_duration_(&prometheus::BuildHistogram()
+                             .Name("attn_request_duration_seconds")
+                             .Help("Server time of OK requests, admission to response.")
+                             .Register(*registry_)),
+      queue_duration_(&prometheus::BuildHistogram()
+                           .Name("attn_queue_duration_seconds")
+                           .Help("Time OK requests waited from admission to start of compute.")
+                           .Register(*registry_)),
+      compute_duration_(&prometheus::BuildHistogram()
+                             .Name("attn_compute_duration_seconds")
+                             .Help("Compute time per batch.")
+                             .Register(*registry_)),
+      batch_size_(&prometheus::BuildHistogram()
+                       .Name("attn_batch_size")
+                       .Help("Requests per batch.")
+                       .Register(*registry_)),
+      batch_tokens_(&prometheus::BuildHistogram()
+                         .Name("attn_batch_tokens")
+                         .Help("Query tokens per batch.")
+                         .Register(*registry_)),
+      request_tokens_(&prometheus::BuildHistogram()
+                           .Name("attn_request_tokens")
+                           .Help("Query tokens per OK request.")
+                           .Register(*registry_)),
+      queue_depth_(&prometheus::BuildGauge()
+                        .Name("attn_queue_depth")
+                        .Help("Requests waiting in the model's queues.")
+                        .Register(*registry_)),
+      queue_tokens_(&prometheus::BuildGauge()
+                         .Name("attn_queue_tokens")
+                         .Help("Query tokens waiting in the model's queues.")
+                         .Register(*registry_)),
+      ready_(&prometheus::BuildGauge()
+                  .Name("attn_model_ready")
+                  .Help("1 once the model is warmed up and serving, 0 otherwise.")
+                  .Register(*registry_)),
+      tokens_total_(&prometheus::BuildCounter()
+                         .Name("attn_tokens_total")
+                         .Help("Query tokens of OK requests.")
+                         .Register(*registry_)),
+      flops_total_(&prometheus::BuildCounter()
+                        .Name("attn_flops_total")
+                        .Help("Floating-point operations of the batches run.")
+                        .Register(*registry_)),
+      inflight_(&prometheus::BuildGauge()
+                     .Name("attn_inflight_requests")
+                     .Help("Requests accepted and not yet answered (queued or computing).")
+                     .Register(*registry_)
+                     .Add({})),
+      process_(std::make_shared<ProcessMetrics>()) {
   prometheus::BuildGauge()
       .Name("attn_build_info")
       .Help("Build and runtime information; always 1.")
@@ -19,10 +155,70 @@ ServerMetrics::ServerMetrics(const Options& options)
             {"isa", options.isa},
             {"threads", absl::StrCat(options.threads)}})
       .Set(1);
+  prometheus::BuildGauge()
+      .Name("attn_queue_max_requests")
+      .Help("Admission bound: most requests waiting over all models.")
+      .Register(*registry_)
+      .Add({})
+      .Set(static_cast<double>(options.max_queue_requests));
+  prometheus::BuildGauge()
+      .Name("attn_queue_max_tokens")
+      .Help("Admission bound: most query tokens waiting over all models.")
+      .Register(*registry_)
+      .Add({})
+      .Set(static_cast<double>(options.max_queue_tokens));
+
+  // model="": request counters only (see ModelMetrics), created per code on
+  // first use like every model's.
+  auto unknown = std::unique_ptr<ModelMetrics>(new ModelMetrics());
+  unknown->server_ = this;
+  unknown_ = unknown.get();
+  MutexLock lock(&mu_);
+  models_.emplace(std::string(), std::move(unknown));
+}
+
+ServerMetrics::~ServerMetrics() = default;
+
+ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
+  MutexLock lock(&mu_);
+  if (auto it = models_.find(model); it != models_.end()) return it->second.get();
+  auto m = std::unique_ptr<ModelMetrics>(new ModelMetrics());
+  m->server_ = this;
+  m->name_ = std::string(model);
+  const prometheus::Labels labels = {{"model", m->name_}};
+  m->request_duration_ = &request_duration_->Add(labels, DurationBuckets());
+  m->queue_duration_ = &queue_duration_->Add(labels, DurationBuckets());
+  m->compute_duration_ = &compute_duration_->Add(labels, DurationBuckets());
+  m->batch_size_ = &batch_size_->Add(labels, BatchSizeBuckets());
+  m->batch_tokens_ = &batch_tokens_->Add(labels, TokenBuckets());
+  m->request_tokens_ = &request_tokens_->Add(labels, TokenBuckets());
+  m->queue_depth_ = &queue_depth_->Add(labels);
+  m->queue_tokens_ = &queue_tokens_->Add(labels);
+  m->ready_ = &ready_->Add(labels);
+  m->ready_->Set(0);
+  m->tokens_total_ = &tokens_total_->Add(labels);
+  m->flops_total_ = &flops_total_->Add(labels);
+  ModelMetrics* result = m.get();
+  models_.emplace(m->name_, std::move(m));
+  return result;
+}
+
+ModelMetrics* ServerMetrics::Find(absl::string_view model) const {
+  MutexLock lock(&mu_);
+  auto it = models_.find(model);
+  return it == models_.end() ? nullptr : it->second.get();
 }
 
 void ServerMetrics::RecordRequest(absl::string_view model, absl::StatusCode code) {
-  requests_->Add({{"model", std::string(model)}, {"code", absl::StatusCodeToString(code)}}).Increment();
+  ModelMetrics* m = Find(model);
+  // A name never added gets its series now: callers pass only names of
+  // models the repository serves (or ""), so this cannot grow unboundedly.
+  if (m == nullptr) m = AddModel(model);
+  m->RequestFinished(code);
+}
+
+void ServerMetrics::InflightChanged(int64_t delta) {
+  inflight_->Increment(static_cast<double>(delta));
 }
 
 }  // namespace attn::server

@@ -1,43 +1,166 @@
-// The server's Prometheus metrics. Holds a registry that an Exposer (in
-// main) serves on /metrics, and tests read directly.
+// The server's Prometheus metrics. Holds a registry that an Exposer serves
+// on /metrics, and tests read directly.
 //
-// Thread-safe: prometheus-cpp counters are atomic, and family lookups are
-// guarded by prometheus-cpp's own locks.
+// Per-model series are resolved once (AddModel) into a ModelMetrics of
+// stable pointers, so recording on the hot path is a few atomic adds, never
+// a label lookup.
+//
+// Metric names (base units, Prometheus conventions):
+//   attn_requests_total{model,code}            counter, every finished Attend
+//                                               request (code = gRPC code
+//                                               name, e.g. OK,
+//                                               RESOURCE_EXHAUSTED)
+//   attn_request_duration_seconds{model}       histogram, server time of OK
+//                                               requests (admission to
+//                                               response)
+//   attn_queue_duration_seconds{model}         histogram, admission to start
+//                                               of compute (OK requests)
+//   attn_compute_duration_seconds{model}       histogram, per batch
+//   attn_batch_size{model}                     histogram, requests per batch
+//   attn_batch_tokens{model}                   histogram, query tokens per
+//                                               batch
+//   attn_request_tokens{model}                 histogram, query tokens per
+//                                               OK request
+//   attn_queue_depth{model}                    gauge, requests waiting
+//   attn_queue_tokens{model}                   gauge, query tokens waiting
+//   attn_queue_max_requests                    gauge, admission bound
+//                                               (requests, all models)
+//   attn_queue_max_tokens                      gauge, admission bound
+//                                               (tokens, all models)
+//   attn_inflight_requests                     gauge, accepted and not yet
+//                                               answered (queued + computing)
+//   attn_model_ready{model}                    gauge, 1 once warmed up and
+//                                               serving, 0 when draining
+//   attn_tokens_total{model}                   counter, query tokens of OK
+//                                               requests
+//   attn_flops_total{model}                    counter, floating-point
+//                                               operations of batches run
+//   attn_build_info{version,onednn_version,isa,threads}  gauge = 1
+//   process_cpu_seconds_total, process_resident_memory_bytes,
+//   process_virtual_memory_bytes, process_open_fds, process_max_fds,
+//   process_start_time_seconds                 as Prometheus clients name
+//                                               them (from /proc/self)
+//
+// Thread-safe.
 #ifndef ATTN_SERVER_METRICS_H_
 #define ATTN_SERVER_METRICS_H_
 
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "core/mutex.h"
+#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
 namespace attn::server {
 
+class ServerMetrics;
+
+// The series of one model. Pointers stay valid for the ServerMetrics'
+// lifetime. Thread-safe.
+class ModelMetrics {
+ public:
+  // attn_requests_total{model,code} += 1.
+  void RequestFinished(absl::StatusCode code);
+  // An OK request: its server time (admission to response), queue time and
+  // query tokens (request duration/queue/tokens histograms, tokens_total).
+  void RequestSucceeded(absl::Duration server_time, absl::Duration queue_time, int64_t tokens);
+  // A batch ran: compute histogram, batch size/tokens histograms,
+  // flops_total.
+  void BatchRan(int requests, int64_t tokens, absl::Duration compute, double flops);
+  // Requests/tokens entered (+) or left (-) this model's queues.
+  void QueueChanged(int64_t requests_delta, int64_t tokens_delta);
+  void SetReady(bool ready);
+
+ private:
+  friend class ServerMetrics;
+  ModelMetrics() = default;
+
+  ServerMetrics* server_ = nullptr;
+  std::string name_;
+  // One counter per absl::StatusCode value (0..16), created on first use.
+  std::array<std::atomic<prometheus::Counter*>, 17> by_code_{};
+  prometheus::Histogram* request_duration_ = nullptr;
+  prometheus::Histogram* queue_duration_ = nullptr;
+  prometheus::Histogram* compute_duration_ = nullptr;
+  prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Histogram* batch_tokens_ = nullptr;
+  prometheus::Histogram* request_tokens_ = nullptr;
+  prometheus::Gauge* queue_depth_ = nullptr;
+  prometheus::Gauge* queue_tokens_ = nullptr;
+  prometheus::Gauge* ready_ = nullptr;
+  prometheus::Counter* tokens_total_ = nullptr;
+  prometheus::Counter* flops_total_ = nullptr;
+};
+
 class ServerMetrics {
  public:
   struct Options {
-    std::string version;        // attn_build_info{version}
+    std::string version;         // attn_build_info{version}
     std::string onednn_version;  // attn_build_info{onednn_version}
-    std::string isa;            // attn_build_info{isa}
-    int threads = 0;            // attn_build_info{threads}
+    std::string isa;             // attn_build_info{isa}
+    int threads = 0;             // attn_build_info{threads}
+    int64_t max_queue_requests = 0;  // attn_queue_max_requests
+    int64_t max_queue_tokens = 0;    // attn_queue_max_tokens
   };
   explicit ServerMetrics(const Options& options);
+  ~ServerMetrics();
 
-  // attn_requests_total{model, code}. Pass the model name only for a model
-  // that exists (unknown names would make label cardinality unbounded);
-  // requests for unknown models are counted under model="".
+  // Creates (or returns) the series of `model`, all at zero, ready = 0.
+  ModelMetrics* AddModel(absl::string_view model);
+  // The model's series; nullptr when AddModel was never called for it.
+  ModelMetrics* Find(absl::string_view model) const;
+  // Series under model="" for requests naming no known model (unknown
+  // names would make label cardinality unbounded). It has request counters
+  // only: its other recording methods do nothing. Find("") returns it.
+  ModelMetrics* unknown_model() { return unknown_; }
+
+  // attn_requests_total{model,code} += 1 on Find(model)'s series; "" is
+  // unknown_model(). A name never added is added first, so pass only names
+  // of models that exist (or "").
   void RecordRequest(absl::string_view model, absl::StatusCode code);
+  // attn_inflight_requests += delta.
+  void InflightChanged(int64_t delta);
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+  // The process_* metrics (ProcessMetrics, read from /proc/self at each
+  // scrape); register it with the Exposer beside registry().
+  std::shared_ptr<prometheus::Collectable> process_collectable() const { return process_; }
 
  private:
+  friend class ModelMetrics;
+
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* request_duration_;
+  prometheus::Family<prometheus::Histogram>* queue_duration_;
+  prometheus::Family<prometheus::Histogram>* compute_duration_;
+  prometheus::Family<prometheus::Histogram>* batch_size_;
+  prometheus::Family<prometheus::Histogram>* batch_tokens_;
+  prometheus::Family<prometheus::Histogram>* request_tokens_;
+  prometheus::Family<prometheus::Gauge>* queue_depth_;
+  prometheus::Family<prometheus::Gauge>* queue_tokens_;
+  prometheus::Family<prometheus::Gauge>* ready_;
+  prometheus::Family<prometheus::Counter>* tokens_total_;
+  prometheus::Family<prometheus::Counter>* flops_total_;
+  prometheus::Gauge* inflight_;
+  std::shared_ptr<prometheus::Collectable> process_;
+
+  mutable Mutex mu_;
+  std::map<std::string, std::unique_ptr<ModelMetrics>, std::less<>> models_
+      ABSL_GUARDED_BY(mu_);
+  ModelMetrics* unknown_ = nullptr;
 };
 
 }  // namespace attn::server

@@ -7,15 +7,15 @@ start_server() {
   SERVER_PID=$!
   local i
   for i in $(seq 1 300); do
-    if grep -q " ready " "$log"; then break; fi
+    if grep -q " event=ready " "$log"; then break; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
       echo "attention-server exited early:" >&2; cat "$log" >&2; return 1
     fi
     sleep 0.1
   done
-  if ! grep -q " ready " "$log"; then echo "attention-server not ready after 30 s" >&2; cat "$log" >&2; return 1; fi
-  GRPC_TARGET=$(sed -n 's/.* ready grpc=\([^ ]*\).*/\1/p' "$log")
-  METRICS_URL="http://$(sed -n 's/.* metrics=\([^ ]*\).*/\1/p' "$log")/metrics"
+  if ! grep -q " event=ready " "$log"; then echo "attention-server not ready after 30 s" >&2; cat "$log" >&2; return 1; fi
+  GRPC_TARGET=$(sed -n 's/.* event=ready .*grpc=\([^ ]*\).*/\1/p' "$log")
+  METRICS_URL="http://$(sed -n 's/.* event=ready .*metrics=\([^ ]*\).*/\1/p' "$log")/metrics"
 }
 
 # stop_server: SIGTERM, then wait up to 60 s for a clean exit; returns its exit code.
