@@ -10,8 +10,14 @@ build_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-grpcio python3-numpy prometheus
+  python3-grpcio python3-numpy python3-yaml prometheus
+  podman buildah debootstrap docker-compose uidmap
 )
+# kubectl for the k8s render test, unless one is installed (Debian's
+# kubernetes-client conflicts with other kubectl packages).
+if ! command -v kubectl >/dev/null 2>&1; then
+  build_packages+=(kubernetes-client)
+fi
 # Node.js for the Node client's test, unless a node is already installed.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   build_packages+=(nodejs npm)

@@ -1,0 +1,379 @@
+"""Checks the deployment files against the real attention-server and Dockerfile.
+
+  deploy_check.py k8s BIN_DIR DOCKERFILE RENDERED.yaml...   (kubectl kustomize output, one per overlay)
+  deploy_check.py compose BIN_DIR CONFIG.yaml               (docker-compose config output)
+
+Prints one line per check group and exits 1 on the first failure, naming the file and object.
+Needs PyYAML (Debian: python3-yaml).
+"""
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+
+class CheckError(Exception):
+    pass
+
+
+def check(cond, message):
+    if not cond:
+        raise CheckError(message)
+
+
+# --- attention-server's flags -------------------------------------------------------------------
+
+def server_flags(bin_dir):
+    """{flag name: default text} from `attention-server --helpfull` (absl exits 1 after it)."""
+    exe = os.path.join(bin_dir, "attention-server")
+    check(os.access(exe, os.X_OK), f"{exe}: not an executable (build the host binaries first)")
+    out = subprocess.run([exe, "--helpfull"], capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    flags = {}
+    # Each flag: "    --name (help...); default: VALUE;" possibly wrapped over several lines.
+    for m in re.finditer(r"^\s{4}--([A-Za-z0-9_]+) \((.*?)\);\s+default: (.*?);$", text,
+                         re.M | re.S):
+        default = m.group(3).strip()
+        if default.startswith('"') and default.endswith('"'):
+            default = default[1:-1]
+        flags[m.group(1)] = default
+    for required in ("listen", "metrics_listen", "model_repository", "threads", "shutdown_grace"):
+        check(required in flags, f"attention-server --helpfull lists no --{required}")
+    return flags
+
+
+def parse_server_args(args, flags, where):
+    """Validates ["--flag=value", ...] and returns {flag: value} over the defaults."""
+    values = dict(flags)
+    for arg in args:
+        arg = str(arg)
+        check(arg.startswith("--"), f"{where}: argument '{arg}' is not a --flag")
+        name, eq, value = arg[2:].partition("=")
+        check(name in flags, f"{where}: --{name} is not a flag of attention-server "
+                             f"(attention-server --helpfull)")
+        check(eq == "=" or flags[name] in ("true", "false"),
+              f"{where}: write --{name}=VALUE as one argument")
+        values[name] = value if eq else "true"
+    return values
+
+
+def port_of(host_port, what):
+    m = re.fullmatch(r".*:(\d+)", host_port or "")
+    check(m is not None, f"{what}: '{host_port}' has no :PORT")
+    return int(m.group(1))
+
+
+def duration_seconds(text, what):
+    """absl::Duration text ('30s', '1m30s', '500ms', 'inf' rejected) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)", text)
+    check(parts and "".join(a + b for a, b in parts) == text, f"{what}: cannot parse '{text}'")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def cpu_cores(quantity, what):
+    q = str(quantity)
+    if q.endswith("m"):
+        return int(q[:-1]) / 1000
+    try:
+        return float(q)
+    except ValueError:
+        raise CheckError(f"{what}: cannot parse cpu quantity '{q}'")
+
+
+def dockerfile_user(dockerfile):
+    users = [line.split()[1] for line in open(dockerfile) if re.match(r"USER\s", line)]
+    check(users, f"{dockerfile}: no USER")
+    uid, _, gid = users[-1].partition(":")
+    check(uid.isdigit(), f"{dockerfile}: USER {users[-1]} is not numeric (runAsNonRoot needs a UID)")
+    return int(uid), int(gid) if gid.isdigit() else None
+
+
+# --- Kubernetes -----------------------------------------------------------------------------------
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_k8s(path, flags, uid, gid, seen):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    path = os.path.basename(path)  # messages name the overlay
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    name = lambda d: f"{path}: {d['kind']}/{d['metadata']['name']}"
+
+    namespaces = {d["metadata"].get("namespace") for d in docs
+                  if d["kind"] not in ("Namespace",)}
+    check(len(namespaces) == 1, f"{path}: objects in several namespaces: {namespaces}")
+
+    deployments = by_kind.get("Deployment", [])
+    check(len(deployments) == 1, f"{path}: expected one Deployment, got {len(deployments)}")
+    dep = deployments[0]
+    where = name(dep)
+    pod = dep["spec"]["template"]
+    pod_labels = pod["metadata"].get("labels", {})
+    check(selects(dep["spec"]["selector"]["matchLabels"], pod_labels),
+          f"{where}: selector does not match the pod template's labels")
+    spec = pod["spec"]
+    containers = [c for c in spec["containers"] if c["name"] == "attention-server"]
+    check(len(containers) == 1, f"{where}: no container named attention-server")
+    c = containers[0]
+    cw = f"{where} container attention-server"
+
+    # Flags.
+    values = parse_server_args(c.get("args", []), flags, f"{cw} args")
+    check("command" not in c, f"{cw}: sets command, bypassing the image's entrypoint")
+    grpc_port = port_of(values["listen"], f"{cw} --listen")
+    metrics_on = values["metrics_listen"] != ""
+    threads = int(values["threads"])
+    grace = duration_seconds(values["shutdown_grace"], f"{cw} --shutdown_grace")
+    print(f"  {where}: {len(c.get('args', []))} args, all real flags; grpc {grpc_port}, "
+          f"threads {threads}, shutdown_grace {grace:g}s")
+
+    # Ports.
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    for p in c.get("ports", []):
+        extra = set(p) - {"name", "containerPort", "protocol", "hostPort", "hostIP"}
+        check(not extra, f"{cw}: container port fields {sorted(extra)} do not exist (appProtocol is a Service field)")
+    check(ports.get("grpc") == grpc_port,
+          f"{cw}: port 'grpc' is {ports.get('grpc')}, --listen says {grpc_port}")
+    if metrics_on:
+        metrics_port = port_of(values["metrics_listen"], f"{cw} --metrics_listen")
+        check(ports.get("metrics") == metrics_port,
+              f"{cw}: port 'metrics' is {ports.get('metrics')}, --metrics_listen says {metrics_port}")
+
+    # Probes: native gRPC health on the gRPC port, whole server.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        p = c.get(probe)
+        check(p is not None, f"{cw}: no {probe}")
+        g = p.get("grpc")
+        check(g is not None, f"{cw}: {probe} is not a grpc probe")
+        check(g.get("port") == grpc_port, f"{cw}: {probe} port {g.get('port')}, gRPC is on {grpc_port}")
+        check(g.get("service", "") == "", f"{cw}: {probe} checks service '{g.get('service')}', not the server")
+
+    # Shutdown: preStop pause + --shutdown_grace must fit in the grace period.
+    pre_stop = c.get("lifecycle", {}).get("preStop")
+    check(pre_stop is not None, f"{cw}: no preStop hook (endpoints need a moment to update)")
+    pause = 0
+    cmd = pre_stop.get("exec", {}).get("command", [])
+    if cmd and os.path.basename(cmd[0]) == "sleep":
+        pause = float(cmd[1])
+    elif "sleep" in pre_stop:
+        pause = float(pre_stop["sleep"]["seconds"])
+    tgps = spec.get("terminationGracePeriodSeconds", 30)
+    check(tgps > grace + pause,
+          f"{where}: terminationGracePeriodSeconds {tgps} <= preStop {pause:g}s + --shutdown_grace {grace:g}s")
+    print(f"  {where}: terminationGracePeriodSeconds {tgps} > preStop {pause:g}s + shutdown_grace {grace:g}s")
+
+    # Resources: the CPU request and limit are --threads whole cores.
+    res = c.get("resources", {})
+    check(threads > 0, f"{cw}: --threads must be set (0 means one per node core, not per pod)")
+    for kind in ("requests", "limits"):
+        cpu = res.get(kind, {}).get("cpu")
+        check(cpu is not None, f"{cw}: no cpu {kind}")
+        check(cpu_cores(cpu, cw) == threads, f"{cw}: cpu {kind} {cpu} != --threads={threads}")
+        check("memory" in res.get(kind, {}), f"{cw}: no memory {kind}")
+
+    # Security.
+    psc, csc = spec.get("securityContext", {}), c.get("securityContext", {})
+    either = lambda key: csc.get(key, psc.get(key))
+    check(either("runAsNonRoot") is True, f"{where}: runAsNonRoot is not true")
+    run_as = either("runAsUser")
+    check(run_as in (None, uid), f"{where}: runAsUser {run_as}, the image's USER is {uid}")
+    check((either("seccompProfile") or {}).get("type") == "RuntimeDefault",
+          f"{where}: seccompProfile is not RuntimeDefault")
+    check(csc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem is not true")
+    check(csc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation is not false")
+    check(not csc.get("privileged", False), f"{cw}: privileged")
+    check("ALL" in csc.get("capabilities", {}).get("drop", []), f"{cw}: capabilities do not drop ALL")
+    print(f"  {where}: runAsNonRoot, uid {uid}, seccomp RuntimeDefault, read-only root, drop ALL")
+
+    # Volumes: models and the repository flag.
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    for m in mounts.values():
+        check(m["name"] in volumes, f"{cw}: mount {m['mountPath']} names no volume '{m['name']}'")
+    check("/models" in mounts, f"{cw}: nothing mounted at /models")
+    if values["model_repository"]:
+        check(any(values["model_repository"].rstrip("/") == p.rstrip("/") or
+                  values["model_repository"].startswith(p.rstrip("/") + "/") for p in mounts),
+              f"{cw}: --model_repository={values['model_repository']} is not on a mounted volume")
+    check("/tmp" in mounts, f"{cw}: read-only root but no writable /tmp")
+    models = volumes[mounts["/models"]["name"]]
+    print(f"  {where}: /models from {sorted(k for k in models if k != 'name')[0]}, "
+          f"--model_repository='{values['model_repository']}'")
+
+    # Services.
+    services = by_kind.get("Service", [])
+    for s in services:
+        check(selects(s["spec"].get("selector"), pod_labels),
+              f"{name(s)}: selector does not match the pods")
+        for p in s["spec"]["ports"]:
+            tp = p.get("targetPort", p["port"])
+            check(tp in ports or tp in ports.values(),
+                  f"{name(s)}: targetPort {tp} is no port of the container")
+    target = lambda p: ports.get(p.get("targetPort"), p.get("targetPort", p["port"]))
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"
+                and any(target(p) == grpc_port for p in s["spec"]["ports"])]
+    check(headless, f"{path}: no headless Service (clusterIP: None) for the gRPC port")
+    metrics_services = []
+    if metrics_on:
+        metrics_services = [s for s in services if s["spec"].get("clusterIP") != "None"
+                            and any(target(p) == metrics_port for p in s["spec"]["ports"])]
+        check(metrics_services, f"{path}: no ClusterIP Service for the metrics port")
+    print(f"  {path}: headless {headless[0]['metadata']['name']}, "
+          f"metrics {metrics_services[0]['metadata']['name'] if metrics_services else '-'}")
+
+    # HPA.
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    check(len(hpas) == 1, f"{path}: expected one HorizontalPodAutoscaler")
+    hpa = hpas[0]
+    check(hpa["apiVersion"] == "autoscaling/v2", f"{name(hpa)}: not autoscaling/v2")
+    ref = hpa["spec"]["scaleTargetRef"]
+    check(ref["kind"] == "Deployment" and ref["name"] == dep["metadata"]["name"],
+          f"{name(hpa)}: scales {ref['kind']}/{ref['name']}, not the Deployment")
+    metric_names = []
+    for m in hpa["spec"]["metrics"]:
+        if m["type"] == "Resource":
+            metric_names.append(m["resource"]["name"])
+        elif m["type"] == "Pods":
+            metric_names.append(m["pods"]["metric"]["name"])
+    check("cpu" in metric_names, f"{name(hpa)}: no cpu metric")
+    check(1 <= hpa["spec"].get("minReplicas", 1) <= hpa["spec"]["maxReplicas"],
+          f"{name(hpa)}: bad replica bounds")
+    if "attn_queue_depth" in metric_names:
+        seen.add("queue_depth_hpa")
+    print(f"  {name(hpa)}: metrics {metric_names}")
+
+    # PodDisruptionBudget.
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    check(len(pdbs) == 1, f"{path}: expected one PodDisruptionBudget")
+    check(selects(pdbs[0]["spec"]["selector"]["matchLabels"], pod_labels),
+          f"{name(pdbs[0])}: selector does not match the pods")
+
+    # ServiceMonitor (overlays with the Prometheus Operator).
+    for sm in by_kind.get("ServiceMonitor", []):
+        check(sm["apiVersion"] == "monitoring.coreos.com/v1", f"{name(sm)}: not monitoring.coreos.com/v1")
+        matched = [s for s in services if selects(sm["spec"]["selector"].get("matchLabels"),
+                                                  s["metadata"].get("labels", {}))]
+        check(matched, f"{name(sm)}: selects no Service")
+        for ep in sm["spec"]["endpoints"]:
+            for s in matched:
+                names = {p.get("name"): p for p in s["spec"]["ports"]}
+                check(ep.get("port") in names, f"{name(sm)}: {name(s)} has no port '{ep.get('port')}'")
+                check(target(names[ep["port"]]) == metrics_port,
+                      f"{name(sm)}: port '{ep['port']}' is not the metrics port")
+            check(ep.get("path", "/metrics") == "/metrics", f"{name(sm)}: path is not /metrics")
+        seen.add("servicemonitor")
+        print(f"  {name(sm)}: scrapes {[s['metadata']['name'] for s in matched]}")
+
+
+# --- docker-compose ------------------------------------------------------------------------------
+
+def check_compose(path, flags):
+    config = yaml.safe_load(open(path))
+    services = config.get("services", {})
+    for svc_name in ("attention-server", "prometheus", "grafana"):
+        check(svc_name in services, f"{path}: no service {svc_name}")
+    binds = 0
+    for svc_name, svc in services.items():
+        for v in svc.get("volumes", []):
+            if isinstance(v, dict):
+                source, target, kind = v.get("source", ""), v.get("target", ""), v.get("type")
+            else:
+                parts = v.split(":")
+                source, target = parts[0], parts[1] if len(parts) > 1 else parts[0]
+                kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+            if kind != "bind":
+                continue
+            binds += 1
+            check(os.path.exists(source), f"{path}: {svc_name} mounts {source}, which does not exist")
+            # A target with a file extension is a file (a missing source would become a directory).
+            if re.search(r"\.[a-z]+$", os.path.basename(target)):
+                check(os.path.isfile(source), f"{path}: {svc_name}: {source} is not a file for {target}")
+            else:
+                check(os.path.isdir(source), f"{path}: {svc_name}: {source} is not a directory for {target}")
+            print(f"  {svc_name}: {source} -> {target}")
+        build = svc.get("build")
+        if build:
+            context = build if isinstance(build, str) else build["context"]
+            dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            check(os.path.isdir(context), f"{path}: {svc_name} build context {context} does not exist")
+            check(os.path.isfile(os.path.join(context, dockerfile)),
+                  f"{path}: {svc_name}: no {dockerfile} in {context}")
+            print(f"  {svc_name}: builds {os.path.join(context, dockerfile)}")
+    check(binds > 0, f"{path}: no bind mounts found (config output not understood?)")
+
+    server = services["attention-server"]
+    where = f"{path}: attention-server"
+    command = server.get("command", [])
+    if isinstance(command, str):
+        command = command.split()
+    values = parse_server_args(command, flags, f"{where} command")
+    grpc_port = port_of(values["listen"], f"{where} --listen")
+    metrics_port = port_of(values["metrics_listen"], f"{where} --metrics_listen")
+    targets = set()
+    for p in server.get("ports", []):
+        targets.add(int(p["target"]) if isinstance(p, dict) else int(str(p).split(":")[-1].split("/")[0]))
+    check(grpc_port in targets, f"{where}: gRPC port {grpc_port} not published")
+    check(metrics_port in targets, f"{where}: metrics port {metrics_port} not published")
+    grace = duration_seconds(values["shutdown_grace"], f"{where} --shutdown_grace")
+    stop = duration_seconds(str(server.get("stop_grace_period", "10s")), f"{where} stop_grace_period")
+    check(stop > grace, f"{where}: stop_grace_period {stop:g}s <= --shutdown_grace {grace:g}s")
+    if "cpus" in server and int(values["threads"]) > 0:
+        check(float(server["cpus"]) == int(values["threads"]),
+              f"{where}: cpus {server['cpus']} != --threads={values['threads']}")
+    print(f"  attention-server: {len(command)} args, all real flags; ports {grpc_port}, {metrics_port} "
+          f"published; stop_grace_period {stop:g}s > shutdown_grace {grace:g}s")
+
+    # Prometheus: its mounted config scrapes the server's metrics port by service name and loads
+    # rule files that are mounted too.
+    prom = services["prometheus"]
+    mounts = {}
+    for v in prom.get("volumes", []):
+        source, target = ((v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2])
+        mounts[target] = source
+    config_file = "/etc/prometheus/prometheus.yml"
+    for arg in prom.get("command", []) or []:
+        if str(arg).startswith("--config.file="):
+            config_file = str(arg).split("=", 1)[1]
+    check(config_file in mounts, f"{path}: prometheus config {config_file} is not mounted")
+    prom_config = yaml.safe_load(open(mounts[config_file])) or {}
+    targets = [t for job in prom_config.get("scrape_configs") or []
+               for sc in job.get("static_configs") or [] for t in sc.get("targets") or []]
+    want = f"attention-server:{metrics_port}"
+    check(want in targets, f"{mounts[config_file]}: no scrape target {want} (got {targets})")
+    rules = prom_config.get("rule_files") or []
+    check(rules, f"{mounts[config_file]}: no rule_files")
+    for rule in rules:
+        in_container = os.path.normpath(os.path.join(os.path.dirname(config_file), rule))
+        check(in_container in mounts, f"{mounts[config_file]}: rule file {rule} ({in_container}) is not mounted")
+    print(f"  prometheus: scrapes {want}, rule files {rules} mounted")
+
+
+def main(argv):
+    try:
+        if len(argv) >= 5 and argv[1] == "k8s":
+            flags = server_flags(argv[2])
+            uid, gid = dockerfile_user(argv[3])
+            seen = set()
+            for path in argv[4:]:
+                check_k8s(path, flags, uid, gid, seen)
+            check("servicemonitor" in seen, "no overlay renders a ServiceMonitor")
+            check("queue_depth_hpa" in seen, "no overlay scales on attn_queue_depth")
+        elif len(argv) == 4 and argv[1] == "compose":
+            check_compose(argv[3], server_flags(argv[2]))
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except CheckError as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
