@@ -101,6 +101,13 @@ class AttentionService::StreamReactor final
  public:
   StreamReactor(AttentionService* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context) {
+    {
+      // OnCancel runs on a gRPC thread whose hand-off from this one goes
+      // through gRPC's own (uninstrumented) locks: publishing the batcher
+      // under mu_ keeps that visible to TSan.
+      MutexLock lock(&mu_);
+      batcher_ = service->batcher_;
+    }
     StartRead(&request_);
   }
 
@@ -177,15 +184,18 @@ class AttentionService::StreamReactor final
   }
 
   void OnCancel() override {
-    // This stream's queued requests free their slots now, not at their cut.
-    service_->batcher_->SweepCancelled();
     Actions next;
+    AttendBatcher* batcher;
     {
       MutexLock lock(&mu_);
+      batcher = batcher_;
       // A paused stream has no read to complete with !ok: end reading here.
       if (read_paused_) reads_done_ = true;
       next = DecideLocked();
     }
+    // This stream's queued requests free their slots now, not at their cut.
+    // Before Run: once it may finish the stream, `this` must not be touched.
+    batcher->SweepCancelled();
     Run(next);
   }
 
@@ -229,6 +239,7 @@ class AttentionService::StreamReactor final
   AttendRequest request_;  // the read buffer; only the read path touches it
 
   Mutex mu_;
+  AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_) = nullptr;
   int pending_ ABSL_GUARDED_BY(mu_) = 0;  // admitted or being admitted, not yet responded
   std::deque<AttendResponse> outbox_ ABSL_GUARDED_BY(mu_);  // front is being written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
