@@ -5,6 +5,10 @@
 //   attention-cli health [--service=NAME]
 //   attention-cli attend --model=default --batch=1 --seq_len=16 [--output=out.npy]
 //
+// Calls go through AttentionClient (client/attention_client.h): --target may
+// list several servers (balanced round-robin), --retries resends calls shed
+// with RESOURCE_EXHAUSTED or UNAVAILABLE.
+//
 // Output is line-oriented and stable (scripts parse it); errors go to stderr
 // as `error: <gRPC code name>: <message>`.
 //
@@ -12,7 +16,6 @@
 // not ask: a container HEALTHCHECK treats 1 as unhealthy and reserves 2);
 // 2 any other error, including usage errors.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -35,19 +38,27 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "attention/v1/attention.grpc.pb.h"
 #include "attention/v1/attention.pb.h"
+#include "client/attention_client.h"
 #include "client/npy.h"
 #include "client/tensor_codec.h"
 #include "core/safetensors.h"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "grpcpp/grpcpp.h"
 
-ABSL_FLAG(std::string, target, "localhost:50051", "Server address, HOST:PORT.");
-ABSL_FLAG(int32_t, timeout_ms, 10000, "Deadline of every RPC, in milliseconds.");
+ABSL_FLAG(std::string, target, "localhost:50051",
+          "Server address, HOST:PORT; several, comma-separated, are balanced round-robin "
+          "(their host names are resolved once, at start).");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of every RPC, e.g. 10s, 500ms.");
+ABSL_FLAG(int32_t, timeout_ms, 0,
+          "Deadline of every RPC in milliseconds; when positive it overrides --timeout "
+          "(kept for older scripts).");
+ABSL_FLAG(int32_t, retries, 1,
+          "Attempts per RPC, including the first (1: no retries; at most 5). Calls shed with "
+          "RESOURCE_EXHAUSTED or failing with UNAVAILABLE are retried with backoff.");
 ABSL_FLAG(std::string, model, "default",
           "Model name (attend; info when no positional MODEL is given).");
 ABSL_FLAG(std::string, service, "",
@@ -78,7 +89,6 @@ ABSL_FLAG(int32_t, show, 8, "attend: how many values of row 0 to print.");
 namespace attn::client {
 namespace {
 
-using attention::v1::AttentionService;
 using attention::v1::AttendRequest;
 using attention::v1::AttendResponse;
 using attention::v1::ModelInfo;
@@ -97,7 +107,8 @@ Subcommands:
                           exit 0 only when SERVING, 1 otherwise
   attend                  run one Attend request on random or --input data
 
-Common flags:  --target=HOST:PORT (default localhost:50051)  --timeout_ms=10000
+Common flags:  --target=HOST:PORT[,HOST:PORT...] (default localhost:50051)
+               --timeout=10s --retries=1 (attempts per call)
 attend flags:  --model=default --batch=1 --seq_len=16 --kv_len --seed=1
                --input=FILE.npy|FILE.safetensors --input_tensor=query
                --causal --probs --lengths=3,5 --key_lengths=3,5
@@ -272,19 +283,14 @@ absl::Status WriteOutput(const std::string& path, const std::vector<int64_t>& sh
 
 class Cli {
  public:
-  Cli(std::string target, absl::Duration timeout) : target_(std::move(target)), timeout_(timeout) {
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(-1);  // attention_probs can be large
-    channel_ = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
-    stub_ = AttentionService::NewStub(channel_);
-    health_ = grpc::health::v1::Health::NewStub(channel_);
-  }
+  Cli(std::string target, std::unique_ptr<AttentionClient> client)
+      : target_(std::move(target)), client_(std::move(client)) {}
 
   int Models() {
-    absl::StatusOr<attention::v1::ListModelsResponse> list = ListModels();
+    absl::StatusOr<std::vector<ModelInfo>> list = ListModels();
     if (!list.ok()) return Fail(list.status());
-    if (list->models().empty()) std::fprintf(stderr, "no models served at %s\n", target_.c_str());
-    for (const ModelInfo& m : list->models()) {
+    if (list->empty()) std::fprintf(stderr, "no models served at %s\n", target_.c_str());
+    for (const ModelInfo& m : *list) {
       std::printf(
           "%s: embed_dim=%d num_heads=%d num_kv_heads=%d kdim=%d vdim=%d head_dim=%d dtype=%s "
           "bias=%s max_seq_len=%d\n",
@@ -313,21 +319,17 @@ class Cli {
   }
 
   int Health(const std::string& service) {
-    grpc::health::v1::HealthCheckRequest request;
-    request.set_service(service);
-    grpc::health::v1::HealthCheckResponse response;
-    auto context = Context();
-    const grpc::Status s = health_->Check(context.get(), request, &response);
-    if (!s.ok()) {
-      // The health protocol answers NOT_FOUND for a service it does not know.
-      if (s.error_code() == grpc::StatusCode::NOT_FOUND) std::printf("SERVICE_UNKNOWN\n");
-      PrintError(FromGrpc(s));
+    absl::StatusOr<std::string> status = client_->Health(service);
+    if (!status.ok()) {
+      PrintError(Explain(status.status()));
       return kExitNotServing;
     }
-    std::printf("%s\n",
-                grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
-    return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk
-                                                                                : kExitNotServing;
+    std::printf("%s\n", status->c_str());
+    if (*status == "SERVICE_UNKNOWN") {
+      // The health protocol answers NOT_FOUND for a service it does not know.
+      PrintError(absl::NotFoundError(absl::StrCat("unknown service '", service, "'")));
+    }
+    return *status == "SERVING" ? kExitOk : kExitNotServing;
   }
 
   int Attend() {
@@ -413,12 +415,11 @@ class Cli {
     request.set_causal(absl::GetFlag(FLAGS_causal));
     request.set_return_attention_probs(absl::GetFlag(FLAGS_probs));
 
-    AttendResponse response;
-    auto context = Context();
     const absl::Time start = absl::Now();
-    const grpc::Status s = stub_->Attend(context.get(), request, &response);
+    absl::StatusOr<AttendResponse> attended = client_->Attend(request);
     const absl::Duration round_trip = absl::Now() - start;
-    if (!s.ok()) return FailModel(FromGrpc(s));
+    if (!attended.ok()) return FailModel(Explain(attended.status()));
+    const AttendResponse& response = *attended;
 
     const Tensor& out = response.output();
     absl::StatusOr<std::vector<float>> values = DecodeTensor(out, "output");
@@ -485,46 +486,34 @@ class Cli {
   }
 
  private:
-  std::unique_ptr<grpc::ClientContext> Context() const {
-    auto context = std::make_unique<grpc::ClientContext>();
-    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
-    return context;
-  }
-
-  // The gRPC status as an absl::Status (same code numbers), with a clearer
-  // message when the server could not be reached or the deadline passed.
-  absl::Status FromGrpc(const grpc::Status& s) const {
-    const auto code = static_cast<absl::StatusCode>(s.error_code());
-    std::string message = s.error_message();
+  // A clearer message when the server could not be reached or the deadline
+  // passed.
+  absl::Status Explain(const absl::Status& s) const {
     // A channel that never became READY means the call did not reach a server.
-    const bool connected = channel_->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
-    if (code == absl::StatusCode::kUnavailable && !connected) {
+    const bool connected =
+        client_->channel()->GetState(/*try_to_connect=*/false) == GRPC_CHANNEL_READY;
+    std::string message(s.message());
+    if (absl::IsUnavailable(s) && !connected) {
       message = absl::StrCat("could not reach --target=", target_, ": ", message);
-    } else if (code == absl::StatusCode::kDeadlineExceeded) {
+    } else if (absl::IsDeadlineExceeded(s)) {
       message = absl::StrCat(connected ? "" : absl::StrCat("could not reach --target=", target_,
                                                            " in time: "),
-                             message, " (--timeout_ms=", absl::ToInt64Milliseconds(timeout_), ")");
+                             message, " (--timeout=",
+                             absl::FormatDuration(client_->options().timeout), ")");
     }
-    return absl::Status(code, message);
+    return absl::Status(s.code(), message);
   }
 
   absl::StatusOr<ModelInfo> GetModel(const std::string& name) {
-    attention::v1::GetModelRequest request;
-    request.set_name(name);
-    ModelInfo info;
-    auto context = Context();
-    const grpc::Status s = stub_->GetModel(context.get(), request, &info);
-    if (!s.ok()) return FromGrpc(s);
+    absl::StatusOr<ModelInfo> info = client_->GetModel(name);
+    if (!info.ok()) return Explain(info.status());
     return info;
   }
 
-  absl::StatusOr<attention::v1::ListModelsResponse> ListModels() {
-    attention::v1::ListModelsResponse response;
-    auto context = Context();
-    const grpc::Status s =
-        stub_->ListModels(context.get(), attention::v1::ListModelsRequest(), &response);
-    if (!s.ok()) return FromGrpc(s);
-    return response;
+  absl::StatusOr<std::vector<ModelInfo>> ListModels() {
+    absl::StatusOr<std::vector<ModelInfo>> models = client_->ListModels();
+    if (!models.ok()) return Explain(models.status());
+    return models;
   }
 
   int Fail(const absl::Status& status) {
@@ -537,10 +526,10 @@ class Cli {
   int FailModel(const absl::Status& status) {
     PrintError(status);
     if (absl::IsNotFound(status)) {
-      absl::StatusOr<attention::v1::ListModelsResponse> list = ListModels();
+      absl::StatusOr<std::vector<ModelInfo>> list = ListModels();
       if (list.ok()) {
         std::vector<std::string> names;
-        for (const ModelInfo& m : list->models()) names.push_back(m.name());
+        for (const ModelInfo& m : *list) names.push_back(m.name());
         std::fprintf(stderr, "available models: %s\n",
                      names.empty() ? "(none)" : absl::StrJoin(names, ", ").c_str());
       }
@@ -549,10 +538,7 @@ class Cli {
   }
 
   std::string target_;
-  absl::Duration timeout_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<AttentionService::Stub> stub_;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::unique_ptr<AttentionClient> client_;
 };
 
 int Run(int argc, char** argv) {
@@ -569,33 +555,48 @@ int Run(int argc, char** argv) {
   if (args.size() < 2) return UsageError("missing SUBCOMMAND");
   const std::string command = args[1];
   const std::vector<std::string> rest(args.begin() + 2, args.end());
+  AttentionClient::Options options;
+  const std::string target = absl::GetFlag(FLAGS_target);
+  options.targets = absl::StrSplit(target, ',');
+  options.timeout = absl::GetFlag(FLAGS_timeout);
   const int32_t timeout_ms = absl::GetFlag(FLAGS_timeout_ms);
-  if (timeout_ms <= 0) {
-    return UsageError(absl::StrCat("--timeout_ms must be positive, got ", timeout_ms));
+  if (timeout_ms < 0) {
+    return UsageError(absl::StrCat("--timeout_ms must not be negative, got ", timeout_ms));
   }
-  auto too_many = [&](size_t allowed) {
-    return rest.size() > allowed ? UsageError(absl::StrCat("unexpected argument '",
-                                                           rest[allowed], "' for ", command))
-                                 : -1;
-  };
-  Cli cli(absl::GetFlag(FLAGS_target), absl::Milliseconds(timeout_ms));
-  if (command == "models") {
-    if (int rc = too_many(0); rc >= 0) return rc;
-    return cli.Models();
+  if (timeout_ms > 0) options.timeout = absl::Milliseconds(timeout_ms);
+  if (options.timeout <= absl::ZeroDuration()) {
+    return UsageError(absl::StrCat("--timeout must be positive, got ",
+                                   absl::FormatDuration(options.timeout)));
   }
-  if (command == "info") {
-    if (int rc = too_many(1); rc >= 0) return rc;
-    return cli.Info(rest.empty() ? absl::GetFlag(FLAGS_model) : rest[0]);
+  options.max_attempts = absl::GetFlag(FLAGS_retries);
+  if (options.max_attempts < 1 || options.max_attempts > 5) {
+    return UsageError(absl::StrCat("--retries (attempts per call) must be in 1..5, got ",
+                                   options.max_attempts));
   }
-  if (command == "health") {
-    if (int rc = too_many(1); rc >= 0) return rc;
-    return cli.Health(rest.empty() ? absl::GetFlag(FLAGS_service) : rest[0]);
+  size_t allowed_args;
+  if (command == "models" || command == "attend") {
+    allowed_args = 0;
+  } else if (command == "info" || command == "health") {
+    allowed_args = 1;
+  } else {
+    return UsageError(absl::StrCat("unknown subcommand '", command, "'"));
   }
-  if (command == "attend") {
-    if (int rc = too_many(0); rc >= 0) return rc;
-    return cli.Attend();
+  if (rest.size() > allowed_args) {
+    return UsageError(
+        absl::StrCat("unexpected argument '", rest[allowed_args], "' for ", command));
   }
-  return UsageError(absl::StrCat("unknown subcommand '", command, "'"));
+  absl::StatusOr<std::unique_ptr<AttentionClient>> client = AttentionClient::Create(options);
+  if (!client.ok()) {
+    PrintError(absl::Status(client.status().code(),
+                            absl::StrCat("--target=", target, ": ", client.status().message())));
+    // `health` could not ask: "not serving" to a HEALTHCHECK.
+    return command == "health" ? kExitNotServing : kExitError;
+  }
+  Cli cli(target, *std::move(client));
+  if (command == "models") return cli.Models();
+  if (command == "info") return cli.Info(rest.empty() ? absl::GetFlag(FLAGS_model) : rest[0]);
+  if (command == "health") return cli.Health(rest.empty() ? absl::GetFlag(FLAGS_service) : rest[0]);
+  return cli.Attend();
 }
 
 }  // namespace
