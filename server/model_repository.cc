@@ -97,17 +97,26 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
     model.batching = policy;
   }
 
-  const fs::path weights_path =
-      dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
-  ATTN_ASSIGN_OR_RETURN(auto file, core::SafetensorsFile::Open(weights_path.string()));
-  core::WeightLoadOptions load;
-  load.prefix = pb.weight_prefix();
-  switch (pb.weight_names()) {
-    case attention::v1::TORCH_MHA: load.naming = core::WeightNaming::kTorchMha; break;
-    case attention::v1::QKVO_PROJ: load.naming = core::WeightNaming::kQkvo; break;
-    default: load.naming = core::WeightNaming::kAuto; break;
+  core::AttentionWeights weights;
+  if (pb.has_random_weights_seed()) {
+    if (!pb.weights_file().empty() || !pb.weight_prefix().empty() ||
+        pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO) {
+      return bad("random_weights_seed: excludes weights_file, weight_names and weight_prefix");
+    }
+    weights = core::RandomAttentionWeights(c, pb.random_weights_seed());
+  } else {
+    const fs::path weights_path =
+        dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
+    ATTN_ASSIGN_OR_RETURN(auto file, core::SafetensorsFile::Open(weights_path.string()));
+    core::WeightLoadOptions load;
+    load.prefix = pb.weight_prefix();
+    switch (pb.weight_names()) {
+      case attention::v1::TORCH_MHA: load.naming = core::WeightNaming::kTorchMha; break;
+      case attention::v1::QKVO_PROJ: load.naming = core::WeightNaming::kQkvo; break;
+      default: load.naming = core::WeightNaming::kAuto; break;
+    }
+    ATTN_ASSIGN_OR_RETURN(weights, core::LoadAttentionWeights(*file, c, load));
   }
-  ATTN_ASSIGN_OR_RETURN(core::AttentionWeights weights, core::LoadAttentionWeights(*file, c, load));
   core::MultiHeadAttention::Options mha_options;
   mha_options.num_threads = num_threads;
   ATTN_ASSIGN_OR_RETURN(model.mha, core::MultiHeadAttention::Create(c, weights, mha_options));

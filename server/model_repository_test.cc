@@ -121,6 +121,36 @@ TEST_F(ModelRepositoryTest, BatchingSettingsMergeOverServerDefaults) {
   EXPECT_FALSE((*repo)->Find("plain")->batching.has_value());
 }
 
+TEST_F(ModelRepositoryTest, RandomWeightsSeedNeedsNoFileAndIsDeterministic) {
+  WriteFile(root_ / "bench" / "config.pbtxt",
+            "embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 7\n");
+  auto repo = Load();
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  const Model* m = (*repo)->Find("bench");
+  ASSERT_NE(m, nullptr);
+  // The same as a layer built from RandomAttentionWeights(config, 7).
+  auto same = core::MultiHeadAttention::Create(m->config, core::RandomAttentionWeights(m->config, 7), {});
+  ASSERT_TRUE(same.ok());
+  std::vector<float> q(3 * 32);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(i % 7) * 0.1f;
+  core::AttentionBatch b;
+  b.query = q;
+  b.q_offsets = {0, 3};
+  core::AttentionResult from_repo, expected;
+  ASSERT_TRUE(m->mha->Forward(b, &from_repo).ok());
+  ASSERT_TRUE((*same)->Forward(b, &expected).ok());
+  EXPECT_EQ(from_repo.output, expected.output);
+}
+
+TEST_F(ModelRepositoryTest, RandomWeightsSeedExcludesAWeightsFile) {
+  WriteFile(root_ / "bench" / "config.pbtxt",
+            "embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 7\nweights_file: \"w.safetensors\"\n");
+  auto repo = Load();
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "random_weights_seed: excludes weights_file"))
+      << repo.status();
+}
+
 TEST_F(ModelRepositoryTest, BadBatchingSettingNamesTheField) {
   WriteQkvoModel("m", "max_batch_size: 0\n");
   auto repo = Load();
