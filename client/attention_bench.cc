@@ -65,9 +65,10 @@ ABSL_FLAG(bool, causal, false, "Causal mask");
 ABSL_FLAG(bool, probs, false, "Ask for attention probabilities");
 ABSL_FLAG(std::string, dtype, "float32", "Request dtype: float32 or bfloat16");
 ABSL_FLAG(std::string, concurrency, "",
-          "Closed loop: requests in flight, N or START:END[:STEP] with STEP +N or xN "
+          "Closed loop: requests in flight, N, a list A,B,C, or START:END[:STEP] with STEP +N or xN "
           "(default 1 when no --request_rate)");
-ABSL_FLAG(std::string, request_rate, "", "Open loop: requests per second, N or START:END[:STEP]");
+ABSL_FLAG(std::string, request_rate, "",
+          "Open loop: requests per second, N, a list A,B,C, or START:END[:STEP]");
 ABSL_FLAG(std::string, request_distribution, "constant", "Open loop arrivals: constant or poisson");
 ABSL_FLAG(bool, streaming, false, "Send over one AttendStream instead of unary calls");
 ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Load before measuring, each step");
@@ -108,10 +109,14 @@ absl::StatusOr<std::vector<double>> ParseSweep(const std::string& flag, const st
     }
     return v;
   };
-  if (parts.size() == 1) {
-    auto v = number(parts[0]);
-    if (!v.ok()) return v.status();
-    return std::vector<double>{*v};
+  if (parts.size() == 1) {  // N or a list A,B,C
+    std::vector<double> out;
+    for (absl::string_view p : absl::StrSplit(text, ',')) {
+      auto v = number(std::string(p));
+      if (!v.ok()) return v.status();
+      out.push_back(*v);
+    }
+    return out;
   }
   if (parts.size() > 3) {
     return absl::InvalidArgumentError(absl::StrCat("--", flag, ": expected N or START:END[:STEP], got '", text, "'"));

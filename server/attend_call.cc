@@ -85,12 +85,20 @@ struct BatchRun {
   int64_t tokens;
 };
 
-// Writes the call's response (its own slice of the result) with timings
-// and finishes the call.
+// This call's part of a batch's result: its output rows, and its
+// probabilities with per-sequence offsets relative to `probs`.
+struct CallResult {
+  absl::Span<const float> output;
+  absl::Span<const float> probs;
+  absl::Span<const int64_t> probs_offsets;
+};
+
+// Writes the call's response with timings and finishes the call.
 void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
-             const core::AttentionResult& result, const BatchRun& run) {
+             const CallResult& result, const BatchRun& run) {
   if (status.ok()) {
-    EncodeAttendResponse(call->request, result, *call->model, call->response);
+    EncodeAttendResponse(call->request, result.output, result.probs, result.probs_offsets,
+                         *call->model, call->response);
     attention::v1::Timing* timing = call->response->mutable_timing();
     timing->set_queue_us(absl::ToInt64Microseconds(run.start - call->enqueued));
     timing->set_compute_us(absl::ToInt64Microseconds(run.end - run.start));
@@ -137,7 +145,8 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls) {
     const absl::Status status = model.mha->Forward(r.batch_view(), &result);
     const BatchRun run{start, absl::Now(), 1, r.num_tokens()};
     RecordBatch(calls, run, status);
-    Respond(std::move(calls.front()), status, result, run);
+    Respond(std::move(calls.front()), status, {result.output, result.probs, result.probs_offsets},
+            run);
     return;
   }
   // Concatenate every call's sequences into one ragged batch.
@@ -177,23 +186,24 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls) {
   const BatchRun run{start, absl::Now(), static_cast<int>(calls.size()), tokens};
   RecordBatch(calls, run, status);
 
-  // Split the result back: each call's rows and probabilities, rebased.
+  // Each call answers from its own rows of the batch's result (no copy
+  // here: the response encoder reads the batch's buffers).
   int64_t seq = 0;
+  std::vector<int64_t> probs_offsets;
   for (auto& call : calls) {
     const DecodedRequest& r = call->request;
     const int num_seqs = static_cast<int>(r.q_offsets.size()) - 1;
-    core::AttentionResult mine;
+    CallResult mine;
     if (status.ok()) {
       const int64_t row0 = batch.q_offsets[seq];
-      mine.output.assign(all.output.begin() + row0 * e,
-                         all.output.begin() + (row0 + r.num_tokens()) * e);
+      mine.output = absl::MakeConstSpan(all.output)
+                        .subspan(static_cast<size_t>(row0 * e), static_cast<size_t>(r.num_tokens() * e));
       if (r.need_probs) {
         const int64_t p0 = all.probs_offsets[seq];
-        const int64_t p1 = seq + num_seqs < static_cast<int64_t>(all.probs_offsets.size())
-                               ? all.probs_offsets[seq + num_seqs]
-                               : static_cast<int64_t>(all.probs.size());
-        mine.probs.assign(all.probs.begin() + p0, all.probs.begin() + p1);
-        for (int s = 0; s < num_seqs; ++s) mine.probs_offsets.push_back(all.probs_offsets[seq + s] - p0);
+        probs_offsets.clear();
+        for (int s = 0; s < num_seqs; ++s) probs_offsets.push_back(all.probs_offsets[seq + s] - p0);
+        mine.probs = absl::MakeConstSpan(all.probs).subspan(static_cast<size_t>(p0));
+        mine.probs_offsets = probs_offsets;
       }
     }
     seq += num_seqs;

@@ -28,11 +28,10 @@ bool IsSet(const Tensor& t) {
          t.dtype() != attention::v1::DATA_TYPE_UNSPECIFIED;
 }
 
-// Checks dtype, rank, the last dimension and the payload of one input tensor,
-// and decodes it to floats. `width_name` names the expected last dimension.
-absl::StatusOr<std::vector<float>> DecodeTensor(const char* field, const Tensor& t, int rank,
-                                                int64_t width, const char* width_name,
-                                                int64_t max_seq_len) {
+// Checks dtype, rank, the last dimension and the payload of one input tensor.
+// `width_name` names the expected last dimension.
+absl::Status CheckTensor(const char* field, const Tensor& t, int rank, int64_t width,
+                         const char* width_name, int64_t max_seq_len) {
   if (t.dtype() != attention::v1::FLOAT32 && t.dtype() != attention::v1::BFLOAT16) {
     return Invalid(field, ".dtype: expected FLOAT32 or BFLOAT16, got ",
                    attention::v1::DataType_Name(t.dtype()));
@@ -65,7 +64,6 @@ absl::StatusOr<std::vector<float>> DecodeTensor(const char* field, const Tensor&
     return Invalid(field, ": expected exactly one of raw_data or float_data, got ",
                    has_raw ? "both" : "neither");
   }
-  std::vector<float> out(static_cast<size_t>(count));
   if (has_floats) {
     if (t.dtype() != attention::v1::FLOAT32) {
       return Invalid(field, ".float_data: only for dtype FLOAT32; send ",
@@ -75,8 +73,7 @@ absl::StatusOr<std::vector<float>> DecodeTensor(const char* field, const Tensor&
       return Invalid(field, ".float_data: expected ", count, " values for shape ", ShapeString(t),
                      ", got ", t.float_data_size());
     }
-    std::memcpy(out.data(), t.float_data().data(), out.size() * sizeof(float));
-    return out;
+    return absl::OkStatus();
   }
   const core::DType dt = t.dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16;
   const size_t want = static_cast<size_t>(count) * core::DTypeSize(dt);
@@ -85,8 +82,31 @@ absl::StatusOr<std::vector<float>> DecodeTensor(const char* field, const Tensor&
                    core::DTypeSize(dt), "-byte ", attention::v1::DataType_Name(t.dtype()),
                    "), got ", t.raw_data().size());
   }
-  core::DecodeToFloat(dt, reinterpret_cast<const uint8_t*>(t.raw_data().data()), out.size(),
-                      out.data());
+  return absl::OkStatus();
+}
+
+// Decodes the valid rows of a checked [batch, seq, width] tensor straight
+// into packed floats (one pass, no padded intermediate).
+std::vector<float> DecodeRows(const Tensor& t, int64_t seq, int64_t width,
+                              const std::vector<int64_t>& lengths) {
+  int64_t rows = 0;
+  for (int64_t len : lengths) rows += len;
+  std::vector<float> out(static_cast<size_t>(rows * width));
+  const bool floats = t.float_data_size() > 0;
+  const core::DType dt = t.dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16;
+  const size_t esize = core::DTypeSize(dt);
+  const auto* raw = reinterpret_cast<const uint8_t*>(t.raw_data().data());
+  float* dst = out.data();
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    const size_t n = static_cast<size_t>(lengths[b] * width);
+    const size_t src = static_cast<size_t>(static_cast<int64_t>(b) * seq * width);
+    if (floats) {
+      std::memcpy(dst, t.float_data().data() + src, n * sizeof(float));
+    } else {
+      core::DecodeToFloat(dt, raw + src * esize, n, dst);
+    }
+    dst += n;
+  }
   return out;
 }
 
@@ -163,9 +183,8 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
                    "], got ", ShapeString(request.query()));
   }
   d.rank2 = rank == 2;
-  ATTN_ASSIGN_OR_RETURN(std::vector<float> query,
-                        DecodeTensor("query", request.query(), rank, c.embed_dim, "embed_dim",
-                                     model.max_seq_len));
+  ATTN_RETURN_IF_ERROR(
+      CheckTensor("query", request.query(), rank, c.embed_dim, "embed_dim", model.max_seq_len));
   d.batch = d.rank2 ? 1 : request.query().shape(0);
   d.seq_q = request.query().shape(rank - 2);
   d.dtype = request.query().dtype();
@@ -190,12 +209,10 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
                                 "query.shape seq"));
   std::vector<int64_t> k_lengths;
   if (d.cross) {
-    ATTN_ASSIGN_OR_RETURN(std::vector<float> key,
-                          DecodeTensor("key", request.key(), rank, c.key_dim(), "kdim",
-                                       model.max_seq_len));
-    ATTN_ASSIGN_OR_RETURN(std::vector<float> value,
-                          DecodeTensor("value", request.value(), rank, c.value_dim(), "vdim",
-                                       model.max_seq_len));
+    ATTN_RETURN_IF_ERROR(
+        CheckTensor("key", request.key(), rank, c.key_dim(), "kdim", model.max_seq_len));
+    ATTN_RETURN_IF_ERROR(
+        CheckTensor("value", request.value(), rank, c.value_dim(), "vdim", model.max_seq_len));
     for (int i = 0; i + 1 < rank; ++i) {
       if (request.key().shape(i) != request.value().shape(i)) {
         return Invalid("value.shape[", i, "]: expected ", request.key().shape(i),
@@ -209,8 +226,8 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
     d.seq_k = request.key().shape(rank - 2);
     ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch,
                                              d.seq_k, "key.shape seq"));
-    d.key = core::PackRows(key, d.seq_k, c.key_dim(), k_lengths);
-    d.value = core::PackRows(value, d.seq_k, c.value_dim(), k_lengths);
+    d.key = DecodeRows(request.key(), d.seq_k, c.key_dim(), k_lengths);
+    d.value = DecodeRows(request.value(), d.seq_k, c.value_dim(), k_lengths);
     d.kv_offsets = core::OffsetsFromLengths(k_lengths);
     ATTN_RETURN_IF_ERROR(CheckFinite("key", d.key, c.key_dim(), d.kv_offsets, d.rank2));
     ATTN_RETURN_IF_ERROR(CheckFinite("value", d.value, c.value_dim(), d.kv_offsets, d.rank2));
@@ -230,54 +247,65 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
     return Invalid("query: expected at most ", model.max_request_tokens,
                    " tokens (the model's max_request_tokens), got ", tokens);
   }
-  d.query = core::PackRows(query, d.seq_q, c.embed_dim, q_lengths);
+  d.query = DecodeRows(request.query(), d.seq_q, c.embed_dim, q_lengths);
   d.q_offsets = core::OffsetsFromLengths(q_lengths);
   ATTN_RETURN_IF_ERROR(CheckFinite("query", d.query, c.embed_dim, d.q_offsets, d.rank2));
   return d;
 }
 
-void EncodeAttendResponse(const DecodedRequest& d, const core::AttentionResult& result,
+void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> output,
+                          absl::Span<const float> probs, absl::Span<const int64_t> probs_offsets,
                           const Model& model, attention::v1::AttendResponse* response) {
   const int64_t e = model.config.embed_dim;
   const int heads = model.config.num_heads;
-  std::vector<float> padded(static_cast<size_t>(d.batch * d.seq_q * e), 0.0f);
-  for (int64_t b = 0; b < d.batch; ++b) {
-    const int64_t len = d.q_offsets[b + 1] - d.q_offsets[b];
-    std::memcpy(padded.data() + b * d.seq_q * e, result.output.data() + d.q_offsets[b] * e,
-                static_cast<size_t>(len * e) * sizeof(float));
-  }
   Tensor* out = response->mutable_output();
   out->set_dtype(d.dtype);
   if (!d.rank2) out->add_shape(d.batch);
   out->add_shape(d.seq_q);
   out->add_shape(e);
+  // Each sequence's rows go straight to their place in the padded layout;
+  // padding rows stay zero.
+  const size_t total = static_cast<size_t>(d.batch * d.seq_q * e);
+  const auto rows_of = [&](int64_t b) {
+    return output.subspan(static_cast<size_t>(d.q_offsets[b] * e),
+                          static_cast<size_t>((d.q_offsets[b + 1] - d.q_offsets[b]) * e));
+  };
   if (d.packed_floats) {
-    out->mutable_float_data()->Assign(padded.begin(), padded.end());
+    google::protobuf::RepeatedField<float>* f = out->mutable_float_data();
+    f->Resize(static_cast<int>(total), 0.0f);
+    for (int64_t b = 0; b < d.batch; ++b) {
+      const absl::Span<const float> rows = rows_of(b);
+      std::memcpy(f->mutable_data() + b * d.seq_q * e, rows.data(), rows.size() * sizeof(float));
+    }
   } else {
     const core::DType dt = d.dtype == attention::v1::BFLOAT16 ? core::DType::kBF16 : core::DType::kF32;
+    const size_t esize = core::DTypeSize(dt);
     std::string* raw = out->mutable_raw_data();
-    raw->resize(padded.size() * core::DTypeSize(dt));
-    core::EncodeFromFloat(dt, padded, reinterpret_cast<uint8_t*>(raw->data()));
+    raw->resize(total * esize);
+    for (int64_t b = 0; b < d.batch; ++b) {
+      core::EncodeFromFloat(dt, rows_of(b),
+                            reinterpret_cast<uint8_t*>(raw->data()) + b * d.seq_q * e * esize);
+    }
   }
   if (d.need_probs) {
     const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
-    std::vector<float> probs(static_cast<size_t>(d.batch * heads * d.seq_q * d.seq_k), 0.0f);
-    for (int64_t b = 0; b < d.batch; ++b) {
-      const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
-      const int64_t lk = ko[b + 1] - ko[b];
-      const float* src = result.probs.data() + result.probs_offsets[b];
-      for (int h = 0; h < heads; ++h) {
-        for (int64_t i = 0; i < lq; ++i) {
-          std::memcpy(probs.data() + ((b * heads + h) * d.seq_q + i) * d.seq_k,
-                      src + (h * lq + i) * lk, static_cast<size_t>(lk) * sizeof(float));
-        }
-      }
-    }
     Tensor* p = response->mutable_attention_probs();
     p->set_dtype(attention::v1::FLOAT32);
     for (int64_t dim : {d.batch, static_cast<int64_t>(heads), d.seq_q, d.seq_k}) p->add_shape(dim);
-    p->mutable_raw_data()->assign(reinterpret_cast<const char*>(probs.data()),
-                                  probs.size() * sizeof(float));
+    std::string* raw = p->mutable_raw_data();
+    raw->resize(static_cast<size_t>(d.batch * heads * d.seq_q * d.seq_k) * sizeof(float));
+    float* dst = reinterpret_cast<float*>(raw->data());
+    for (int64_t b = 0; b < d.batch; ++b) {
+      const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
+      const int64_t lk = ko[b + 1] - ko[b];
+      const float* src = probs.data() + probs_offsets[b];
+      for (int h = 0; h < heads; ++h) {
+        for (int64_t i = 0; i < lq; ++i) {
+          std::memcpy(dst + ((b * heads + h) * d.seq_q + i) * d.seq_k, src + (h * lq + i) * lk,
+                      static_cast<size_t>(lk) * sizeof(float));
+        }
+      }
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "attention/v1/attention.pb.h"
 #include "core/attention_batch.h"
 #include "server/model_repository.h"
@@ -39,8 +40,11 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
                                                    const Model& model);
 
 // Fills `response` (output in the query's dtype and layout, padding rows
-// zero; probabilities as FLOAT32 [batch, heads, seq_q, seq_k]).
-void EncodeAttendResponse(const DecodedRequest& request, const core::AttentionResult& result,
+// zero; probabilities as FLOAT32 [batch, heads, seq_q, seq_k]) from this
+// request's packed output rows and, when asked for, its probabilities with
+// their per-sequence offsets (relative to `probs`). Copies each value once.
+void EncodeAttendResponse(const DecodedRequest& request, absl::Span<const float> output,
+                          absl::Span<const float> probs, absl::Span<const int64_t> probs_offsets,
                           const Model& model, attention::v1::AttendResponse* response);
 
 }  // namespace attn::server
