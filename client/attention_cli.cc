@@ -45,6 +45,7 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "attention/v1/attention.pb.h"
 #include "client/attention_client.h"
+#include "client/heatmap.h"
 #include "client/npy.h"
 #include "client/tensor_codec.h"
 #include "core/safetensors.h"
@@ -85,6 +86,14 @@ ABSL_FLAG(std::string, output, "",
           "attend: write the output to a .npy or .safetensors file (safetensors also gets "
           "'attention_probs' when --probs).");
 ABSL_FLAG(int32_t, show, 8, "attend: how many values of row 0 to print.");
+ABSL_FLAG(std::string, heatmap, "",
+          "attend: draw the attention probabilities (implies --probs) of one sequence as an SVG "
+          "heatmap in this file");
+ABSL_FLAG(std::string, tokens, "",
+          "attend: space-separated token labels for --heatmap (one per query position; for "
+          "self-attention also the keys). With random input it sets --seq_len.");
+ABSL_FLAG(int32_t, head, -1, "attend: the head --heatmap draws (-1: the mean over heads).");
+ABSL_FLAG(int32_t, heatmap_sequence, 0, "attend: which batch entry --heatmap draws.");
 
 namespace attn::client {
 namespace {
@@ -97,6 +106,64 @@ using attention::v1::Tensor;
 constexpr int kExitOk = 0;
 constexpr int kExitNotServing = 1;
 constexpr int kExitError = 2;
+
+// One sequence's probabilities ([batch, heads, seq_q, seq_k] from the
+// server), cropped to its valid rows and keys, one head or the mean.
+absl::Status WriteHeatmap(const std::string& path, const AttendRequest& request,
+                          const std::vector<float>& probs, const std::vector<int64_t>& shape,
+                          const std::vector<std::string>& tokens) {
+  if (shape.size() != 4) return absl::DataLossError("attention_probs: expected rank 4");
+  const int64_t batch = shape[0], heads = shape[1], seq_q = shape[2], seq_k = shape[3];
+  const int b = absl::GetFlag(FLAGS_heatmap_sequence);
+  if (b < 0 || b >= batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--heatmap_sequence: expected 0..", batch - 1, ", got ", b));
+  }
+  const int head = absl::GetFlag(FLAGS_head);
+  if (head < -1 || head >= heads) {
+    return absl::InvalidArgumentError(absl::StrCat("--head: expected -1 (mean) or 0..", heads - 1,
+                                                   ", got ", head));
+  }
+  const bool self = !request.has_key();
+  const int64_t lq = request.query_lengths_size() > b ? request.query_lengths(b) : seq_q;
+  const int64_t lk = request.key_lengths_size() > b ? request.key_lengths(b)
+                     : self && request.query_lengths_size() > b ? request.query_lengths(b)
+                                                                : seq_k;
+  if (lq == 0 || lk == 0) return absl::InvalidArgumentError("--heatmap: the sequence is empty");
+  if (!tokens.empty() && static_cast<int64_t>(tokens.size()) != lq) {
+    return absl::InvalidArgumentError(absl::StrCat("--tokens: expected ", lq,
+                                                   " tokens (one per query position), got ",
+                                                   tokens.size()));
+  }
+  // Crop [heads, seq_q, seq_k] of sequence b to [heads, lq, lk].
+  std::vector<float> cropped;
+  cropped.reserve(static_cast<size_t>(heads * lq * lk));
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < lq; ++i) {
+      const float* row = probs.data() + ((b * heads + h) * seq_q + i) * seq_k;
+      cropped.insert(cropped.end(), row, row + lk);
+    }
+  }
+  const std::vector<float> matrix = attn::client::SelectHead(
+      cropped, static_cast<int>(heads), static_cast<int>(lq), static_cast<int>(lk), head);
+  attn::client::HeatmapOptions options;
+  options.query_labels = tokens;
+  if (self) options.key_labels = tokens;
+  options.title = absl::StrCat(request.model_name(), ": ",
+                               head < 0 ? absl::StrCat("mean of ", heads, " heads")
+                                        : absl::StrCat("head ", head),
+                               ", sequence ", b, request.causal() ? ", causal" : "");
+  absl::StatusOr<std::string> svg = attn::client::RenderHeatmapSvg(
+      matrix, static_cast<int>(lq), static_cast<int>(lk), options);
+  if (!svg.ok()) return svg.status();
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return absl::UnavailableError(absl::StrCat("--heatmap: cannot write ", path));
+  const bool ok = std::fwrite(svg->data(), 1, svg->size(), f) == svg->size();
+  if (std::fclose(f) != 0 || !ok) {
+    return absl::UnavailableError(absl::StrCat("--heatmap: cannot write ", path));
+  }
+  return absl::OkStatus();
+}
 
 constexpr char kUsage[] = R"(usage: attention-cli SUBCOMMAND [flags]
 
@@ -113,6 +180,7 @@ attend flags:  --model=default --batch=1 --seq_len=16 --kv_len --seed=1
                --input=FILE.npy|FILE.safetensors --input_tensor=query
                --causal --probs --lengths=3,5 --key_lengths=3,5
                --dtype=float32|bfloat16|float16 --packed --output=FILE --show=8
+               --heatmap=FILE.svg [--tokens="The cat sat"] [--head=N]
 Exit codes: 0 ok, 1 health not SERVING, 2 error. --helpfull lists every flag.)";
 
 void PrintError(const absl::Status& status) {
@@ -358,6 +426,14 @@ class Cli {
           "--output: expected a .npy or .safetensors file, got '", output_path, "'")));
     }
 
+    const std::string heatmap_path = absl::GetFlag(FLAGS_heatmap);
+    if (!heatmap_path.empty() && !absl::EndsWith(heatmap_path, ".svg")) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--heatmap: expected an .svg file, got '", heatmap_path, "'")));
+    }
+    const std::vector<std::string> tokens =
+        absl::StrSplit(absl::GetFlag(FLAGS_tokens), ' ', absl::SkipWhitespace());
+
     Inputs inputs;
     const std::string input_path = absl::GetFlag(FLAGS_input);
     if (!input_path.empty()) {
@@ -366,7 +442,8 @@ class Cli {
       inputs = *std::move(read);
     } else {
       const int64_t batch = absl::GetFlag(FLAGS_batch);
-      const int64_t seq_len = absl::GetFlag(FLAGS_seq_len);
+      const int64_t seq_len = tokens.empty() ? absl::GetFlag(FLAGS_seq_len)
+                                             : static_cast<int64_t>(tokens.size());
       const int64_t kv_flag = absl::GetFlag(FLAGS_kv_len);
       if (batch <= 0 || seq_len <= 0 || kv_flag < 0) {
         return Fail(absl::InvalidArgumentError(
@@ -413,7 +490,7 @@ class Cli {
     request.mutable_query_lengths()->Assign(lengths->begin(), lengths->end());
     request.mutable_key_lengths()->Assign(key_lengths->begin(), key_lengths->end());
     request.set_causal(absl::GetFlag(FLAGS_causal));
-    request.set_return_attention_probs(absl::GetFlag(FLAGS_probs));
+    request.set_return_attention_probs(absl::GetFlag(FLAGS_probs) || !heatmap_path.empty());
 
     const absl::Time start = absl::Now();
     absl::StatusOr<AttendResponse> attended = client_->Attend(request);
@@ -474,6 +551,12 @@ class Cli {
                 t.batch_size(), static_cast<long long>(t.batch_tokens()));
     std::printf("round_trip_us: %lld\n",
                 static_cast<long long>(absl::ToInt64Microseconds(round_trip)));
+    if (!heatmap_path.empty()) {
+      if (absl::Status h = WriteHeatmap(heatmap_path, request, probs, probs_shape, tokens); !h.ok()) {
+        return Fail(h);
+      }
+      std::printf("wrote: %s\n", heatmap_path.c_str());
+    }
     if (!output_path.empty()) {
       if (absl::Status w = WriteOutput(output_path, shape, *values, probs_shape,
                                        has_probs ? &probs : nullptr);

@@ -52,6 +52,18 @@ expect_in "$work/metrics.txt" '^attn_requests_total\{code="OK",model="default"\}
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="INVALID_ARGUMENT",model="default"\} 1$' "one INVALID_ARGUMENT counted"
 expect_in "$work/metrics.txt" '^attn_build_info\{.*onednn_version="2\.' "build info exported"
 
+# Attention heatmap: one cell per (query, key) pair, token labels, the mask visible as white cells.
+cli attend --tokens "The cat sat on the mat" --causal --heatmap="$work/cat.svg" >"$work/heatmap.out" \
+  || fail "attend --heatmap: exit $?"
+expect_in "$work/heatmap.out" "^wrote: .*cat.svg" "attend --heatmap writes the file"
+[ "$(grep -c 'class="cell"' "$work/cat.svg")" -eq 36 ] || fail "heatmap: expected 6 x 6 cells"
+[ "$(grep -c '>mat</text>' "$work/cat.svg")" -eq 2 ] || fail "heatmap: token 'mat' labels a row and a column"
+grep -q 'fill="#ffffff"><title>The → cat: 0.0000' "$work/cat.svg" || fail "heatmap: a masked pair is white, zero"
+rc=0
+cli attend --tokens "a b" --lengths=1 --heatmap="$work/x.svg" >"$work/tokens.out" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] || fail "--tokens that do not match the length: expected exit 2, got $rc"
+expect_in "$work/tokens.out" "--tokens: expected 1 tokens" "a token count mismatch names --tokens"
+
 stop_server || fail "server did not exit 0 on SIGTERM"
 expect_in "$work/server.log" "stopped" "server logs its stop"
 echo "e2e: all checks passed"
