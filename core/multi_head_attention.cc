@@ -24,6 +24,14 @@ using Dt = memory::data_type;
 // Create() and no request ever creates one.
 constexpr int64_t kChunkRows[] = {512, 256, 128, 64, 32, 16, 8, 4, 2, 1};
 
+// Small batches run on the calling thread alone: waking the OpenMP team
+// costs tens of microseconds per parallel region, more than a few rows of
+// work (a 8-token E=64 request took 240 µs on two threads, 27 µs on one).
+// Batches of at most kSoloRows rows and kSoloFlops FLOPs take this path,
+// with matmul primitives created for one thread.
+constexpr int64_t kSoloRows = 64;
+constexpr double kSoloFlops = 4e6;
+
 // y[rows, out] = x[rows, in] Wᵀ + b with oneDNN matmuls on weights packed once
 // in the layout each primitive prefers.
 class Linear {
@@ -40,7 +48,7 @@ class Linear {
       bias_ = memory(b_md, eng);
       std::copy(b.begin(), b.end(), static_cast<float*>(bias_.get_data_handle()));
     }
-    for (int64_t m : kChunkRows) {
+    auto make = [&](int64_t m) {
       const memory::desc src_md({m, in}, Dt::f32, Tag::ab);
       const memory::desc w_md({in, out}, Dt::f32, Tag::any);
       const memory::desc dst_md({m, out}, Dt::f32, Tag::ab);
@@ -58,16 +66,27 @@ class Linear {
         weights_.push_back(packed);
         chunk.weights = static_cast<int>(weights_.size()) - 1;
       }
-      chunks_.push_back(std::move(chunk));
+      return chunk;
+    };
+    for (int64_t m : kChunkRows) chunks_.push_back(make(m));
+    // oneDNN sizes a primitive's parallelism when it is created: the solo
+    // set is created while this thread's OpenMP limit is one.
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    for (int64_t m : kChunkRows) {
+      if (m <= kSoloRows) solo_chunks_.push_back(make(m));
     }
+    omp_set_num_threads(threads);
   }
 
-  void Run(const dnnl::engine& eng, dnnl::stream& strm, const float* x, int64_t rows,
-           float* y) const {
+  // `solo`: rows <= kSoloRows, with the single-thread primitives.
+  void Run(const dnnl::engine& eng, dnnl::stream& strm, const float* x, int64_t rows, float* y,
+           bool solo = false) const {
+    const std::vector<Chunk>& chunks = solo ? solo_chunks_ : chunks_;
     int64_t done = 0;
     while (done < rows) {
-      const Chunk* c = &chunks_.front();
-      for (const Chunk& candidate : chunks_) {
+      const Chunk* c = &chunks.front();
+      for (const Chunk& candidate : chunks) {
         c = &candidate;
         if (candidate.rows <= rows - done) break;
       }
@@ -84,6 +103,7 @@ class Linear {
 
   void AppendImplNames(std::vector<std::string>* names) const {
     for (const Chunk& c : chunks_) names->push_back(c.impl);
+    for (const Chunk& c : solo_chunks_) names->push_back(c.impl);
   }
 
  private:
@@ -95,7 +115,8 @@ class Linear {
   };
   int in_ = 0;
   int out_ = 0;
-  std::vector<Chunk> chunks_;  // largest first
+  std::vector<Chunk> chunks_;       // largest first
+  std::vector<Chunk> solo_chunks_;  // rows <= kSoloRows, for one thread; largest first
   std::vector<memory> weights_;
   memory bias_;
 };
@@ -126,6 +147,7 @@ struct MultiHeadAttention::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   bool avx512 = false;
   bool fused_qkv = false;  // self-attention: one matmul for q, k and v
+  int threads = 1;         // the team size of a batch that is not solo
   Linear qkv;              // [E] -> [E + 2 * kv_proj_dim] (self-attention only)
   Linear q, k, v, o;       // q/k/v for cross-attention; o always
 };
@@ -162,6 +184,7 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
     const int e = config.embed_dim;
     const int kv = config.kv_proj_dim();
     if (options.num_threads > 0) omp_set_num_threads(options.num_threads);
+    impl->threads = omp_get_max_threads();  // options.num_threads, or OpenMP's default
     if (config.key_dim() == e && config.value_dim() == e) {
       impl->fused_qkv = true;
       std::vector<float> qkv_w = w.q_weight, qkv_b = w.q_bias;
@@ -193,8 +216,6 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
         "key: expected for this model (kdim ", config_.key_dim(), ", vdim ", config_.value_dim(),
         " differ from embed_dim ", config_.embed_dim, "), self-attention is not possible"));
   }
-  if (options_.num_threads > 0) omp_set_num_threads(options_.num_threads);
-
   const int e = config_.embed_dim;
   const int hd = config_.head_dim();
   const int kvd = config_.kv_proj_dim();
@@ -207,6 +228,15 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   const int64_t nk = ko.back();
   const int num_seqs = batch.num_sequences();
   const bool bf16 = config_.dtype == DType::kBF16;
+
+  // A small batch runs on this thread alone (see kSoloRows); otherwise on
+  // the team the options ask for.
+  double flops = 0;
+  for (int s = 0; s < num_seqs && flops <= kSoloFlops; ++s) {
+    flops += ForwardFlops(config_, qo[s + 1] - qo[s], ko[s + 1] - ko[s], batch.causal);
+  }
+  const bool solo = nq <= kSoloRows && nk <= kSoloRows && flops <= kSoloFlops;
+  omp_set_num_threads(solo ? 1 : impl_->threads);
 
   static thread_local Scratch scratch;
   const size_t q_elems = static_cast<size_t>(nq) * e;
@@ -249,7 +279,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     if (impl_->fused_qkv && !batch.cross_attention) {
       const ptrdiff_t ld = e + 2 * kvd;
       float* qkv = Scratch::Get(scratch.qkv, nq * ld);
-      impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv);
+      impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv, solo);
       strm.wait();
       if (bf16) RoundToBF16(qkv, nq * ld);
       q = qkv;
@@ -260,9 +290,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       float* qb = Scratch::Get(scratch.qkv, q_elems);
       float* kb = Scratch::Get(scratch.k, nk * kvd);
       float* vb = Scratch::Get(scratch.v, nk * kvd);
-      impl_->q.Run(impl_->engine, strm, xq, nq, qb);
-      impl_->k.Run(impl_->engine, strm, xk, nk, kb);
-      impl_->v.Run(impl_->engine, strm, xv, nk, vb);
+      impl_->q.Run(impl_->engine, strm, xq, nq, qb, solo);
+      impl_->k.Run(impl_->engine, strm, xk, nk, kb, solo);
+      impl_->v.Run(impl_->engine, strm, xv, nk, vb, solo);
       strm.wait();
       if (bf16) {
         RoundToBF16(qb, q_elems);
@@ -377,7 +407,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     }
     if (bf16) RoundToBF16(attn, q_elems);
     t2 = Clock::now();
-    impl_->o.Run(impl_->engine, strm, attn, nq, result->output.data());
+    impl_->o.Run(impl_->engine, strm, attn, nq, result->output.data(), solo);
     strm.wait();
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));

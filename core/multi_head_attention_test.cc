@@ -145,6 +145,26 @@ TEST(MultiHeadAttentionTest, RaggedBatchEqualsEachSequenceAlone) {
   }
 }
 
+TEST(MultiHeadAttentionTest, SmallBatchOnOneThreadMatchesTheTeamPath) {
+  // {4, 9, 1} is small enough to run solo; with a 200-row sequence added the
+  // same rows go through the team's primitives and kernels.
+  const AttentionConfig c = Config(64, 4, 2);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 5), {});
+  ASSERT_TRUE(mha.ok());
+  std::mt19937_64 rng(17);
+  Inputs big = MakeInputs(Case{"big", c, {4, 9, 1, 200}, {}, true}, rng, false);
+  AttentionBatch small;
+  const int64_t rows = 4 + 9 + 1;
+  small.query = absl::MakeConstSpan(big.query.data(), rows * c.embed_dim);
+  small.q_offsets = {0, 4, 13, 14};
+  small.causal = true;
+  AttentionResult team, solo;
+  ASSERT_TRUE((*mha)->Forward(big.batch, &team).ok());
+  ASSERT_TRUE((*mha)->Forward(small, &solo).ok());
+  const std::vector<float> head(team.output.begin(), team.output.begin() + rows * c.embed_dim);
+  ExpectNear(solo.output, head, 1e-5f, "solo vs team");
+}
+
 TEST(MultiHeadAttentionTest, FullyMaskedRowGivesOutputBiasNotNan) {
   // Causal with Lq > Lk: the first Lq - Lk query rows see no key.
   const AttentionConfig c = Config(32, 2);
