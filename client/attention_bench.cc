@@ -14,8 +14,12 @@
 // in-process through the attention core (no gRPC), at the batch size the
 // server formed in that step, so the serving efficiency (served ÷ core
 // GFLOP/s) comes from one command. --noop_baseline measures the same client
-// against an in-process server that answers every Attend with a canned
-// response of the right size and does no work.
+// against a server that answers every Attend with a canned response of the
+// right size and does no work: this binary again, in a child process (so the
+// call crosses processes as it does to attention-server).
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,6 +42,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -83,7 +88,11 @@ ABSL_FLAG(absl::Duration, error_backoff, absl::Milliseconds(10),
 ABSL_FLAG(bool, core, false, "Also run each step's batch in-process through the core");
 ABSL_FLAG(int, core_threads, 0, "Threads of the in-process core (0: all cores)");
 ABSL_FLAG(bool, noop_baseline, false,
-          "Measure against an in-process no-op server with the same payload sizes instead");
+          "Measure against a no-op server (a child process answering every Attend with a canned "
+          "response of the real size, doing no work) instead");
+ABSL_FLAG(std::string, serve_noop, "",
+          "Internal (--noop_baseline's child): serve the AttendResponse in this file as a no-op "
+          "server on a free loopback port, print 'port=N', run until stdin closes");
 ABSL_FLAG(std::string, csv, "", "Write the report as CSV (perf_analyzer's column names)");
 ABSL_FLAG(std::string, json, "", "Write the report as JSON");
 ABSL_FLAG(int, pool, 32, "Distinct pre-built requests to cycle through");
@@ -768,6 +777,63 @@ class NoopService final : public attention::v1::AttentionService::CallbackServic
   const AttendResponse canned_;
 };
 
+// The no-op server in a child process (this binary with --serve_noop): the
+// child reads the canned response from a file, prints its port, and exits
+// when its stdin closes (when this object goes, or this process dies).
+class NoopChild {
+ public:
+  static absl::StatusOr<std::unique_ptr<NoopChild>> Start(const AttendResponse& canned) {
+    char path[] = "/tmp/attention-bench-noop-XXXXXX";
+    const int fd = ::mkstemp(path);
+    if (fd < 0) return absl::UnavailableError("cannot create a temporary file");
+    const std::string bytes = canned.SerializeAsString();
+    const bool written = ::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
+    ::close(fd);
+    if (!written) return absl::UnavailableError(absl::StrCat("cannot write ", path));
+    int to_child[2], from_child[2];
+    if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) return absl::UnavailableError("pipe");
+    // Everything the child needs is built before fork: between fork and exec
+    // a threaded process may only make async-signal-safe calls.
+    const std::string flag = absl::StrCat("--serve_noop=", path);
+    const pid_t pid = ::fork();
+    if (pid < 0) return absl::UnavailableError("fork");
+    if (pid == 0) {
+      ::dup2(to_child[0], 0);
+      ::dup2(from_child[1], 1);
+      ::close(to_child[1]);
+      ::close(from_child[0]);
+      ::execl("/proc/self/exe", "attention-bench", flag.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(to_child[0]);
+    ::close(from_child[1]);
+    auto child = std::unique_ptr<NoopChild>(new NoopChild(pid, to_child[1], path));
+    std::string line;
+    char c;
+    while (::read(from_child[0], &c, 1) == 1 && c != '\n') line.push_back(c);
+    ::close(from_child[0]);
+    if (!absl::StartsWith(line, "port=") || !absl::SimpleAtoi(line.substr(5), &child->port_)) {
+      return absl::UnavailableError("the child did not report its port");
+    }
+    return child;
+  }
+  ~NoopChild() {
+    ::close(stdin_);
+    int status;
+    ::waitpid(pid_, &status, 0);
+    ::unlink(path_.c_str());
+  }
+  int port() const { return port_; }
+
+ private:
+  NoopChild(pid_t pid, int stdin_fd, std::string path)
+      : pid_(pid), stdin_(stdin_fd), path_(std::move(path)) {}
+  const pid_t pid_;
+  const int stdin_;
+  const std::string path_;
+  int port_ = 0;
+};
+
 // ---------------------------------------------------------------------------
 // Output.
 
@@ -840,10 +906,38 @@ absl::Status WriteJson(const std::string& path, const nlohmann::json& header,
   return absl::OkStatus();
 }
 
+// --serve_noop: the child's whole life.
+int ServeNoop(const std::string& path) {
+  AttendResponse canned;
+  std::ifstream in(path, std::ios::binary);
+  if (!in || !canned.ParseFromIstream(&in)) {
+    std::cerr << "attention-bench: --serve_noop: cannot read " << path << "\n";
+    return 2;
+  }
+  NoopService service(std::move(canned));
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.SetMaxSendMessageSize(256 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::cerr << "attention-bench: --serve_noop: cannot listen\n";
+    return 2;
+  }
+  std::printf("port=%d\n", port);
+  std::fflush(stdout);
+  // Until the parent closes our stdin (or dies).
+  char buf[64];
+  while (::read(0, buf, sizeof(buf)) > 0) {
+  }
+  server->Shutdown();
+  return 0;
+}
+
 int Run() {
-  // The client: the real server, or an in-process no-op one.
-  std::unique_ptr<grpc::Server> noop_server;
-  std::unique_ptr<NoopService> noop_service;
+  if (!absl::GetFlag(FLAGS_serve_noop).empty()) return ServeNoop(absl::GetFlag(FLAGS_serve_noop));
   client::AttentionClient::Options copts;
   copts.targets = absl::StrSplit(absl::GetFlag(FLAGS_target), ',', absl::SkipEmpty());
   copts.timeout = absl::GetFlag(FLAGS_timeout);
@@ -865,6 +959,7 @@ int Run() {
     return 2;
   }
   std::unique_ptr<client::AttentionClient> client = *std::move(real);
+  std::unique_ptr<NoopChild> noop;
   if (absl::GetFlag(FLAGS_noop_baseline)) {
     // A canned response as large as the real one: ask the server once.
     auto sample = client->Attend(workload->requests[0]);
@@ -872,20 +967,14 @@ int Run() {
       std::cerr << "attention-bench: sample request: " << sample.status() << "\n";
       return 2;
     }
-    noop_service = std::make_unique<NoopService>(*sample);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.SetMaxReceiveMessageSize(256 << 20);
-    builder.SetMaxSendMessageSize(256 << 20);
-    builder.RegisterService(noop_service.get());
-    noop_server = builder.BuildAndStart();
-    if (noop_server == nullptr) {
-      std::cerr << "attention-bench: cannot start the no-op server\n";
+    auto child = NoopChild::Start(*sample);
+    if (!child.ok()) {
+      std::cerr << "attention-bench: no-op server: " << child.status().message() << "\n";
       return 2;
     }
+    noop = *std::move(child);
     client::AttentionClient::Options nopts = copts;
-    nopts.targets = {absl::StrCat("127.0.0.1:", port)};
+    nopts.targets = {absl::StrCat("127.0.0.1:", noop->port())};
     auto noop_client = client::AttentionClient::Create(nopts);
     if (!noop_client.ok()) {
       std::cerr << "attention-bench: " << noop_client.status() << "\n";
@@ -979,7 +1068,7 @@ int Run() {
       return 2;
     }
   }
-  if (noop_server != nullptr) noop_server->Shutdown();
+  noop.reset();  // stops the child
   // Exit 1 when any request failed, so scripts notice.
   for (const StepReport& r : steps) {
     if (!r.total_errors.empty()) return 1;
