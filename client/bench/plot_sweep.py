@@ -45,7 +45,8 @@ def panel(out, y0, series, key_sets, title, unit, xs_all):
     def px(x):
         span = lx(xmax) - lx(xmin) or 1
         return LEFT + (lx(x) - lx(xmin)) / span * (W - LEFT - RIGHT)
-    top = max((float(r[k]) for s in series for r in s[1] for k, _ in key_sets), default=1)
+    scale = lambda key: 1 / 1000.0 if "latency" in key else 1.0  # latencies: µs in the CSV, ms here
+    top = max((float(r[k]) * scale(k) for s in series for r in s[1] for k, _ in key_sets), default=1)
     ys = ticks(top * 1.1)
     def py(v):
         return y0 + PANEL_H - v / ys[-1] * PANEL_H
@@ -60,8 +61,7 @@ def panel(out, y0, series, key_sets, title, unit, xs_all):
     for i, (label, rows) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
         for key, dash in key_sets:
-            pts = [(px(float(r["Concurrency"])), py(float(r[key]) / (1000.0 if "latency" in key else 1.0)))
-                   for r in rows]
+            pts = [(px(float(r["Concurrency"])), py(float(r[key]) * scale(key))) for r in rows]
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>')
             for (x, y), r in zip(pts, rows):
