@@ -350,6 +350,20 @@ TEST_F(AttentionServiceTest, NonFiniteValuesInPaddingRowsAreIgnored) {
   for (const float x : RawFloats(resp.output())) ASSERT_TRUE(std::isfinite(x));
 }
 
+TEST_F(AttentionServiceTest, MessageOverTheConfiguredMaximumIsRefusedByGrpc) {
+  AttentionServer::Options options;
+  options.max_message_bytes = 16 << 10;
+  StartServer(options);
+  AttendResponse resp;
+  // 2 x 32 x 64 floats = 16 KiB of data alone: over the limit with the framing.
+  const grpc::Status s = Attend(MakeRequest(2, 32), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "larger than max")) << s.error_message();
+  EXPECT_EQ(Counter("small", "OK"), 0);
+  // A request under the limit still works.
+  ASSERT_TRUE(Attend(MakeRequest(1, 4), &resp).ok());
+}
+
 TEST_F(AttentionServiceTest, ListAndGetModelDescribeTheLayer) {
   grpc::ClientContext ctx;
   attention::v1::ListModelsResponse list;
