@@ -55,6 +55,7 @@
 #include "core/attention_batch.h"
 #include "core/attention_config.h"
 #include "core/attention_weights.h"
+#include "core/dtype.h"
 #include "core/multi_head_attention.h"
 #include "core/mutex.h"
 #include "grpcpp/grpcpp.h"
@@ -257,21 +258,11 @@ absl::StatusOr<Workload> BuildWorkload(const attention::v1::ModelInfo& info) {
       t->add_shape(batch);
       t->add_shape(seq);
       t->add_shape(width);
-      if (dtype == "float32") {
-        t->set_dtype(attention::v1::FLOAT32);
-        t->set_raw_data(v.data(), v.size() * sizeof(float));
-      } else {
-        t->set_dtype(attention::v1::BFLOAT16);
-        std::string raw(v.size() * 2, '\0');
-        for (size_t j = 0; j < v.size(); ++j) {
-          uint32_t bits;
-          std::memcpy(&bits, &v[j], 4);
-          bits += 0x7fff + ((bits >> 16) & 1);  // round to nearest even
-          const uint16_t h = static_cast<uint16_t>(bits >> 16);
-          std::memcpy(raw.data() + 2 * j, &h, 2);
-        }
-        t->set_raw_data(std::move(raw));
-      }
+      const core::DType dt = dtype == "float32" ? core::DType::kF32 : core::DType::kBF16;
+      t->set_dtype(dtype == "float32" ? attention::v1::FLOAT32 : attention::v1::BFLOAT16);
+      std::string raw(v.size() * core::DTypeSize(dt), '\0');
+      core::EncodeFromFloat(dt, v, reinterpret_cast<uint8_t*>(raw.data()));
+      t->set_raw_data(std::move(raw));
     };
     fill(r.mutable_query(), e);
     if (cross) {
@@ -715,15 +706,9 @@ absl::StatusOr<double> CoreGflops(const Workload& w, int batch) {
     const AttendRequest& r = w.requests[i];
     const int64_t seq = r.query().shape(1);
     std::vector<float> padded(static_cast<size_t>(r.query().shape(0) * seq * e));
-    if (r.query().dtype() == attention::v1::FLOAT32) {
-      std::memcpy(padded.data(), r.query().raw_data().data(), padded.size() * sizeof(float));
-    } else {
-      for (size_t j = 0; j < padded.size(); ++j) {
-        uint32_t bits = 0;
-        std::memcpy(reinterpret_cast<char*>(&bits) + 2, r.query().raw_data().data() + 2 * j, 2);
-        std::memcpy(&padded[j], &bits, 4);
-      }
-    }
+    core::DecodeToFloat(
+        r.query().dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16,
+        reinterpret_cast<const uint8_t*>(r.query().raw_data().data()), padded.size(), padded.data());
     packed.push_back(core::PackRows(padded, seq, e, w.lengths[i]));
   }
   if (w.config.key_dim() != e || w.config.value_dim() != e) {

@@ -29,7 +29,7 @@ check_json "$work/s.json" 'assert all(s["ok"] > 0 and not s["total_errors"] and 
 check_json "$work/s.json" 'assert all(0 < s["latency_us"]["p50"] <= s["latency_us"]["p99"] <= s["latency_us"]["max"] for s in j["steps"])'
 
 # Open loop, Poisson arrivals.
-bench --request_rate=40 --request_distribution=poisson --seq_len=8 --json="$work/o.json" \
+bench --request_rate=40 --request_distribution=poisson --seq_len=8 --dtype=bfloat16 --json="$work/o.json" \
   >"$work/open.out" 2>&1 || fail "open loop: exit $?"
 check_json "$work/o.json" 'assert j["mode"] == "request_rate" and j["steps"][0]["request_rate"] == 40 and j["steps"][0]["ok"] > 0'
 
