@@ -1028,6 +1028,13 @@ int Run() {
       r.core_gflops = *g;
     }
     PrintRow(r, core);
+    if (!r.total_errors.empty()) {
+      // The row shows the measured windows; failures anywhere in the step
+      // (warm-up included) are listed here.
+      std::string errors;
+      for (const auto& [code, n] : r.total_errors) absl::StrAppend(&errors, " ", code, "=", n);
+      std::printf("  step total: ok=%lld failed:%s\n", static_cast<long long>(r.total_ok), errors.c_str());
+    }
     steps.push_back(std::move(r));
   }
   if (!absl::GetFlag(FLAGS_csv).empty()) {

@@ -338,6 +338,10 @@ std::string ServiceConfigJson(const AttentionClient::Options& options) {
     retry["retryableStatusCodes"] = json::array();
     retry["retryableStatusCodes"].push_back("UNAVAILABLE");
     retry["retryableStatusCodes"].push_back("RESOURCE_EXHAUSTED");
+    // A server that shuts down cancels the calls that reached its transport
+    // but not yet its handler; Attend is idempotent, so they are resent (a
+    // call this client cancels itself is never retried).
+    retry["retryableStatusCodes"].push_back("CANCELLED");
     json name = json::object();
     name["service"] = "attention.v1.AttentionService";
     json method = json::object();

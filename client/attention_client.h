@@ -5,8 +5,9 @@
 // ChannelTarget for how they are resolved). Every call
 // carries a deadline (Options::timeout unless the call overrides it).
 // Optional retries (gRPC's own retry policy, set through the channel's
-// service config) resend calls that failed with UNAVAILABLE or
-// RESOURCE_EXHAUSTED, with exponential backoff, honouring the server's
+// service config) resend calls that failed with UNAVAILABLE,
+// RESOURCE_EXHAUSTED or a server-side CANCELLED (a server that shuts down
+// cancels calls its handler never saw), with exponential backoff, honouring the server's
 // grpc-retry-pushback-ms hint.
 //
 // Errors come back as absl::Status with the gRPC code (same numbers) and the
@@ -53,7 +54,9 @@ class AttentionClient {
     // Deadline of each call (a call's own `timeout` wins when set).
     absl::Duration timeout = absl::Seconds(30);
     // Attempts per call, including the first (1 = no retries; gRPC caps it
-    // at 5). Retried: UNAVAILABLE, RESOURCE_EXHAUSTED. A call is retried
+    // at 5). Retried: UNAVAILABLE, RESOURCE_EXHAUSTED, and CANCELLED from
+    // the server (calls killed by its shutdown; the client's own
+    // cancellations are never retried). A call is retried
     // only before the server has answered with a response or headers, so
     // an AttendStream is retried only until its first response.
     int max_attempts = 1;

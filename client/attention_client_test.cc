@@ -724,7 +724,7 @@ TEST(AttentionClientOptionsTest, ServiceConfigHasRoundRobinAndRetryPolicyWhenAsk
   EXPECT_EQ(retry["maxBackoff"], "2.000000000s");
   EXPECT_EQ(retry["backoffMultiplier"], 2);
   EXPECT_EQ(retry["retryableStatusCodes"],
-            nlohmann::json::array({"UNAVAILABLE", "RESOURCE_EXHAUSTED"}));
+            nlohmann::json::array({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"}));
 
   o.targets = {"127.0.0.1:1"};
   o.max_attempts = 1;
