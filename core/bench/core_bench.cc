@@ -31,6 +31,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
 #include "benchmark/benchmark.h"
 #include "core/attention_batch.h"
@@ -318,11 +320,15 @@ void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
   }
 }
 
+// --shape=B,L,E,H: benchmark this shape too (plain and causal).
+std::vector<MhaShape> g_extra_shapes;
+
 void RegisterAll() {
   // (B, L, E, H); each plain and causal.
-  constexpr MhaShape kShapes[] = {
+  std::vector<MhaShape> kShapes = {
       {1, 512, 768, 12, false}, {8, 128, 768, 12, false}, {32, 16, 256, 4, false},
       {1, 2048, 1024, 16, false}};
+  kShapes.insert(kShapes.end(), g_extra_shapes.begin(), g_extra_shapes.end());
   // Causal only: its L² scores would be 16 GiB in f32 if materialised.
   constexpr MhaShape kHuge = {1, 16384, 1024, 16, true};
 
@@ -381,6 +387,29 @@ int main(int argc, char** argv) {
   using attn::core::g_threads;
   std::vector<char*> args(argv, argv + argc);
   if (!attn::core::ParseThreads(&args, &g_threads)) return 2;
+  // --shape=B,L,E,H (repeatable).
+  std::vector<char*> rest;
+  for (char* arg : args) {
+    const absl::string_view a(arg);
+    if (!absl::StartsWith(a, "--shape=")) {
+      rest.push_back(arg);
+      continue;
+    }
+    std::vector<int64_t> v;
+    bool ok = true;
+    for (absl::string_view part : absl::StrSplit(a.substr(8), ',')) {
+      int64_t x = 0;
+      ok = ok && absl::SimpleAtoi(part, &x) && x > 0;
+      v.push_back(x);
+    }
+    if (!ok || v.size() != 4) {
+      std::fprintf(stderr, "--shape: expected B,L,E,H of positive integers, got '%s'\n", arg + 8);
+      return 2;
+    }
+    attn::core::g_extra_shapes.push_back(
+        {v[0], v[1], static_cast<int>(v[2]), static_cast<int>(v[3]), false});
+  }
+  args = rest;
   omp_set_num_threads(g_threads);
 
   benchmark::AddCustomContext("omp_threads", std::to_string(g_threads));
