@@ -42,20 +42,6 @@ namespace {
 
 using attn::server::LogLevel;
 
-// Finished Attend requests by code, from attn_requests_total.
-std::map<std::string, int64_t> RequestCounts(const attn::server::ServerMetrics& metrics) {
-  std::map<std::string, int64_t> counts;
-  for (const auto& family : metrics.registry()->Collect()) {
-    if (family.name != "attn_requests_total") continue;
-    for (const auto& metric : family.metric) {
-      for (const auto& label : metric.label) {
-        if (label.name == "code") counts[label.value] += static_cast<int64_t>(metric.counter.value);
-      }
-    }
-  }
-  return counts;
-}
-
 int Run() {
   // Block the stop signals in every thread (threads inherit the mask), so
   // only the sigwait below sees them.
@@ -142,7 +128,7 @@ int Run() {
             {"grace", absl::FormatDuration(options.shutdown_grace)}});
   (*server)->Shutdown();
   // Every finished request by code, e.g. by_code=OK:1200,UNAVAILABLE:3.
-  const std::map<std::string, int64_t> by_code = RequestCounts((*server)->metrics());
+  const std::map<std::string, int64_t> by_code = (*server)->metrics().RequestCountsByCode();
   std::string counts;
   int64_t answered = 0;
   for (const auto& [code, n] : by_code) {

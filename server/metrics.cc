@@ -221,4 +221,17 @@ void ServerMetrics::InflightChanged(int64_t delta) {
   inflight_->Increment(static_cast<double>(delta));
 }
 
+std::map<std::string, int64_t> ServerMetrics::RequestCountsByCode() const {
+  std::map<std::string, int64_t> counts;
+  for (const auto& family : registry_->Collect()) {
+    if (family.name != "attn_requests_total") continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& label : metric.label) {
+        if (label.name == "code") counts[label.value] += static_cast<int64_t>(metric.counter.value);
+      }
+    }
+  }
+  return counts;
+}
+
 }  // namespace attn::server

@@ -132,6 +132,9 @@ class ServerMetrics {
   void RecordRequest(absl::string_view model, absl::StatusCode code);
   // attn_inflight_requests += delta.
   void InflightChanged(int64_t delta);
+  // Finished requests by code name over all models (attn_requests_total),
+  // e.g. {"OK": 1200, "UNAVAILABLE": 3}; codes never seen are absent.
+  std::map<std::string, int64_t> RequestCountsByCode() const;
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
   // The process_* metrics (ProcessMetrics, read from /proc/self at each

@@ -96,6 +96,15 @@ TEST_F(MetricsTest, CountsRequestsPerCode) {
   EXPECT_EQ(SeriesCount("attn_requests_total"), 3);
 }
 
+TEST_F(MetricsTest, RequestCountsByCodeSumsOverModels) {
+  metrics_.AddModel("a")->RequestFinished(absl::StatusCode::kOk);
+  metrics_.AddModel("b")->RequestFinished(absl::StatusCode::kOk);
+  metrics_.Find("b")->RequestFinished(absl::StatusCode::kUnavailable);
+  metrics_.RecordRequest("", absl::StatusCode::kNotFound);
+  const std::map<std::string, int64_t> want = {{"OK", 2}, {"UNAVAILABLE", 1}, {"NOT_FOUND", 1}};
+  EXPECT_EQ(metrics_.RequestCountsByCode(), want);
+}
+
 TEST_F(MetricsTest, RecordRequestFindsTheModel) {
   ModelMetrics* m = metrics_.AddModel("m");
   metrics_.RecordRequest("m", absl::StatusCode::kOk);

@@ -38,3 +38,8 @@ stop_server() {
   SERVER_PID=""
   return $rc
 }
+
+# ok_requests METRICS_URL: the server's OK Attend requests so far (attn_requests_total, all models).
+ok_requests() {
+  curl -sf "$1" | awk '/^attn_requests_total\{.*code="OK"/ {s += $2} END {print s + 0}'
+}

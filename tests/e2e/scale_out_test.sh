@@ -31,7 +31,7 @@ done
 SERVER_PID=""  # this script stops the replicas itself
 echo "replicas: ${targets[*]}"
 
-ok_of() { curl -sf "${urls[$1]}" | awk '/^attn_requests_total\{.*code="OK"/ {s += $2} END {print s + 0}'; }
+ok_of() { ok_requests "${urls[$1]}"; }
 # wait_ok REPLICA N: until replica REPLICA has answered N requests (30 s at most).
 wait_ok() {
   local i

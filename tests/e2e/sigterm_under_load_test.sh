@@ -25,7 +25,7 @@ start_server "$work/server.log" --max_queue_delay_us=2000 --shutdown_grace=30s
 bench_pid=$!
 
 # Mid-load: once the server has answered a good number of requests.
-ok_count() { curl -sf "$METRICS_URL" | awk '/^attn_requests_total\{.*code="OK"/ {s += $2} END {print s + 0}'; }
+ok_count() { ok_requests "$METRICS_URL"; }
 for _ in $(seq 1 300); do
   [ "$(ok_count)" -ge 200 ] && break
   sleep 0.05
