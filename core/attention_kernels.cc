@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/dtype.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace attn::core::kernels {
@@ -397,7 +398,52 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   }
 }
 
+// Sixteen floats rounded to bfloat16, returned as the upper halves of 32-bit
+// lanes: (bits + 0x7fff + lsb) >> 16 rounds to nearest even; NaN keeps its
+// sign and top payload bits and is made quiet.
+ATTN_AVX512 inline __m512i RoundBF16Bits(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __m512i quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));
+  return _mm512_srli_epi32(_mm512_mask_mov_epi32(rounded, nan, quiet), 16);
+}
+
+ATTN_AVX512 void RoundToBF16Avx512(float* v, size_t n) {
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = TailMask(static_cast<int>(std::min<size_t>(n - i, 16)));
+    const __m512 x = _mm512_maskz_loadu_ps(mask, v + i);
+    const __m512i r = _mm512_slli_epi32(RoundBF16Bits(x), 16);
+    _mm512_mask_storeu_ps(v + i, mask, _mm512_castsi512_ps(r));
+  }
+}
+
+ATTN_AVX512 void ConvertToBF16Avx512(const float* in, size_t n, uint16_t* out) {
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = TailMask(static_cast<int>(std::min<size_t>(n - i, 16)));
+    const __m512 x = _mm512_maskz_loadu_ps(mask, in + i);
+    _mm512_mask_cvtepi32_storeu_epi16(out + i, mask, RoundBF16Bits(x));
+  }
+}
+
 }  // namespace
+
+void RoundToBF16(float* v, size_t n, bool avx512) {
+  if (avx512) {
+    RoundToBF16Avx512(v, n);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) v[i] = BF16ToFloat(FloatToBF16(v[i]));
+}
+
+void ConvertToBF16(const float* in, size_t n, uint16_t* out, bool avx512) {
+  if (avx512) {
+    ConvertToBF16Avx512(in, n, out);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) out[i] = FloatToBF16(in[i]);
+}
 
 bool UseAvx512() {
   static const bool use = [] {

@@ -15,9 +15,23 @@
 namespace attn::core {
 namespace {
 
+// How a case runs: float32, bf16 on the float32 kernels (emulated), or bf16
+// with oneDNN bf16 matmuls (native; oneDNN emulates them below
+// avx512_core_bf16, and has none below avx512_core).
+enum class Mode { kF32, kBF16, kBF16Native };
+
 // fp32 within 1e-4 of the float64 results; bf16 (weights and activations
 // rounded to bfloat16, float32 accumulation) within 5e-2.
-float Tolerance(DType dtype) { return dtype == DType::kF32 ? 1e-4f : 5e-2f; }
+float Tolerance(Mode mode) { return mode == Mode::kF32 ? 1e-4f : 5e-2f; }
+
+std::string ModeName(Mode mode) {
+  switch (mode) {
+    case Mode::kF32: return "float32";
+    case Mode::kBF16: return "bfloat16";
+    case Mode::kBF16Native: return "bfloat16_native";
+  }
+  return "unknown";
+}
 
 int MetaInt(const SafetensorsFile& f, const std::string& key) {
   int v = 0;
@@ -27,17 +41,26 @@ int MetaInt(const SafetensorsFile& f, const std::string& key) {
 
 }  // namespace
 
-// gtest prints parameters with this (else as raw bytes in test names).
-void PrintTo(DType dtype, std::ostream* os) { *os << DTypeName(dtype); }
-
 namespace {
 
-class GoldenTest : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
+// gtest prints parameters with this (else as raw bytes in test names).
+void PrintTo(Mode mode, std::ostream* os) { *os << ModeName(mode); }
+
+class GoldenTest : public ::testing::TestWithParam<std::tuple<std::string, Mode>> {};
 
 TEST_P(GoldenTest, MatchesPyTorchFloat64) {
   const std::string path = std::string(ATTN_TEST_DATA_DIR) + "/golden/" + std::get<0>(GetParam());
-  const DType dtype = std::get<1>(GetParam());
-  const float kTolerance = Tolerance(dtype);
+  const Mode mode = std::get<1>(GetParam());
+  const float kTolerance = Tolerance(mode);
+  MultiHeadAttention::Options options;
+  if (mode == Mode::kBF16Native) {
+    if (MultiHeadAttention::OneDnnIsa().rfind("avx512_core", 0) != 0) {
+      GTEST_SKIP() << "oneDNN has no bf16 matmul at ISA " << MultiHeadAttention::OneDnnIsa();
+    }
+    options.bf16_compute = MultiHeadAttention::Options::BF16Compute::kNative;
+  } else if (mode == Mode::kBF16) {
+    options.bf16_compute = MultiHeadAttention::Options::BF16Compute::kEmulated;
+  }
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   const SafetensorsFile& f = **file;
@@ -48,7 +71,7 @@ TEST_P(GoldenTest, MatchesPyTorchFloat64) {
   c.kdim = MetaInt(f, "kdim");
   c.vdim = MetaInt(f, "vdim");
   c.bias = MetaInt(f, "bias") != 0;
-  c.dtype = dtype;
+  c.dtype = mode == Mode::kF32 ? DType::kF32 : DType::kBF16;
   const bool causal = MetaInt(f, "causal") != 0;
   const bool self = MetaInt(f, "self_attention") != 0;
   WeightLoadOptions load;
@@ -56,8 +79,9 @@ TEST_P(GoldenTest, MatchesPyTorchFloat64) {
                                                                 : WeightNaming::kTorchMha;
   auto weights = LoadAttentionWeights(f, c, load);
   ASSERT_TRUE(weights.ok()) << weights.status();
-  auto mha = MultiHeadAttention::Create(c, *weights, {});
+  auto mha = MultiHeadAttention::Create(c, *weights, options);
   ASSERT_TRUE(mha.ok()) << mha.status();
+  ASSERT_EQ((*mha)->native_bf16(), mode == Mode::kBF16Native);
 
   const TensorView* q = f.Find("input.query");
   ASSERT_NE(q, nullptr);
@@ -126,11 +150,12 @@ std::vector<std::string> GoldenFiles() {
 
 INSTANTIATE_TEST_SUITE_P(AllCases, GoldenTest,
                          ::testing::Combine(::testing::ValuesIn(GoldenFiles()),
-                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                                            ::testing::Values(Mode::kF32, Mode::kBF16,
+                                                              Mode::kBF16Native)),
                          [](const auto& info) {
                            const std::string& file = std::get<0>(info.param);
                            return file.substr(0, file.find('.')) + "_" +
-                                  std::string(DTypeName(std::get<1>(info.param)));
+                                  ModeName(std::get<1>(info.param));
                          });
 
 TEST(GoldenSetTest, HasEveryCase) { EXPECT_EQ(GoldenFiles().size(), 7u); }

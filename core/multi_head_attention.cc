@@ -33,13 +33,15 @@ constexpr int64_t kSoloRows = 64;
 constexpr double kSoloFlops = 4e6;
 
 // y[rows, out] = x[rows, in] Wᵀ + b with oneDNN matmuls on weights packed once
-// in the layout each primitive prefers.
+// in the layout each primitive prefers. x and the weights are f32 or bf16
+// (`src_dt`); y and the bias are f32.
 class Linear {
  public:
   void Init(const dnnl::engine& eng, int in, int out, const std::vector<float>& w,
-            const std::vector<float>& b) {
+            const std::vector<float>& b, Dt src_dt = Dt::f32) {
     in_ = in;
     out_ = out;
+    src_dt_ = src_dt;
     dnnl::stream strm(eng);
     // PyTorch's [out, in] row-major is the [in, out] matrix in format ba.
     memory plain_w({{in, out}, Dt::f32, Tag::ba}, eng, const_cast<float*>(w.data()));
@@ -49,8 +51,8 @@ class Linear {
       std::copy(b.begin(), b.end(), static_cast<float*>(bias_.get_data_handle()));
     }
     auto make = [&](int64_t m) {
-      const memory::desc src_md({m, in}, Dt::f32, Tag::ab);
-      const memory::desc w_md({in, out}, Dt::f32, Tag::any);
+      const memory::desc src_md({m, in}, src_dt, Tag::ab);
+      const memory::desc w_md({in, out}, src_dt, Tag::any);
       const memory::desc dst_md({m, out}, Dt::f32, Tag::ab);
       const auto desc = b.empty() ? dnnl::matmul::desc(src_md, w_md, dst_md)
                                   : dnnl::matmul::desc(src_md, w_md, b_md, dst_md);
@@ -80,8 +82,9 @@ class Linear {
   }
 
   // `solo`: rows <= kSoloRows, with the single-thread primitives.
-  void Run(const dnnl::engine& eng, dnnl::stream& strm, const float* x, int64_t rows, float* y,
+  void Run(const dnnl::engine& eng, dnnl::stream& strm, const void* x, int64_t rows, float* y,
            bool solo = false) const {
+    const size_t x_row_bytes = static_cast<size_t>(in_) * (src_dt_ == Dt::f32 ? 4 : 2);
     const std::vector<Chunk>& chunks = solo ? solo_chunks_ : chunks_;
     int64_t done = 0;
     while (done < rows) {
@@ -91,7 +94,8 @@ class Linear {
         if (candidate.rows <= rows - done) break;
       }
       const int64_t n = std::min(c->rows, rows - done);
-      memory src({{c->rows, in_}, Dt::f32, Tag::ab}, eng, const_cast<float*>(x + done * in_));
+      memory src({{c->rows, in_}, src_dt_, Tag::ab}, eng,
+                 const_cast<char*>(static_cast<const char*>(x) + done * x_row_bytes));
       memory dst({{c->rows, out_}, Dt::f32, Tag::ab}, eng, y + done * out_);
       std::unordered_map<int, memory> args = {
           {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights_[c->weights]}, {DNNL_ARG_DST, dst}};
@@ -115,18 +119,56 @@ class Linear {
   };
   int in_ = 0;
   int out_ = 0;
+  Dt src_dt_ = Dt::f32;
   std::vector<Chunk> chunks_;       // largest first
   std::vector<Chunk> solo_chunks_;  // rows <= kSoloRows, for one thread; largest first
   std::vector<memory> weights_;
   memory bias_;
 };
 
+// oneDNN's bf16 matmuls exist from avx512_core up (emulated there, native
+// from avx512_core_bf16); below it oneDNN has none.
+bool OneDnnHasAvx512Core() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto core = static_cast<unsigned>(dnnl::cpu_isa::avx512_core);
+  return (isa & core) == core;
+}
+
+// Runs fn(begin, end) over [0, n) in chunks shared by the OpenMP team, or in
+// one call on this thread when n is small or the batch is solo. For the
+// memory-bound bf16 conversions.
+template <typename Fn>
+void ForChunks(size_t n, bool solo, Fn fn) {
+  constexpr size_t kGrain = size_t{1} << 15;
+  if (solo || n < 2 * kGrain) {
+    fn(size_t{0}, n);
+    return;
+  }
+  const int64_t chunks = static_cast<int64_t>((n + kGrain - 1) / kGrain);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const size_t begin = static_cast<size_t>(c) * kGrain;
+    fn(begin, std::min(n, begin + kGrain));
+  }
+}
+
 // Rounds every value to the nearest bfloat16 (bf16 models compute on bf16
 // values with float32 accumulation).
-void RoundToBF16(float* v, size_t n) {
-  for (size_t i = 0; i < n; ++i) v[i] = BF16ToFloat(FloatToBF16(v[i]));
+void RoundToBF16(float* v, size_t n, bool solo) {
+  const bool avx512 = kernels::UseAvx512();
+  ForChunks(n, solo, [&](size_t b, size_t e) { kernels::RoundToBF16(v + b, e - b, avx512); });
 }
-void RoundToBF16(std::vector<float>* v) { RoundToBF16(v->data(), v->size()); }
+void RoundToBF16(std::vector<float>* v) { RoundToBF16(v->data(), v->size(), /*solo=*/true); }
+
+// bf16 bits of n floats into `buffer` (grown as needed); returns its data.
+const uint16_t* ToBF16(const float* in, size_t n, std::vector<uint16_t>& buffer, bool solo) {
+  if (buffer.size() < n) buffer.resize(n);
+  uint16_t* out = buffer.data();
+  const bool avx512 = kernels::UseAvx512();
+  ForChunks(n, solo,
+            [&](size_t b, size_t e) { kernels::ConvertToBF16(in + b, e - b, out + b, avx512); });
+  return out;
+}
 
 
 // Scratch buffers reused by every Forward() on the same thread. Growing
@@ -134,6 +176,7 @@ void RoundToBF16(std::vector<float>* v) { RoundToBF16(v->data(), v->size()); }
 // nor zero-fills (both cost as much as the attention itself on small shapes).
 struct Scratch {
   std::vector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
+  std::vector<uint16_t> xq16, xk16, xv16, attn16;  // bf16 matmul inputs (native bf16)
 
   static float* Get(std::vector<float>& buffer, size_t n) {
     if (buffer.size() < n) buffer.resize(n);
@@ -147,6 +190,7 @@ struct MultiHeadAttention::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   bool avx512 = false;
   bool fused_qkv = false;  // self-attention: one matmul for q, k and v
+  bool native_bf16 = false;  // projections are bf16 matmuls (BF16Compute)
   int threads = 1;         // the team size of a batch that is not solo
   Linear qkv;              // [E] -> [E + 2 * kv_proj_dim] (self-attention only)
   Linear q, k, v, o;       // q/k/v for cross-attention; o always
@@ -166,6 +210,17 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("num_threads: expected >= 0, got ", options.num_threads));
   }
+  using BF16Compute = Options::BF16Compute;
+  const bool native_bf16 =
+      config.dtype == DType::kBF16 &&
+      (options.bf16_compute == BF16Compute::kNative ||
+       (options.bf16_compute == BF16Compute::kAuto && CpuHasNativeBF16()));
+  if (native_bf16 && !OneDnnHasAvx512Core()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "bf16_compute: native bf16 matmuls need oneDNN ISA avx512_core or later, this CPU (or "
+        "ONEDNN_MAX_CPU_ISA) gives ",
+        OneDnnIsa(), "; use the emulated or auto mode"));
+  }
   AttentionWeights w = weights;
   if (config.dtype != DType::kF32) {
     for (auto* t : {&w.q_weight, &w.k_weight, &w.v_weight, &w.o_weight, &w.q_bias, &w.k_bias,
@@ -180,6 +235,8 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
 
   auto impl = std::make_unique<Impl>();
   impl->avx512 = kernels::UseAvx512();
+  impl->native_bf16 = native_bf16;
+  const Dt src_dt = native_bf16 ? Dt::bf16 : Dt::f32;
   try {
     const int e = config.embed_dim;
     const int kv = config.kv_proj_dim();
@@ -192,12 +249,12 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
       qkv_w.insert(qkv_w.end(), w.v_weight.begin(), w.v_weight.end());
       qkv_b.insert(qkv_b.end(), w.k_bias.begin(), w.k_bias.end());
       qkv_b.insert(qkv_b.end(), w.v_bias.begin(), w.v_bias.end());
-      impl->qkv.Init(impl->engine, e, e + 2 * kv, qkv_w, qkv_b);
+      impl->qkv.Init(impl->engine, e, e + 2 * kv, qkv_w, qkv_b, src_dt);
     }
-    impl->q.Init(impl->engine, e, e, w.q_weight, w.q_bias);
-    impl->k.Init(impl->engine, config.key_dim(), kv, w.k_weight, w.k_bias);
-    impl->v.Init(impl->engine, config.value_dim(), kv, w.v_weight, w.v_bias);
-    impl->o.Init(impl->engine, e, e, w.o_weight, w.o_bias);
+    impl->q.Init(impl->engine, e, e, w.q_weight, w.q_bias, src_dt);
+    impl->k.Init(impl->engine, config.key_dim(), kv, w.k_weight, w.k_bias, src_dt);
+    impl->v.Init(impl->engine, config.value_dim(), kv, w.v_weight, w.v_bias, src_dt);
+    impl->o.Init(impl->engine, e, e, w.o_weight, w.o_bias, src_dt);
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
   }
@@ -228,6 +285,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   const int64_t nk = ko.back();
   const int num_seqs = batch.num_sequences();
   const bool bf16 = config_.dtype == DType::kBF16;
+  const bool native_bf16 = impl_->native_bf16;
 
   // A small batch runs on this thread alone (see kSoloRows); otherwise on
   // the team the options ask for.
@@ -241,15 +299,23 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   static thread_local Scratch scratch;
   const size_t q_elems = static_cast<size_t>(nq) * e;
   // bf16 activations: the inputs, the projected q/k/v and the attention
-  // result are rounded to bfloat16 before each matmul reads them.
-  const float* xq = batch.query.data();
-  const float* xk = batch.cross_attention ? batch.key.data() : xq;
-  const float* xv = batch.cross_attention ? batch.value.data() : xq;
-  if (bf16) {
-    auto rounded = [](absl::Span<const float> in, std::vector<float>& buffer) {
+  // result are rounded to bfloat16 before each matmul reads them (native:
+  // converted to bf16 for the bf16 matmuls; emulated: rounded in float32).
+  const void* xq = batch.query.data();
+  const void* xk = batch.cross_attention ? batch.key.data() : xq;
+  const void* xv = batch.cross_attention ? batch.value.data() : xq;
+  if (native_bf16) {
+    auto converted = [&](absl::Span<const float> in, std::vector<uint16_t>& buffer) {
+      return ToBF16(in.data(), in.size(), buffer, solo);
+    };
+    xq = converted(batch.query, scratch.xq16);
+    xk = batch.cross_attention ? converted(batch.key, scratch.xk16) : xq;
+    xv = batch.cross_attention ? converted(batch.value, scratch.xv16) : xq;
+  } else if (bf16) {
+    auto rounded = [&](absl::Span<const float> in, std::vector<float>& buffer) {
       float* out = Scratch::Get(buffer, in.size());
       std::copy(in.begin(), in.end(), out);
-      RoundToBF16(out, in.size());
+      RoundToBF16(out, in.size(), solo);
       return out;
     };
     xq = rounded(batch.query, scratch.xq);
@@ -281,7 +347,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       float* qkv = Scratch::Get(scratch.qkv, nq * ld);
       impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv, solo);
       strm.wait();
-      if (bf16) RoundToBF16(qkv, nq * ld);
+      if (bf16) RoundToBF16(qkv, nq * ld, solo);
       q = qkv;
       k = qkv + e;
       v = qkv + e + kvd;
@@ -295,9 +361,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       impl_->v.Run(impl_->engine, strm, xv, nk, vb, solo);
       strm.wait();
       if (bf16) {
-        RoundToBF16(qb, q_elems);
-        RoundToBF16(kb, nk * kvd);
-        RoundToBF16(vb, nk * kvd);
+        RoundToBF16(qb, q_elems, solo);
+        RoundToBF16(kb, nk * kvd, solo);
+        RoundToBF16(vb, nk * kvd, solo);
       }
       q = qb;
       k = kb;
@@ -405,9 +471,14 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
         }
       }
     }
-    if (bf16) RoundToBF16(attn, q_elems);
+    const void* o_in = attn;
+    if (native_bf16) {
+      o_in = ToBF16(attn, q_elems, scratch.attn16, solo);
+    } else if (bf16) {
+      RoundToBF16(attn, q_elems, solo);
+    }
     t2 = Clock::now();
-    impl_->o.Run(impl_->engine, strm, attn, nq, result->output.data(), solo);
+    impl_->o.Run(impl_->engine, strm, o_in, nq, result->output.data(), solo);
     strm.wait();
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
@@ -426,6 +497,14 @@ std::vector<std::string> MultiHeadAttention::ImplementationNames() const {
   for (const Linear* l : {&impl_->q, &impl_->k, &impl_->v, &impl_->o}) l->AppendImplNames(&names);
   names.push_back(impl_->avx512 ? "attention:avx512" : "attention:portable");
   return names;
+}
+
+bool MultiHeadAttention::native_bf16() const { return impl_->native_bf16; }
+
+bool MultiHeadAttention::CpuHasNativeBF16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & bf16) == bf16;
 }
 
 std::string MultiHeadAttention::OneDnnVersion() {

@@ -35,7 +35,29 @@ class MultiHeadAttention {
     // OpenMP threads used by Forward(); 0 keeps the OpenMP default
     // (OMP_NUM_THREADS, else one per core).
     int num_threads = 0;
+
+    // How a bfloat16 model computes (float32 models ignore it). Both ways
+    // give bf16 semantics: weights, inputs, projected q/k/v and the attention
+    // result are bf16 values; products accumulate and softmax runs in float32.
+    //   kEmulated: the values are rounded to bf16 and run on the float32
+    //     kernels (float32 speed; the right choice without bf16 instructions).
+    //   kNative: the projections are oneDNN bf16 matmuls on weights stored
+    //     as bf16 (half the weight memory and bandwidth). Where the CPU has no
+    //     bf16 instructions oneDNN emulates them, several times slower.
+    //   kAuto: kNative when oneDNN dispatches bf16 instructions
+    //     (avx512_core_bf16 or later, e.g. AMD Zen 4, Intel Cooper Lake), else
+    //     kEmulated.
+    // The attention kernel itself runs in float32 on bf16 values either way.
+    enum class BF16Compute { kAuto, kEmulated, kNative };
+    BF16Compute bf16_compute = BF16Compute::kAuto;
   };
+
+  // True when oneDNN dispatches native bf16 instructions on this CPU (under
+  // ONEDNN_MAX_CPU_ISA): what BF16Compute::kAuto checks.
+  static bool CpuHasNativeBF16();
+
+  // True when this instance runs its projections as bf16 matmuls.
+  bool native_bf16() const;
 
   // Validates config and weights, packs the weights and builds every oneDNN
   // primitive Forward() will use. dtype kBF16 rounds weights and activations

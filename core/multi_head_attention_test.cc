@@ -270,11 +270,90 @@ TEST(MultiHeadAttentionTest, Bf16MatchesReferenceWithinBf16Tolerance) {
   EXPECT_NE(exact.output, got.output);
 }
 
-TEST(MultiHeadAttentionTest, UsesJitImplementationsAndCreatesNoPrimitivePerRequest) {
-  const AttentionConfig c = Config(256, 4);
-  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});
-  ASSERT_TRUE(mha.ok());
-  const std::vector<std::string> names = (*mha)->ImplementationNames();
+using BF16Compute = MultiHeadAttention::Options::BF16Compute;
+
+// oneDNN has bf16 matmuls (emulated or native) from avx512_core up.
+bool OneDnnHasBf16Matmuls() {
+  return MultiHeadAttention::OneDnnIsa().rfind("avx512_core", 0) == 0;
+}
+
+MultiHeadAttention::Options WithBf16(BF16Compute mode) {
+  MultiHeadAttention::Options o;
+  o.bf16_compute = mode;
+  return o;
+}
+
+TEST(MultiHeadAttentionTest, Bf16ComputeModes) {
+  AttentionConfig c = Config(64, 4);
+  const AttentionWeights w = RandomAttentionWeights(c, 2);
+  auto f32 = MultiHeadAttention::Create(c, w, WithBf16(BF16Compute::kNative));
+  ASSERT_TRUE(f32.ok()) << f32.status();
+  EXPECT_FALSE((*f32)->native_bf16()) << "a float32 model ignores bf16_compute";
+  c.dtype = DType::kBF16;
+  auto emulated = MultiHeadAttention::Create(c, w, WithBf16(BF16Compute::kEmulated));
+  ASSERT_TRUE(emulated.ok()) << emulated.status();
+  EXPECT_FALSE((*emulated)->native_bf16());
+  auto automatic = MultiHeadAttention::Create(c, w, {});
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_EQ((*automatic)->native_bf16(), MultiHeadAttention::CpuHasNativeBF16());
+  auto native = MultiHeadAttention::Create(c, w, WithBf16(BF16Compute::kNative));
+  if (OneDnnHasBf16Matmuls()) {
+    ASSERT_TRUE(native.ok()) << native.status();
+    EXPECT_TRUE((*native)->native_bf16());
+  } else {
+    EXPECT_EQ(native.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(native.status().message().find("bf16_compute"), std::string::npos)
+        << native.status();
+  }
+}
+
+// Native bf16 (bf16 matmuls for the projections) gives the same bf16
+// semantics as the emulated path: both match the float64 reference within
+// bf16 tolerance and each other closely, over self/cross, GQA, causal and
+// ragged batches longer than one 512-row matmul chunk.
+TEST(MultiHeadAttentionTest, NativeBf16MatchesEmulatedAndReference) {
+  if (!OneDnnHasBf16Matmuls()) GTEST_SKIP() << "oneDNN has no bf16 matmul at this ISA";
+  const std::vector<Case> cases = {
+      Case{"SelfGqaCausalRagged", Config(128, 4, 2), {33, 0, 700, 1}, {}, true},
+      Case{"CrossKdimVdim", Config(64, 4, 0, 24, 40), {4, 6}, {9, 300}},
+      Case{"HeadDim80NoBias", Config(160, 2, 0, 0, 0, false), {70}, {}},
+  };
+  for (const Case& base : cases) {
+    SCOPED_TRACE(base.name);
+    Case c = base;
+    const AttentionWeights w = RandomAttentionWeights(c.config, 9);
+    c.config.dtype = DType::kBF16;
+    auto native = MultiHeadAttention::Create(c.config, w, WithBf16(BF16Compute::kNative));
+    auto emulated = MultiHeadAttention::Create(c.config, w, WithBf16(BF16Compute::kEmulated));
+    ASSERT_TRUE(native.ok()) << native.status();
+    ASSERT_TRUE(emulated.ok()) << emulated.status();
+    for (const std::string& name : (*native)->ImplementationNames()) {
+      EXPECT_EQ(name.find("ref"), std::string::npos) << name;
+    }
+    std::mt19937_64 rng(21);
+    Inputs in = MakeInputs(c, rng, /*need_probs=*/true);
+    AttentionResult got, emu, want;
+    ASSERT_TRUE((*native)->Forward(in.batch, &got).ok());
+    ASSERT_TRUE((*emulated)->Forward(in.batch, &emu).ok());
+    ASSERT_TRUE(ReferenceAttention(c.config, w, in.batch, &want).ok());
+    ExpectNear(got.output, want.output, 5e-2f, "native output vs reference");
+    ExpectNear(got.probs, want.probs, 2e-2f, "native probs vs reference");
+    ExpectNear(got.output, emu.output, 2e-2f, "native vs emulated output");
+    // Solo path (a batch of a few rows runs on one thread).
+    Inputs small = MakeInputs(Case{"s", c.config, {3}, c.kv_lengths.empty()
+                                                           ? std::vector<int64_t>{}
+                                                           : std::vector<int64_t>{5}, c.causal},
+                              rng, false);
+    ASSERT_TRUE((*native)->Forward(small.batch, &got).ok());
+    ASSERT_TRUE(ReferenceAttention(c.config, w, small.batch, &want).ok());
+    ExpectNear(got.output, want.output, 5e-2f, "native solo output vs reference");
+  }
+}
+
+// The checks below run on a float32 model and on a native-bf16 one.
+void ExpectJitOnlyAndNoPrimitivePerRequest(const MultiHeadAttention& mha) {
+  const AttentionConfig& c = mha.config();
+  const std::vector<std::string> names = mha.ImplementationNames();
   ASSERT_FALSE(names.empty());
   for (const std::string& name : names) EXPECT_EQ(name.find("ref"), std::string::npos) << name;
   const char* isa_limit = std::getenv("ONEDNN_MAX_CPU_ISA");
@@ -294,7 +373,7 @@ TEST(MultiHeadAttentionTest, UsesJitImplementationsAndCreatesNoPrimitivePerReque
   ::testing::internal::CaptureStdout();
   for (const Inputs& in : inputs) {
     AttentionResult r;
-    ASSERT_TRUE((*mha)->Forward(in.batch, &r).ok());
+    ASSERT_TRUE(mha.Forward(in.batch, &r).ok());
   }
   std::fflush(stdout);
   const std::string log = ::testing::internal::GetCapturedStdout();
@@ -308,6 +387,23 @@ TEST(MultiHeadAttentionTest, UsesJitImplementationsAndCreatesNoPrimitivePerReque
     if (line.rfind("onednn_verbose,exec", 0) == 0) ++execs;
   }
   EXPECT_GT(execs, 0) << log;
+}
+
+TEST(MultiHeadAttentionTest, UsesJitImplementationsAndCreatesNoPrimitivePerRequest) {
+  AttentionConfig c = Config(256, 4);
+  const AttentionWeights w = RandomAttentionWeights(c, 1);
+  auto mha = MultiHeadAttention::Create(c, w, {});
+  ASSERT_TRUE(mha.ok());
+  {
+    SCOPED_TRACE("float32");
+    ExpectJitOnlyAndNoPrimitivePerRequest(**mha);
+  }
+  if (!OneDnnHasBf16Matmuls()) return;
+  c.dtype = DType::kBF16;
+  auto native = MultiHeadAttention::Create(c, w, WithBf16(BF16Compute::kNative));
+  ASSERT_TRUE(native.ok()) << native.status();
+  SCOPED_TRACE("bf16 native");
+  ExpectJitOnlyAndNoPrimitivePerRequest(**native);
 }
 
 TEST(MultiHeadAttentionTest, DeterministicAcrossRuns) {

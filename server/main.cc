@@ -82,12 +82,17 @@ int Run() {
   }
   for (const attn::server::Model* model : (*repository)->models()) {
     const attn::core::AttentionConfig& c = model->config;
+    const bool bf16 = c.dtype == attn::core::DType::kBF16;
     log->Log(LogLevel::kInfo, "model_loaded",
              {{"model", model->name},
               {"embed_dim", absl::StrCat(c.embed_dim)},
               {"num_heads", absl::StrCat(c.num_heads)},
               {"num_kv_heads", absl::StrCat(c.kv_heads())},
-              {"dtype", c.dtype == attn::core::DType::kBF16 ? "bfloat16" : "float32"},
+              {"dtype", bf16 ? "bfloat16" : "float32"},
+              // How the layer computes here (see MultiHeadAttention::Options).
+              {"compute", !bf16                         ? "float32"
+                          : model->mha->native_bf16() ? "bf16_native"
+                                                      : "bf16_emulated"},
               {"max_seq_len", absl::StrCat(model->max_seq_len)}});
   }
   attn::server::AttentionServer::Options options;

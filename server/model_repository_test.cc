@@ -98,6 +98,8 @@ TEST_F(ModelRepositoryTest, Bfloat16ComputeIsAcceptedAndFloat16Refused) {
   auto repo = Load();
   ASSERT_TRUE(repo.ok()) << repo.status();
   EXPECT_EQ((*repo)->Find("bf")->config.dtype, core::DType::kBF16);
+  // Native bf16 matmuls exactly where the CPU has bf16 instructions.
+  EXPECT_EQ((*repo)->Find("bf")->mha->native_bf16(), core::MultiHeadAttention::CpuHasNativeBF16());
   WriteQkvoModel("half", "dtype: FLOAT16\n");
   repo = Load();
   ASSERT_FALSE(repo.ok());

@@ -1,7 +1,8 @@
 // attention-core-bench: MultiHeadAttention::Forward on fixed shapes, in f32
 // and bf16, with GFLOP/s and the fraction of a same-run oneDNN GEMM peak.
 //
-//   attention-core-bench [--threads=N] [--benchmark_* flags]
+//   attention-core-bench [--threads=N] [--shape=B,L,E,H]...
+//                        [--bf16=auto|emulated|native] [--benchmark_* flags]
 //
 // --threads (default 2) sets the OpenMP team for both the GEMM peak and the
 // attention layer; it is parsed here and removed before Google Benchmark
@@ -52,6 +53,7 @@ using Dt = memory::data_type;
 
 // Set once in main() before any benchmark runs; read-only afterwards.
 int g_threads = 2;
+MultiHeadAttention::Options::BF16Compute g_bf16 = MultiHeadAttention::Options::BF16Compute::kAuto;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -244,6 +246,7 @@ void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
   const AttentionWeights weights = RandomAttentionWeights(config, /*seed=*/42);
   MultiHeadAttention::Options options;
   options.num_threads = g_threads;
+  options.bf16_compute = g_bf16;
   absl::StatusOr<std::unique_ptr<MultiHeadAttention>> mha =
       MultiHeadAttention::Create(config, weights, options);
   if (!mha.ok()) {
@@ -316,7 +319,10 @@ void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
   state.counters["omp_threads"] = g_threads;
   state.counters["max_rss_mib"] = MaxRssMiB();
   for (const std::string& impl : (*mha)->ImplementationNames()) {
-    if (absl::StartsWith(impl, "attention:")) state.SetLabel(impl);
+    if (!absl::StartsWith(impl, "attention:")) continue;
+    state.SetLabel(dtype == DType::kBF16
+                       ? absl::StrCat(impl, (*mha)->native_bf16() ? " bf16:native" : " bf16:emulated")
+                       : impl);
   }
 }
 
@@ -387,10 +393,25 @@ int main(int argc, char** argv) {
   using attn::core::g_threads;
   std::vector<char*> args(argv, argv + argc);
   if (!attn::core::ParseThreads(&args, &g_threads)) return 2;
-  // --shape=B,L,E,H (repeatable).
+  // --shape=B,L,E,H (repeatable); --bf16=auto|emulated|native.
+  using BF16Compute = attn::core::MultiHeadAttention::Options::BF16Compute;
   std::vector<char*> rest;
   for (char* arg : args) {
     const absl::string_view a(arg);
+    if (absl::StartsWith(a, "--bf16=")) {
+      const absl::string_view mode = a.substr(7);
+      if (mode == "auto") {
+        attn::core::g_bf16 = BF16Compute::kAuto;
+      } else if (mode == "emulated") {
+        attn::core::g_bf16 = BF16Compute::kEmulated;
+      } else if (mode == "native") {
+        attn::core::g_bf16 = BF16Compute::kNative;
+      } else {
+        std::fprintf(stderr, "--bf16: expected auto, emulated or native, got '%s'\n", arg + 7);
+        return 2;
+      }
+      continue;
+    }
     if (!absl::StartsWith(a, "--shape=")) {
       rest.push_back(arg);
       continue;
@@ -416,6 +437,12 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("onednn_version",
                               attn::core::MultiHeadAttention::OneDnnVersion());
   benchmark::AddCustomContext("onednn_isa", attn::core::MultiHeadAttention::OneDnnIsa());
+  benchmark::AddCustomContext(
+      "bf16_compute", attn::core::g_bf16 == BF16Compute::kAuto       ? "auto"
+                      : attn::core::g_bf16 == BF16Compute::kEmulated ? "emulated"
+                                                                     : "native");
+  benchmark::AddCustomContext(
+      "cpu_native_bf16", attn::core::MultiHeadAttention::CpuHasNativeBF16() ? "yes" : "no");
   attn::core::RegisterAll();
 
   int n = static_cast<int>(args.size());
