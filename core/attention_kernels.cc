@@ -348,6 +348,15 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   const int kv_end = VisibleKeys(h, i0 + bq - 1);
   const bool probs = h.probs != nullptr;
   const float* q = h.q + static_cast<ptrdiff_t>(i0) * h.ldq;
+  // The block's output rows are written once, at the end, to a buffer that
+  // is usually no longer in cache: ask for their lines now, for writing, so
+  // the misses overlap the compute instead of stalling the final stores.
+  for (int r = 0; r < bq; ++r) {
+    const char* row = reinterpret_cast<const char*>(h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo);
+    for (int c = 0; c < d * static_cast<int>(sizeof(float)); c += 64) {
+      __builtin_prefetch(row + c, /*rw=*/1, /*locality=*/3);
+    }
+  }
 
   // Walks key blocks x row groups: the group's scores, then `row(r, j0, sr,
   // visible, bk_pad)` for each row that sees a key of the block, then P·V into

@@ -161,7 +161,8 @@ void RoundToBF16(float* v, size_t n, bool solo) {
 void RoundToBF16(std::vector<float>* v) { RoundToBF16(v->data(), v->size(), /*solo=*/true); }
 
 // bf16 bits of n floats into `buffer` (grown as needed); returns its data.
-const uint16_t* ToBF16(const float* in, size_t n, std::vector<uint16_t>& buffer, bool solo) {
+const uint16_t* ToBF16(const float* in, size_t n, kernels::AlignedVector<uint16_t>& buffer,
+                       bool solo) {
   if (buffer.size() < n) buffer.resize(n);
   uint16_t* out = buffer.data();
   const bool avx512 = kernels::UseAvx512();
@@ -175,10 +176,11 @@ const uint16_t* ToBF16(const float* in, size_t n, std::vector<uint16_t>& buffer,
 // vectors keep their pages, so a steady stream of requests neither allocates
 // nor zero-fills (both cost as much as the attention itself on small shapes).
 struct Scratch {
-  std::vector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
-  std::vector<uint16_t> xq16, xk16, xv16, attn16;  // bf16 matmul inputs (native bf16)
+  // On cache lines: threads write q/k/v and attention rows in head slices.
+  kernels::AlignedVector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
+  kernels::AlignedVector<uint16_t> xq16, xk16, xv16, attn16;  // bf16 matmul inputs (native bf16)
 
-  static float* Get(std::vector<float>& buffer, size_t n) {
+  static float* Get(kernels::AlignedVector<float>& buffer, size_t n) {
     if (buffer.size() < n) buffer.resize(n);
     return buffer.data();
   }
@@ -305,14 +307,14 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   const void* xk = batch.cross_attention ? batch.key.data() : xq;
   const void* xv = batch.cross_attention ? batch.value.data() : xq;
   if (native_bf16) {
-    auto converted = [&](absl::Span<const float> in, std::vector<uint16_t>& buffer) {
+    auto converted = [&](absl::Span<const float> in, kernels::AlignedVector<uint16_t>& buffer) {
       return ToBF16(in.data(), in.size(), buffer, solo);
     };
     xq = converted(batch.query, scratch.xq16);
     xk = batch.cross_attention ? converted(batch.key, scratch.xk16) : xq;
     xv = batch.cross_attention ? converted(batch.value, scratch.xv16) : xq;
   } else if (bf16) {
-    auto rounded = [&](absl::Span<const float> in, std::vector<float>& buffer) {
+    auto rounded = [&](absl::Span<const float> in, kernels::AlignedVector<float>& buffer) {
       float* out = Scratch::Get(buffer, in.size());
       std::copy(in.begin(), in.end(), out);
       RoundToBF16(out, in.size(), solo);
@@ -408,7 +410,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       // of the group on them while they are hot in cache.
 #pragma omp parallel
       {
-        static thread_local std::vector<float> kt_buf, v_buf;
+        static thread_local kernels::AlignedVector<float> kt_buf, v_buf;
         static thread_local kernels::Workspace ws;
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < units; ++t) {
