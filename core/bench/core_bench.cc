@@ -13,6 +13,7 @@
 // steady_clock measurement of each Forward(), so the framework's clock only
 // decides how many iterations run (--benchmark_min_time, 0.5 s by default;
 // the largest case runs once).
+#include <malloc.h>
 #include <omp.h>
 #include <sys/resource.h>
 
@@ -464,6 +465,12 @@ int main(int argc, char** argv) {
   }
   args = rest;
   omp_set_num_threads(g_threads);
+  // Buffers of 1 MiB and more are mapped and unmapped on their own, so what
+  // one benchmark (or a peak recheck) frees leaves the process: max_rss_mib
+  // of the L=16384 case then shows that case, not the heap the earlier ones
+  // left behind (glibc's adaptive threshold otherwise keeps up to 32 MiB
+  // blocks on the heap: 665 instead of ~500 MiB).
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   benchmark::AddCustomContext("omp_threads", std::to_string(g_threads));
   benchmark::AddCustomContext("onednn_version",
