@@ -426,12 +426,12 @@ ATTN_AVX512 inline __m512i RoundBF16Bits(__m512 x) {
   return _mm512_srli_epi32(_mm512_mask_mov_epi32(rounded, nan, quiet), 16);
 }
 
-ATTN_AVX512 void RoundToBF16Avx512(float* v, size_t n) {
+ATTN_AVX512 void RoundToBF16Avx512(const float* in, size_t n, float* out) {
   for (size_t i = 0; i < n; i += 16) {
     const __mmask16 mask = TailMask(static_cast<int>(std::min<size_t>(n - i, 16)));
-    const __m512 x = _mm512_maskz_loadu_ps(mask, v + i);
+    const __m512 x = _mm512_maskz_loadu_ps(mask, in + i);
     const __m512i r = _mm512_slli_epi32(RoundBF16Bits(x), 16);
-    _mm512_mask_storeu_ps(v + i, mask, _mm512_castsi512_ps(r));
+    _mm512_mask_storeu_ps(out + i, mask, _mm512_castsi512_ps(r));
   }
 }
 
@@ -445,12 +445,12 @@ ATTN_AVX512 void ConvertToBF16Avx512(const float* in, size_t n, uint16_t* out) {
 
 }  // namespace
 
-void RoundToBF16(float* v, size_t n, bool avx512) {
+void RoundToBF16(const float* in, size_t n, float* out, bool avx512) {
   if (avx512) {
-    RoundToBF16Avx512(v, n);
+    RoundToBF16Avx512(in, n, out);
     return;
   }
-  for (size_t i = 0; i < n; ++i) v[i] = BF16ToFloat(FloatToBF16(v[i]));
+  for (size_t i = 0; i < n; ++i) out[i] = BF16ToFloat(FloatToBF16(in[i]));
 }
 
 void ConvertToBF16(const float* in, size_t n, uint16_t* out, bool avx512) {

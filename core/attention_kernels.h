@@ -92,9 +92,9 @@ void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512);
 // [lk, RoundUp16(lk)) zero.
 void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, bool avx512);
 
-// Rounds n floats in place to the nearest bfloat16 value (ties to even; NaN
-// stays NaN), as FloatToBF16 then BF16ToFloat would.
-void RoundToBF16(float* v, size_t n, bool avx512);
+// out[i] = in[i] rounded to the nearest bfloat16 value (ties to even; NaN
+// stays NaN), as FloatToBF16 then BF16ToFloat would, for i < n. out may be in.
+void RoundToBF16(const float* in, size_t n, float* out, bool avx512);
 
 // Writes the bfloat16 bits of n floats (rounded as above) to out.
 void ConvertToBF16(const float* in, size_t n, uint16_t* out, bool avx512);

@@ -67,16 +67,21 @@ TEST_P(BF16ConversionTest, ConvertMatchesScalarRounding) {
   }
 }
 
-TEST_P(BF16ConversionTest, RoundInPlaceMatchesScalarRounding) {
+TEST_P(BF16ConversionTest, RoundMatchesScalarRoundingInPlaceAndNot) {
   const std::vector<float> in = EdgeValues();
   std::vector<float> v = in;
   v.push_back(42.0f);  // a guard past the end
-  RoundToBF16(v.data(), in.size(), GetParam());
+  RoundToBF16(v.data(), in.size(), v.data(), GetParam());
+  std::vector<float> out(in.size() + 1, 42.0f);
+  RoundToBF16(in.data(), in.size(), out.data(), GetParam());
   for (size_t i = 0; i < in.size(); ++i) {
     const uint32_t want = static_cast<uint32_t>(FloatToBF16(in[i])) << 16;
-    ASSERT_EQ(Bits(v[i]), want) << "i " << i << " bits 0x" << std::hex << Bits(in[i]);
+    ASSERT_EQ(Bits(v[i]), want) << "in place, i " << i << " bits 0x" << std::hex << Bits(in[i]);
+    ASSERT_EQ(Bits(out[i]), want) << "out of place, i " << i << " bits 0x" << std::hex
+                                  << Bits(in[i]);
   }
   EXPECT_EQ(v.back(), 42.0f);
+  EXPECT_EQ(out.back(), 42.0f);
   // Spot checks of the scalar rule itself.
   EXPECT_EQ(FloatToBF16(FromBits(0x3f808000u)), 0x3f80);
   EXPECT_EQ(FloatToBF16(FromBits(0x3f818000u)), 0x3f82);

@@ -126,12 +126,12 @@ class Linear {
   memory bias_;
 };
 
-// oneDNN's bf16 matmuls exist from avx512_core up (emulated there, native
-// from avx512_core_bf16); below it oneDNN has none.
-bool OneDnnHasAvx512Core() {
-  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const auto core = static_cast<unsigned>(dnnl::cpu_isa::avx512_core);
-  return (isa & core) == core;
+// True when the ISA oneDNN dispatches to (under ONEDNN_MAX_CPU_ISA) has
+// every feature of `isa` (oneDNN's ISA values are nested bit sets).
+bool OneDnnIsaIncludes(dnnl::cpu_isa isa) {
+  const auto effective = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto wanted = static_cast<unsigned>(isa);
+  return (effective & wanted) == wanted;
 }
 
 // Runs fn(begin, end) over [0, n) in chunks shared by the OpenMP team, or in
@@ -152,23 +152,19 @@ void ForChunks(size_t n, bool solo, Fn fn) {
   }
 }
 
-// Rounds every value to the nearest bfloat16 (bf16 models compute on bf16
-// values with float32 accumulation).
-void RoundToBF16(float* v, size_t n, bool solo) {
+// kernels::RoundToBF16 (out may be in) and kernels::ConvertToBF16, shared
+// by the team unless `solo` (bf16 models compute on bf16 values with float32
+// accumulation).
+void ParallelRoundToBF16(const float* in, size_t n, float* out, bool solo) {
   const bool avx512 = kernels::UseAvx512();
-  ForChunks(n, solo, [&](size_t b, size_t e) { kernels::RoundToBF16(v + b, e - b, avx512); });
+  ForChunks(n, solo,
+            [&](size_t b, size_t e) { kernels::RoundToBF16(in + b, e - b, out + b, avx512); });
 }
-void RoundToBF16(std::vector<float>* v) { RoundToBF16(v->data(), v->size(), /*solo=*/true); }
-
-// bf16 bits of n floats into `buffer` (grown as needed); returns its data.
-const uint16_t* ToBF16(const float* in, size_t n, kernels::AlignedVector<uint16_t>& buffer,
-                       bool solo) {
-  if (buffer.size() < n) buffer.resize(n);
-  uint16_t* out = buffer.data();
+void ParallelRoundToBF16(float* v, size_t n, bool solo) { ParallelRoundToBF16(v, n, v, solo); }
+void ParallelConvertToBF16(const float* in, size_t n, uint16_t* out, bool solo) {
   const bool avx512 = kernels::UseAvx512();
   ForChunks(n, solo,
             [&](size_t b, size_t e) { kernels::ConvertToBF16(in + b, e - b, out + b, avx512); });
-  return out;
 }
 
 
@@ -180,7 +176,8 @@ struct Scratch {
   kernels::AlignedVector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
   kernels::AlignedVector<uint16_t> xq16, xk16, xv16, attn16;  // bf16 matmul inputs (native bf16)
 
-  static float* Get(kernels::AlignedVector<float>& buffer, size_t n) {
+  template <typename T>
+  static T* Get(kernels::AlignedVector<T>& buffer, size_t n) {
     if (buffer.size() < n) buffer.resize(n);
     return buffer.data();
   }
@@ -217,7 +214,9 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
       config.dtype == DType::kBF16 &&
       (options.bf16_compute == BF16Compute::kNative ||
        (options.bf16_compute == BF16Compute::kAuto && CpuHasNativeBF16()));
-  if (native_bf16 && !OneDnnHasAvx512Core()) {
+  // oneDNN's bf16 matmuls exist from avx512_core up (emulated there, native
+  // from avx512_core_bf16); below it oneDNN has none.
+  if (native_bf16 && !OneDnnIsaIncludes(dnnl::cpu_isa::avx512_core)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "bf16_compute: native bf16 matmuls need oneDNN ISA avx512_core or later, this CPU (or "
         "ONEDNN_MAX_CPU_ISA) gives ",
@@ -227,7 +226,7 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
   if (config.dtype != DType::kF32) {
     for (auto* t : {&w.q_weight, &w.k_weight, &w.v_weight, &w.o_weight, &w.q_bias, &w.k_bias,
                     &w.v_bias, &w.o_bias}) {
-      RoundToBF16(t);
+      ParallelRoundToBF16(t->data(), t->size(), /*solo=*/true);
     }
   }
   // Fold 1/sqrt(head_dim) into the query projection: scores need no scaling.
@@ -308,7 +307,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   const void* xv = batch.cross_attention ? batch.value.data() : xq;
   if (native_bf16) {
     auto converted = [&](absl::Span<const float> in, kernels::AlignedVector<uint16_t>& buffer) {
-      return ToBF16(in.data(), in.size(), buffer, solo);
+      uint16_t* out = Scratch::Get(buffer, in.size());
+      ParallelConvertToBF16(in.data(), in.size(), out, solo);
+      return out;
     };
     xq = converted(batch.query, scratch.xq16);
     xk = batch.cross_attention ? converted(batch.key, scratch.xk16) : xq;
@@ -316,8 +317,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   } else if (bf16) {
     auto rounded = [&](absl::Span<const float> in, kernels::AlignedVector<float>& buffer) {
       float* out = Scratch::Get(buffer, in.size());
-      std::copy(in.begin(), in.end(), out);
-      RoundToBF16(out, in.size(), solo);
+      ParallelRoundToBF16(in.data(), in.size(), out, solo);
       return out;
     };
     xq = rounded(batch.query, scratch.xq);
@@ -349,7 +349,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       float* qkv = Scratch::Get(scratch.qkv, nq * ld);
       impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv, solo);
       strm.wait();
-      if (bf16) RoundToBF16(qkv, nq * ld, solo);
+      if (bf16) ParallelRoundToBF16(qkv, nq * ld, solo);
       q = qkv;
       k = qkv + e;
       v = qkv + e + kvd;
@@ -363,9 +363,9 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       impl_->v.Run(impl_->engine, strm, xv, nk, vb, solo);
       strm.wait();
       if (bf16) {
-        RoundToBF16(qb, q_elems, solo);
-        RoundToBF16(kb, nk * kvd, solo);
-        RoundToBF16(vb, nk * kvd, solo);
+        ParallelRoundToBF16(qb, q_elems, solo);
+        ParallelRoundToBF16(kb, nk * kvd, solo);
+        ParallelRoundToBF16(vb, nk * kvd, solo);
       }
       q = qb;
       k = kb;
@@ -475,9 +475,11 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     }
     const void* o_in = attn;
     if (native_bf16) {
-      o_in = ToBF16(attn, q_elems, scratch.attn16, solo);
+      uint16_t* attn16 = Scratch::Get(scratch.attn16, q_elems);
+      ParallelConvertToBF16(attn, q_elems, attn16, solo);
+      o_in = attn16;
     } else if (bf16) {
-      RoundToBF16(attn, q_elems, solo);
+      ParallelRoundToBF16(attn, q_elems, solo);
     }
     t2 = Clock::now();
     impl_->o.Run(impl_->engine, strm, o_in, nq, result->output.data(), solo);
@@ -504,9 +506,7 @@ std::vector<std::string> MultiHeadAttention::ImplementationNames() const {
 bool MultiHeadAttention::native_bf16() const { return impl_->native_bf16; }
 
 bool MultiHeadAttention::CpuHasNativeBF16() {
-  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
-  const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
-  return (isa & bf16) == bf16;
+  return OneDnnIsaIncludes(dnnl::cpu_isa::avx512_core_bf16);
 }
 
 std::string MultiHeadAttention::OneDnnVersion() {

@@ -429,15 +429,16 @@ int main(int argc, char** argv) {
   // --shape=B,L,E,H (repeatable); --bf16=auto|emulated|native.
   using BF16Compute = attn::core::MultiHeadAttention::Options::BF16Compute;
   std::vector<char*> rest;
+  absl::string_view bf16_mode = "auto";
   for (char* arg : args) {
     const absl::string_view a(arg);
     if (absl::StartsWith(a, "--bf16=")) {
-      const absl::string_view mode = a.substr(7);
-      if (mode == "auto") {
+      bf16_mode = a.substr(7);
+      if (bf16_mode == "auto") {
         attn::core::g_bf16 = BF16Compute::kAuto;
-      } else if (mode == "emulated") {
+      } else if (bf16_mode == "emulated") {
         attn::core::g_bf16 = BF16Compute::kEmulated;
-      } else if (mode == "native") {
+      } else if (bf16_mode == "native") {
         attn::core::g_bf16 = BF16Compute::kNative;
       } else {
         std::fprintf(stderr, "--bf16: expected auto, emulated or native, got '%s'\n", arg + 7);
@@ -476,10 +477,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("onednn_version",
                               attn::core::MultiHeadAttention::OneDnnVersion());
   benchmark::AddCustomContext("onednn_isa", attn::core::MultiHeadAttention::OneDnnIsa());
-  benchmark::AddCustomContext(
-      "bf16_compute", attn::core::g_bf16 == BF16Compute::kAuto       ? "auto"
-                      : attn::core::g_bf16 == BF16Compute::kEmulated ? "emulated"
-                                                                     : "native");
+  benchmark::AddCustomContext("bf16_compute", std::string(bf16_mode));
   benchmark::AddCustomContext(
       "cpu_native_bf16", attn::core::MultiHeadAttention::CpuHasNativeBF16() ? "yes" : "no");
   attn::core::RegisterAll();
