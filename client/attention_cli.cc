@@ -76,6 +76,10 @@ ABSL_FLAG(std::string, input, "",
 ABSL_FLAG(std::string, input_tensor, "query", "attend: query tensor name in a .safetensors input.");
 ABSL_FLAG(bool, causal, false, "attend: causal (bottom-right aligned) mask.");
 ABSL_FLAG(bool, probs, false, "attend: also return the attention probabilities.");
+ABSL_FLAG(std::string, probs_layout, "padded",
+          "attend: layout of the probabilities: padded ([batch, heads, seq_q, seq_k]) or packed "
+          "(the valid [heads, Lq, Lk] block of each sequence, one after another; far smaller "
+          "when lengths are short).");
 ABSL_FLAG(std::vector<std::string>, lengths, {},
           "attend: valid query length per sequence, e.g. 3,5.");
 ABSL_FLAG(std::vector<std::string>, key_lengths, {},
@@ -491,6 +495,16 @@ class Cli {
     request.mutable_key_lengths()->Assign(key_lengths->begin(), key_lengths->end());
     request.set_causal(absl::GetFlag(FLAGS_causal));
     request.set_return_attention_probs(absl::GetFlag(FLAGS_probs) || !heatmap_path.empty());
+    const std::string layout = absl::GetFlag(FLAGS_probs_layout);
+    if (layout == "packed") {
+      if (!heatmap_path.empty()) {
+        return Fail(absl::InvalidArgumentError("--heatmap: needs --probs_layout=padded"));
+      }
+      request.set_attention_probs_layout(attention::v1::PROBS_LAYOUT_PACKED);
+    } else if (layout != "padded") {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--probs_layout: expected padded or packed, got '", layout, "'")));
+    }
 
     const absl::Time start = absl::Now();
     absl::StatusOr<AttendResponse> attended = client_->Attend(request);

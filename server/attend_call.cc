@@ -21,52 +21,104 @@ bool IsClientError(absl::StatusCode code) {
          code == absl::StatusCode::kCancelled;
 }
 
-void LogCall(const AttendCall& call, const absl::Status& status, absl::Duration server_time) {
-  Logger& log = *call.observers->logger;
-  const std::string model = call.model != nullptr ? call.model->name : "";
-  if (status.ok()) {
+}  // namespace
+
+void CallOutcome::Record(bool delivered) const {
+  absl::Status final_status = status;
+  if (!delivered) {
+    final_status = absl::Now() >= deadline_at
+                       ? absl::DeadlineExceededError(absl::StrCat(
+                             "deadline passed before the response was sent (server status: ",
+                             absl::StatusCodeToString(status.code()), ")"))
+                       : absl::CancelledError(absl::StrCat(
+                             "cancelled before the response was sent (server status: ",
+                             absl::StatusCodeToString(status.code()), ")"));
+  }
+  model_metrics->RequestFinished(final_status.code());
+  if (final_status.ok()) {
+    model_metrics->RequestSucceeded(server_time, absl::Microseconds(timing.queue_us()), tokens);
+  }
+  if (admitted) observers->metrics->InflightChanged(-1);
+
+  Logger& log = *observers->logger;
+  if (final_status.ok()) {
     if (!log.access_log()) return;
-    const attention::v1::Timing& t = call.response->timing();
     log.Log(LogLevel::kInfo, "request",
             {{"model", model},
-             {"request_id", call.response->request_id()},
+             {"request_id", request_id},
              {"code", "OK"},
-             {"tokens", absl::StrCat(call.request.num_tokens())},
+             {"tokens", absl::StrCat(tokens)},
              {"duration_us", absl::StrCat(absl::ToInt64Microseconds(server_time))},
-             {"queue_us", absl::StrCat(t.queue_us())},
-             {"compute_us", absl::StrCat(t.compute_us())},
-             {"batch_size", absl::StrCat(t.batch_size())}});
+             {"queue_us", absl::StrCat(timing.queue_us())},
+             {"compute_us", absl::StrCat(timing.compute_us())},
+             {"batch_size", absl::StrCat(timing.batch_size())}});
     return;
   }
-  const LogLevel level = IsClientError(status.code()) ? LogLevel::kInfo : LogLevel::kWarning;
+  const LogLevel level = IsClientError(final_status.code()) ? LogLevel::kInfo : LogLevel::kWarning;
   if (!log.Enabled(level)) return;
   log.Log(level, "request_failed",
           {{"model", model},
-           {"request_id", call.response->request_id()},
-           {"code", absl::StatusCodeToString(status.code())},
-           {"message", std::string(status.message())}});
+           {"request_id", request_id},
+           {"code", absl::StatusCodeToString(final_status.code())},
+           {"message", std::string(final_status.message())}});
 }
 
-}  // namespace
+AttendUnaryReactor::AttendUnaryReactor(core::Batcher<AttendCall>* batcher) {
+  MutexLock lock(&mu_);
+  batcher_ = batcher;
+}
+
+void AttendUnaryReactor::FinishCall(CallOutcome outcome) {
+  const grpc::Status status = ToGrpcStatus(outcome.status);
+  {
+    MutexLock lock(&mu_);
+    outcome_ = std::move(outcome);
+  }
+  Finish(status);
+}
+
+void AttendUnaryReactor::OnCancel() {
+  core::Batcher<AttendCall>* batcher;
+  {
+    MutexLock lock(&mu_);
+    cancelled_ = true;
+    batcher = batcher_;
+  }
+  batcher->Sweep();  // may finish this very call: not under mu_
+}
+
+void AttendUnaryReactor::OnDone() {
+  {
+    MutexLock lock(&mu_);
+    // gRPC calls OnCancel (before OnDone) when the call was cancelled
+    // before its status went out: the status never reached the client.
+    // (context->IsCancelled() read here can still be false then.)
+    outcome_.Record(/*delivered=*/!cancelled_);
+  }
+  delete this;
+}
 
 void LeftQueue(const AttendCall& call) {
   call.model_metrics->QueueChanged(-1, -call.request.num_tokens());
 }
 
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
-  const absl::Duration server_time =
-      call->admitted ? absl::Now() - call->enqueued : absl::ZeroDuration();
-  ModelMetrics* m = call->model_metrics;
-  m->RequestFinished(status.code());
+  CallOutcome outcome;
+  outcome.observers = call->observers;
+  outcome.model_metrics = call->model_metrics;
+  outcome.admitted = call->admitted;
+  outcome.status = status;
+  outcome.deadline_at = call->deadline_at;
+  outcome.model = call->model != nullptr ? call->model->name : "";
+  outcome.request_id = call->response->request_id();
   if (status.ok()) {
-    m->RequestSucceeded(server_time, absl::Microseconds(call->response->timing().queue_us()),
-                        call->request.num_tokens());
+    outcome.server_time = absl::Now() - call->enqueued;
+    outcome.timing = call->response->timing();
+    outcome.tokens = call->request.num_tokens();
   }
-  if (call->admitted) call->observers->metrics->InflightChanged(-1);
-  LogCall(*call, status, server_time);
   if (call->responder != nullptr) {
     AttendResponder* responder = call->responder;
-    responder->Respond(std::move(call), status);
+    responder->Respond(std::move(call), status, std::move(outcome));
     return;
   }
   if (status.code() == absl::StatusCode::kResourceExhausted) {
@@ -74,7 +126,9 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
     call->context->AddTrailingMetadata("grpc-retry-pushback-ms",
                                        absl::StrCat(call->observers->retry_pushback_ms));
   }
-  call->reactor->Finish(ToGrpcStatus(status));
+  AttendUnaryReactor* reactor = call->reactor;
+  call.reset();  // before Finish: OnDone may follow at once
+  reactor->FinishCall(std::move(outcome));
 }
 
 namespace {
@@ -128,11 +182,47 @@ void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const Ba
   calls.front()->model_metrics->BatchRan(run.size, run.tokens, run.end - run.start, flops);
 }
 
+// Bytes of the probabilities the core computes for `call` (its valid rows
+// and keys only, whatever the response layout).
+int64_t CoreProbsBytes(const AttendCall& call) {
+  DecodedRequest shape_only;
+  const DecodedRequest& r = call.request;
+  shape_only.cross = r.cross;
+  shape_only.packed_probs = true;
+  shape_only.q_offsets = r.q_offsets;
+  shape_only.kv_offsets = r.kv_offsets;
+  return ProbsValues(shape_only, call.model->config.num_heads) * static_cast<int64_t>(sizeof(float));
+}
+
+void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls);
+
 }  // namespace
 
-void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls) {
+void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls, int64_t max_probs_bytes) {
   if (calls.empty()) return;
   for (const auto& call : calls) LeftQueue(*call);
+  if (!calls.front()->request.need_probs) {
+    RunGroup(std::move(calls));
+    return;
+  }
+  std::vector<std::unique_ptr<AttendCall>> group;
+  int64_t group_bytes = 0;
+  for (auto& call : calls) {
+    const int64_t bytes = CoreProbsBytes(*call);
+    if (!group.empty() && group_bytes + bytes > max_probs_bytes) {
+      RunGroup(std::move(group));
+      group.clear();
+      group_bytes = 0;
+    }
+    group_bytes += bytes;
+    group.push_back(std::move(call));
+  }
+  RunGroup(std::move(group));
+}
+
+namespace {
+
+void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
   const Model& model = *calls.front()->model;
   const DecodedRequest& first = calls.front()->request;
   const int e = model.config.embed_dim;
@@ -210,6 +300,8 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls) {
     Respond(std::move(call), status, mine, run);
   }
 }
+
+}  // namespace
 
 absl::Status WarmUp(const Model& model) {
   const core::AttentionConfig& c = model.config;

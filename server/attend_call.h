@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "attention/v1/attention.pb.h"
 #include "core/batching/batcher.h"
+#include "core/mutex.h"
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/server_context.h"
 #include "server/attend_codec.h"
@@ -23,17 +24,6 @@ namespace attn::server {
 
 struct AttendCall;
 
-// Where a streamed call's outcome goes (AttendStream's reactor). Unary calls
-// have none: their reactor is finished directly.
-class AttendResponder {
- public:
-  virtual ~AttendResponder() = default;
-  // Takes the finished call: on OK its `stream_response` is filled in; on an
-  // error the responder reports `status` for this request alone. Called once
-  // per call, from any thread.
-  virtual void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status) = 0;
-};
-
 // Where every finished call is counted and logged. Outlives every call.
 struct CallObservers {
   ServerMetrics* metrics = nullptr;
@@ -41,6 +31,68 @@ struct CallObservers {
   // How long a shed client should wait before retrying (the
   // grpc-retry-pushback-ms trailer of a unary RESOURCE_EXHAUSTED).
   int retry_pushback_ms = 50;
+};
+
+// What a finished call reports once its fate is known: counted and logged
+// by the status the client gets, so it is recorded when gRPC is done with a
+// unary call (AttendUnaryReactor::OnDone) and when a streamed response has
+// been written or dropped. Copyable; holds no call state.
+struct CallOutcome {
+  const CallObservers* observers = nullptr;
+  ModelMetrics* model_metrics = nullptr;
+  bool admitted = false;  // counted in flight
+  absl::Status status;
+  absl::Time deadline_at = absl::InfiniteFuture();
+  std::string model, request_id;
+  // For OK: server time (admission to response), the response's timing and
+  // the query tokens.
+  absl::Duration server_time;
+  attention::v1::Timing timing;
+  int64_t tokens = 0;
+
+  // Counts (requests by code; for OK also latency, queue time and tokens;
+  // in flight for an admitted call) and logs (access log; failures at info
+  // for the client's own mistakes, warning otherwise). `delivered` false: the
+  // call was cancelled before its status reached the client (the client
+  // cancelled, its deadline passed, or the shutdown grace ran out), so it
+  // counts as the client saw it: DEADLINE_EXCEEDED past the deadline, else
+  // CANCELLED. Call once.
+  void Record(bool delivered) const;
+};
+
+// Where a streamed call's outcome goes (AttendStream's reactor). Unary calls
+// have none: their reactor is finished directly.
+class AttendResponder {
+ public:
+  virtual ~AttendResponder() = default;
+  // Takes the finished call: on OK its `stream_response` is filled in; on an
+  // error the responder reports `status` for this request alone. The
+  // responder records `outcome` once the response is written or dropped.
+  // Called once per call, from any thread.
+  virtual void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
+                       CallOutcome outcome) = 0;
+};
+
+// The reactor of one unary Attend. Finishing records the call's outcome when
+// gRPC is done with it (OnDone), by whether the status reached the client; a
+// cancellation (client, deadline or shutdown) sweeps the batcher so this
+// call's queue slot frees at once, even while a long batch computes.
+class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit AttendUnaryReactor(core::Batcher<AttendCall>* batcher);
+  // Finishes the RPC with `outcome.status`. Call once.
+  void FinishCall(CallOutcome outcome);
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  // The reactions run on gRPC threads whose hand-offs go through gRPC's own
+  // (uninstrumented) locks: state shared with them is published under mu_
+  // so TSan sees the ordering too.
+  Mutex mu_;
+  core::Batcher<AttendCall>* batcher_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
 };
 
 // Satisfies the Task contract of core::Batcher.
@@ -57,7 +109,7 @@ struct AttendCall {
   // unary `reactor`, or hands the call to `responder` (a stream; `response`
   // then points at `stream_response`).
   grpc::CallbackServerContext* context = nullptr;
-  grpc::ServerUnaryReactor* reactor = nullptr;
+  AttendUnaryReactor* reactor = nullptr;
   AttendResponder* responder = nullptr;
   attention::v1::AttendResponse* response = nullptr;
   attention::v1::AttendResponse stream_response;
@@ -76,15 +128,16 @@ std::string BatchKey(const Model& model, const DecodedRequest& request);
 
 // Runs `calls` (one key, all admitted) as one Forward over all their
 // sequences, records the batch, then finishes each call: its response (with
-// timings: queue, compute, the batch's size and tokens) or the error.
-void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls);
+// timings: queue, compute, the batch's size and tokens) or the error. A
+// batch asking for probabilities runs as consecutive Forwards whose
+// probabilities each hold at most `max_probs_bytes` (or one call), so a
+// batch never holds more than one response's worth of them at once.
+void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls, int64_t max_probs_bytes);
 
 // The one way a call ends, run or not (invalid, shed, expired, cancelled,
-// shutting down): counts it (requests by code; for OK also latency, queue
-// time and tokens; for an admitted call the queue and in-flight gauges),
-// logs it (access log; failures at info for the client's own mistakes,
-// warning otherwise), then finishes the unary reactor (a shed call gets the
-// retry hint trailer) or hands the call to its stream.
+// shutting down): finishes the unary reactor (a shed call gets the retry
+// hint trailer) or hands the call to its stream, with the CallOutcome that
+// is recorded once the client has the status (or cannot get it).
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status);
 
 // The batcher's bookkeeping for an admitted call leaving the queue (run or

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/dtype.h"
 #include "core/status_macros.h"
@@ -23,6 +24,13 @@ std::string ShapeString(const Tensor& t) {
   return absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]");
 }
 
+// An enum's name, or "value N" for a number the enum does not define (an
+// open proto3 enum carries any int32).
+std::string EnumName(const google::protobuf::EnumDescriptor* type, int value) {
+  const google::protobuf::EnumValueDescriptor* v = type->FindValueByNumber(value);
+  return v != nullptr ? v->name() : absl::StrCat("value ", value);
+}
+
 bool IsSet(const Tensor& t) {
   return t.shape_size() > 0 || !t.raw_data().empty() || t.float_data_size() > 0 ||
          t.dtype() != attention::v1::DATA_TYPE_UNSPECIFIED;
@@ -34,7 +42,7 @@ absl::Status CheckTensor(const char* field, const Tensor& t, int rank, int64_t w
                          const char* width_name, int64_t max_seq_len) {
   if (t.dtype() != attention::v1::FLOAT32 && t.dtype() != attention::v1::BFLOAT16) {
     return Invalid(field, ".dtype: expected FLOAT32 or BFLOAT16, got ",
-                   attention::v1::DataType_Name(t.dtype()));
+                   EnumName(attention::v1::DataType_descriptor(), t.dtype()));
   }
   if (t.shape_size() != rank) {
     return Invalid(field, ".shape: expected ",
@@ -130,6 +138,51 @@ absl::StatusOr<std::vector<int64_t>> Lengths(const char* field,
   return out;
 }
 
+// protobuf cannot serialize a message of 2 GiB or more (gRPC aborts on it),
+// whatever the server's max message size.
+constexpr int64_t kProtobufMaxBytes = std::numeric_limits<int32_t>::max();
+
+std::string Bytes(int64_t n) {
+  if (n >= (int64_t{1} << 30)) return absl::StrFormat("%.1f GiB", n / double(int64_t{1} << 30));
+  if (n >= (int64_t{1} << 20)) return absl::StrFormat("%.1f MiB", n / double(int64_t{1} << 20));
+  if (n >= (int64_t{1} << 10)) return absl::StrFormat("%.1f KiB", n / double(int64_t{1} << 10));
+  return absl::StrCat(n, " bytes");
+}
+
+// Refuses a request whose response could not be sent, before any compute,
+// saying what would make it fit. `d` has its shape, lengths and flags.
+absl::Status CheckResponseSize(const attention::v1::AttendRequest& request,
+                               const DecodedRequest& d, const Model& model, int64_t max_bytes) {
+  max_bytes = std::min(max_bytes, kProtobufMaxBytes);
+  const int64_t bytes = ResponseBytesBound(d, model, request.request_id().size());
+  if (bytes <= max_bytes) return absl::OkStatus();
+  const int heads = model.config.num_heads;
+  std::string why = absl::StrCat("the response would be ", Bytes(bytes), " (", bytes,
+                                 " bytes), over the largest message the server sends, ",
+                                 Bytes(max_bytes), " (", max_bytes, ")");
+  std::vector<std::string> fixes = {"fewer or shorter sequences"};
+  if (d.need_probs) {
+    absl::StrAppend(&why, "; attention_probs alone is ", Bytes(ProbsValues(d, heads) * 4),
+                    d.packed_probs
+                        ? " packed"
+                        : absl::StrCat(" padded [", d.batch, ", ", heads, ", ", d.seq_q, ", ",
+                                       d.seq_k, "]"));
+    fixes.push_back("return_attention_probs false");
+    if (!d.packed_probs) {
+      DecodedRequest packed = d;
+      packed.packed_probs = true;
+      const int64_t packed_bytes = ResponseBytesBound(packed, model, request.request_id().size());
+      if (packed_bytes <= max_bytes) {
+        fixes.push_back(absl::StrCat("attention_probs_layout PROBS_LAYOUT_PACKED (",
+                                     Bytes(packed_bytes), " for this request)"));
+      }
+    }
+  }
+  if (max_bytes < kProtobufMaxBytes) fixes.push_back("a server with a larger --max_message_bytes");
+  return Invalid(d.need_probs ? "return_attention_probs" : "query", ": ", why, "; send ",
+                 absl::StrJoin(fixes, ", or "));
+}
+
 // Refuses NaN and ±Inf in the valid rows of a packed input (padding rows
 // were already dropped): they would spread through the softmax into whole
 // rows of NaN output. One branch-free pass over the exponent bits, which the
@@ -173,7 +226,8 @@ core::AttentionBatch DecodedRequest::batch_view() const {
 }
 
 absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRequest& request,
-                                                   const Model& model) {
+                                                   const Model& model,
+                                                   const DecodeOptions& options) {
   const core::AttentionConfig& c = model.config;
   DecodedRequest d;
   if (!IsSet(request.query())) return Invalid("query: required, got nothing");
@@ -191,6 +245,12 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   d.packed_floats = request.query().float_data_size() > 0;
   d.causal = request.causal();
   d.need_probs = request.return_attention_probs();
+  if (!attention::v1::ProbsLayout_IsValid(request.attention_probs_layout())) {
+    return Invalid("attention_probs_layout: expected PROBS_LAYOUT_PADDED or PROBS_LAYOUT_PACKED, "
+                   "got ", EnumName(attention::v1::ProbsLayout_descriptor(),
+                                    request.attention_probs_layout()));
+  }
+  d.packed_probs = request.attention_probs_layout() == attention::v1::PROBS_LAYOUT_PACKED;
 
   const bool has_key = IsSet(request.key());
   const bool has_value = IsSet(request.value());
@@ -226,11 +286,6 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
     d.seq_k = request.key().shape(rank - 2);
     ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch,
                                              d.seq_k, "key.shape seq"));
-    d.key = DecodeRows(request.key(), d.seq_k, c.key_dim(), k_lengths);
-    d.value = DecodeRows(request.value(), d.seq_k, c.value_dim(), k_lengths);
-    d.kv_offsets = core::OffsetsFromLengths(k_lengths);
-    ATTN_RETURN_IF_ERROR(CheckFinite("key", d.key, c.key_dim(), d.kv_offsets, d.rank2));
-    ATTN_RETURN_IF_ERROR(CheckFinite("value", d.value, c.value_dim(), d.kv_offsets, d.rank2));
   } else {
     d.seq_k = d.seq_q;
     if (!request.key_lengths().empty()) {
@@ -247,10 +302,39 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
     return Invalid("query: expected at most ", model.max_request_tokens,
                    " tokens (the model's max_request_tokens), got ", tokens);
   }
-  d.query = DecodeRows(request.query(), d.seq_q, c.embed_dim, q_lengths);
   d.q_offsets = core::OffsetsFromLengths(q_lengths);
+  if (d.cross) d.kv_offsets = core::OffsetsFromLengths(k_lengths);
+  ATTN_RETURN_IF_ERROR(CheckResponseSize(request, d, model, options.max_response_bytes));
+  if (d.cross) {
+    d.key = DecodeRows(request.key(), d.seq_k, c.key_dim(), k_lengths);
+    d.value = DecodeRows(request.value(), d.seq_k, c.value_dim(), k_lengths);
+    ATTN_RETURN_IF_ERROR(CheckFinite("key", d.key, c.key_dim(), d.kv_offsets, d.rank2));
+    ATTN_RETURN_IF_ERROR(CheckFinite("value", d.value, c.value_dim(), d.kv_offsets, d.rank2));
+  }
+  d.query = DecodeRows(request.query(), d.seq_q, c.embed_dim, q_lengths);
   ATTN_RETURN_IF_ERROR(CheckFinite("query", d.query, c.embed_dim, d.q_offsets, d.rank2));
   return d;
+}
+
+int64_t ProbsValues(const DecodedRequest& d, int heads) {
+  if (!d.packed_probs) return d.batch * heads * d.seq_q * d.seq_k;
+  const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
+  int64_t values = 0;
+  for (size_t b = 0; b + 1 < d.q_offsets.size(); ++b) {
+    values += heads * (d.q_offsets[b + 1] - d.q_offsets[b]) * (ko[b + 1] - ko[b]);
+  }
+  return values;
+}
+
+int64_t ResponseBytesBound(const DecodedRequest& d, const Model& model, size_t request_id_bytes) {
+  // Each field's tag, length and the tensors' dtype and shape take a few
+  // bytes; kFraming covers all of them (tensors, names, timing) many times.
+  constexpr int64_t kFraming = 512;
+  const int64_t out_esize = d.dtype == attention::v1::BFLOAT16 ? 2 : 4;
+  int64_t bytes = kFraming + static_cast<int64_t>(request_id_bytes + model.name.size()) +
+                  d.batch * d.seq_q * model.config.embed_dim * out_esize;
+  if (d.need_probs) bytes += ProbsValues(d, model.config.num_heads) * 4;
+  return bytes;
 }
 
 void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> output,
@@ -288,13 +372,22 @@ void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> outpu
     }
   }
   if (d.need_probs) {
-    const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
     Tensor* p = response->mutable_attention_probs();
     p->set_dtype(attention::v1::FLOAT32);
-    for (int64_t dim : {d.batch, static_cast<int64_t>(heads), d.seq_q, d.seq_k}) p->add_shape(dim);
     std::string* raw = p->mutable_raw_data();
-    raw->resize(static_cast<size_t>(d.batch * heads * d.seq_q * d.seq_k) * sizeof(float));
+    const int64_t values = ProbsValues(d, heads);
+    raw->resize(static_cast<size_t>(values) * sizeof(float));
     float* dst = reinterpret_cast<float*>(raw->data());
+    if (d.packed_probs) {
+      // The core's layout already: this request's blocks, one after another.
+      p->add_shape(values);
+      if (values > 0) {
+        std::memcpy(dst, probs.data() + probs_offsets[0], static_cast<size_t>(values) * sizeof(float));
+      }
+      return;
+    }
+    const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
+    for (int64_t dim : {d.batch, static_cast<int64_t>(heads), d.seq_q, d.seq_k}) p->add_shape(dim);
     for (int64_t b = 0; b < d.batch; ++b) {
       const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
       const int64_t lk = ko[b + 1] - ko[b];

@@ -4,6 +4,7 @@
 #define ATTN_SERVER_ATTEND_CODEC_H_
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,6 +25,7 @@ struct DecodedRequest {
   bool cross = false;
   bool causal = false;
   bool need_probs = false;
+  bool packed_probs = false;  // attention_probs_layout PACKED
   attention::v1::DataType dtype = attention::v1::FLOAT32;  // of the query
   bool packed_floats = false;  // query used float_data: answer the same way
   std::vector<float> query, key, value;
@@ -33,14 +35,34 @@ struct DecodedRequest {
   core::AttentionBatch batch_view() const;
 };
 
+struct DecodeOptions {
+  // Largest response the server can send (its max message size). A request
+  // whose response would be larger is refused before anything is decoded or
+  // computed. Default: no limit.
+  int64_t max_response_bytes = std::numeric_limits<int64_t>::max();
+};
+
 // Checks `request` against `model` and packs it. Each failure is
 // INVALID_ARGUMENT naming the field and the expected value, e.g.
-// "query.shape[2]: expected 512 (embed_dim), got 256".
+// "query.shape[2]: expected 512 (embed_dim), got 256"; a response over
+// options.max_response_bytes is INVALID_ARGUMENT too (retrying cannot help),
+// saying what to change.
 absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRequest& request,
-                                                   const Model& model);
+                                                   const Model& model,
+                                                   const DecodeOptions& options = {});
+
+// An upper bound on the serialized size of the response to a request of
+// this shape (tensor payloads plus framing), known before compute: `d`
+// needs its shape fields, lengths and flags, not its tensors.
+// EncodeAttendResponse never produces more.
+int64_t ResponseBytesBound(const DecodedRequest& d, const Model& model, size_t request_id_bytes);
+
+// Values in the attention_probs tensor of `d`'s response: padded
+// batch * heads * seq_q * seq_k, or packed sum of heads * Lq_b * Lk_b.
+int64_t ProbsValues(const DecodedRequest& d, int heads);
 
 // Fills `response` (output in the query's dtype and layout, padding rows
-// zero; probabilities as FLOAT32 [batch, heads, seq_q, seq_k]) from this
+// zero; probabilities as FLOAT32 in the request's layout) from this
 // request's packed output rows and, when asked for, its probabilities with
 // their per-sequence offsets (relative to `probs`). Copies each value once.
 void EncodeAttendResponse(const DecodedRequest& request, absl::Span<const float> output,

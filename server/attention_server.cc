@@ -117,8 +117,10 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   batcher_options.max_queue_tokens = options.max_queue_tokens;
   auto batcher = AttendBatcher::Create(
       batcher_options,
-      [](const std::string& /*key*/, std::vector<std::unique_ptr<AttendCall>> calls) {
-        RunAttendBatch(std::move(calls));
+      [max_bytes = options.max_message_bytes, before = options.before_batch_for_test](
+          const std::string& /*key*/, std::vector<std::unique_ptr<AttendCall>> calls) {
+        if (before) before();
+        RunAttendBatch(std::move(calls), max_bytes);
       },
       [](std::unique_ptr<AttendCall> call, absl::Status why) {
         LeftQueue(*call);
@@ -128,7 +130,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   s->batcher_ = *std::move(batcher);
   // Every model's series exist (at zero, not ready) from here on.
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->observers_,
-                                                   s->batcher_.get());
+                                                   s->batcher_.get(), options.max_message_bytes);
   // Warm every model up on the batcher's executor thread (the one that will
   // serve it) before reporting SERVING.
   absl::Status warm;

@@ -13,6 +13,7 @@
 #ifndef ATTN_SERVER_ATTENTION_SERVER_H_
 #define ATTN_SERVER_ATTENTION_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -51,6 +52,9 @@ class AttentionServer {
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
+    // Test seam: runs on the executor before each batch computes (e.g. to
+    // hold it while a test cancels a call that is already in the batch).
+    std::function<void()> before_batch_for_test;
   };
 
   // Starts serving `repository`. Fails if an address cannot be bound.

@@ -32,8 +32,12 @@ void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
 }
 
 AttentionService::AttentionService(const ModelRepository* repository,
-                                   const CallObservers* observers, AttendBatcher* batcher)
-    : repository_(repository), observers_(observers), batcher_(batcher) {
+                                   const CallObservers* observers, AttendBatcher* batcher,
+                                   int64_t max_response_bytes)
+    : repository_(repository),
+      observers_(observers),
+      batcher_(batcher),
+      decode_options_{.max_response_bytes = max_response_bytes} {
   for (const Model* model : repository->models()) {
     model_metrics_[model] = observers->metrics->AddModel(model->name);
   }
@@ -53,7 +57,7 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   c.response->set_model_name(model->name);
   c.model = model;
   c.model_metrics = model_metrics_.at(model);
-  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model);
+  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
   c.enqueued = absl::Now();
@@ -79,7 +83,7 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const AttendRequest* request,
                                                    AttendResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new AttendUnaryReactor(batcher_);  // deletes itself in OnDone
   auto call = std::make_unique<AttendCall>();
   call->context = context;
   call->reactor = reactor;
@@ -147,39 +151,48 @@ class AttentionService::StreamReactor final
     Run(next);
   }
 
-  void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status) override {
-    AttendResponse message;
+  void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
+               CallOutcome outcome) override {
+    Outgoing out{{}, std::move(outcome)};
     if (status.ok()) {
-      message = std::move(call->stream_response);
+      out.message = std::move(call->stream_response);
     } else {
-      message.set_request_id(call->stream_response.request_id());
-      message.set_model_name(call->stream_response.model_name());
-      message.mutable_status()->set_code(static_cast<int>(status.code()));
-      message.mutable_status()->set_message(std::string(status.message()));
+      out.message.set_request_id(call->stream_response.request_id());
+      out.message.set_model_name(call->stream_response.model_name());
+      out.message.mutable_status()->set_code(static_cast<int>(status.code()));
+      out.message.mutable_status()->set_message(std::string(status.message()));
     }
     call.reset();
     Actions next;
+    bool dropped = false;
     {
       MutexLock lock(&mu_);
       --pending_;
-      if (!broken_) outbox_.push_back(std::move(message));
+      dropped = broken_;
+      if (!broken_) outbox_.push_back(std::move(out));
       next = DecideLocked();
     }
+    if (dropped) out.outcome.Record(/*delivered=*/false);
     Run(next);
   }
 
   void OnWriteDone(bool ok) override {
     Actions next;
+    std::vector<CallOutcome> done;
     {
       MutexLock lock(&mu_);
       writing_ = false;
+      done.push_back(std::move(outbox_.front().outcome));
       outbox_.pop_front();
       if (!ok) {  // the stream is gone: drop what is left to write
         broken_ = true;
+        for (Outgoing& o : outbox_) done.push_back(std::move(o.outcome));
         outbox_.clear();
       }
       next = DecideLocked();
     }
+    // Recorded before Run: once it may finish the stream, `this` is off limits.
+    for (const CallOutcome& o : done) o.Record(/*delivered=*/ok);
     Run(next);
   }
 
@@ -193,15 +206,21 @@ class AttentionService::StreamReactor final
       if (read_paused_) reads_done_ = true;
       next = DecideLocked();
     }
-    // This stream's queued requests free their slots now, not at their cut.
-    // Before Run: once it may finish the stream, `this` must not be touched.
-    batcher->SweepCancelled();
+    // This stream's queued requests free their slots now, not at their cut,
+    // even while a long batch computes. Before Run: once it may finish the
+    // stream, `this` must not be touched.
+    batcher->Sweep();
     Run(next);
   }
 
   void OnDone() override { delete this; }
 
  private:
+  // A response waiting to be written, and what to record once it is.
+  struct Outgoing {
+    AttendResponse message;
+    CallOutcome outcome;
+  };
   struct Actions {
     bool read = false;
     const AttendResponse* write = nullptr;
@@ -212,7 +231,7 @@ class AttentionService::StreamReactor final
     Actions a;
     if (!writing_ && !outbox_.empty()) {
       writing_ = true;
-      a.write = &outbox_.front();  // deque: stays valid while others are appended
+      a.write = &outbox_.front().message;  // deque: stays valid while others are appended
     }
     if (read_paused_ && !reads_done_ && !context_->IsCancelled() &&
         pending_ + static_cast<int>(outbox_.size()) < kMaxStreamInflight) {
@@ -241,7 +260,7 @@ class AttentionService::StreamReactor final
   Mutex mu_;
   AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_) = nullptr;
   int pending_ ABSL_GUARDED_BY(mu_) = 0;  // admitted or being admitted, not yet responded
-  std::deque<AttendResponse> outbox_ ABSL_GUARDED_BY(mu_);  // front is being written
+  std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);  // front is being written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;

@@ -34,9 +34,11 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   // Requests one AttendStream may have in flight before reading pauses.
   static constexpr int kMaxStreamInflight = 256;
 
-  // Adds every model's metric series to observers->metrics.
+  // Adds every model's metric series to observers->metrics. A request whose
+  // response would exceed `max_response_bytes` (the server's max message
+  // size) is refused before compute (INVALID_ARGUMENT, saying what to change).
   AttentionService(const ModelRepository* repository, const CallObservers* observers,
-                   AttendBatcher* batcher);
+                   AttendBatcher* batcher, int64_t max_response_bytes);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
                                    const attention::v1::AttendRequest* request,
@@ -63,6 +65,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   const ModelRepository* const repository_;
   const CallObservers* const observers_;
   AttendBatcher* const batcher_;
+  const DecodeOptions decode_options_;
   // Filled in the constructor, read-only after: no lock on the hot path.
   std::unordered_map<const Model*, ModelMetrics*> model_metrics_;
 };

@@ -1,7 +1,10 @@
 // In-process gRPC tests: a real server on a free port, a real channel.
 #include "server/attention_service.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <future>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -19,6 +22,7 @@
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "prometheus/text_serializer.h"
+#include "server/attend_codec.h"
 #include "server/attention_server.h"
 
 namespace attn::server {
@@ -122,6 +126,19 @@ class AttentionServiceTest : public ::testing::Test {
     return 0;
   }
 
+  // A call is counted when gRPC is done with it, which can be just after
+  // the client has its response: waits (bounded) until the counter reads
+  // `want`, and returns what it reads.
+  double WaitCounter(const std::string& model, const std::string& code, double want) {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    double got = Counter(model, code);
+    while (got != want && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+      got = Counter(model, code);
+    }
+    return got;
+  }
+
   std::unique_ptr<AttentionServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
@@ -190,7 +207,7 @@ TEST_F(AttentionServiceTest, AttendMatchesReferenceWithRaggedLengths) {
   for (int j = 0; j < 5; ++j) sum += probs[((1 * kHeads + 0) * 5 + 2) * 5 + j];
   EXPECT_NEAR(sum, 1.0f, 1e-5f);
   EXPECT_EQ(probs[((1 * kHeads + 0) * 5 + 2) * 5 + 3], 0.0f);
-  EXPECT_EQ(Counter("small", "OK"), 1);
+  EXPECT_EQ(WaitCounter("small", "OK", 1), 1);
 }
 
 TEST_F(AttentionServiceTest, AttendAcceptsPackedFloatsAndRank2AndBfloat16) {
@@ -234,7 +251,7 @@ TEST_F(AttentionServiceTest, UnknownModelIsNotFoundAndListsModels) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_TRUE(absl::StrContains(s.error_message(), "no model 'nope'")) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "small")) << s.error_message();
-  EXPECT_EQ(Counter("", "NOT_FOUND"), 1);
+  EXPECT_EQ(WaitCounter("", "NOT_FOUND", 1), 1);
 
   grpc::ClientContext ctx;
   attention::v1::GetModelRequest get;
@@ -262,7 +279,7 @@ TEST_P(AttendValidationTest, MalformedRequestIsInvalidArgumentNamingTheField) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), GetParam().expected_message))
       << "got: " << s.error_message();
-  EXPECT_EQ(Counter("small", "INVALID_ARGUMENT"), 1);
+  EXPECT_EQ(WaitCounter("small", "INVALID_ARGUMENT", 1), 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -595,7 +612,7 @@ TEST_F(AttentionServiceTest, FullQueueShedsWithRetryHintAndShutdownFinishesAccep
   auto hint = trailers.find("grpc-retry-pushback-ms");
   ASSERT_NE(hint, trailers.end());
   EXPECT_EQ(std::string(hint->second.data(), hint->second.size()), "50");
-  EXPECT_EQ(Counter("small", "RESOURCE_EXHAUSTED"), 1);
+  EXPECT_EQ(WaitCounter("small", "RESOURCE_EXHAUSTED", 1), 1);
 
   // Shutdown does not wait a minute for the delay: it runs the accepted request.
   server_->Shutdown();
@@ -672,9 +689,9 @@ TEST_F(AttentionServiceTest, StreamAnswersEveryRequestTaggedAndBadOnesFailAlone)
     ASSERT_EQ(a.size(), b.size()) << i;
     for (size_t j = 0; j < a.size(); ++j) ASSERT_NEAR(a[j], b[j], 1e-5f) << "request " << i;
   }
-  EXPECT_EQ(Counter("small", "OK"), kRequests - 8 + (kRequests - 8));  // stream + the unary checks
-  EXPECT_EQ(Counter("small", "INVALID_ARGUMENT"), 4);
-  EXPECT_EQ(Counter("", "NOT_FOUND"), 4);
+  EXPECT_EQ(WaitCounter("small", "OK", kRequests - 8 + (kRequests - 8)), kRequests - 8 + (kRequests - 8));  // stream + the unary checks
+  EXPECT_EQ(WaitCounter("small", "INVALID_ARGUMENT", 4), 4);
+  EXPECT_EQ(WaitCounter("", "NOT_FOUND", 4), 4);
 }
 
 TEST_F(AttentionServiceTest, StreamWithMoreRequestsThanItsInflightLimitAnswersThemAll) {
@@ -786,6 +803,263 @@ TEST_F(AttentionServiceTest, HealthWatchSeesNotServingWhenShutdownBegins) {
   ctx.TryCancel();
   watch->Finish();
   stopper.join();
+}
+
+// Holds the executor inside its first batch until Release(): what is queued
+// meanwhile stays queued, and a call in that batch is computed only after
+// the test has acted on it.
+class ExecutorGate {
+ public:
+  std::function<void()> Hook() {
+    return [this] {
+      if (batches_.fetch_add(1) == 0) {
+        entered_.set_value();
+        released_.wait();
+      }
+    };
+  }
+  void WaitEntered() { entered_.get_future().wait(); }
+  void Release() {
+    if (!released_flag_.exchange(true)) release_.set_value();
+  }
+  int batches() const { return batches_.load(); }
+  ~ExecutorGate() { Release(); }
+
+ private:
+  std::atomic<int> batches_{0};
+  std::promise<void> entered_, release_;
+  std::shared_future<void> released_ = release_.get_future().share();
+  std::atomic<bool> released_flag_{false};
+};
+
+AttendRequest ToBF16(AttendRequest req) {
+  const std::vector<float> v = RawFloats(req.query());
+  std::string raw(v.size() * 2, '\0');
+  core::EncodeFromFloat(core::DType::kBF16, v, reinterpret_cast<uint8_t*>(raw.data()));
+  req.mutable_query()->set_dtype(attention::v1::BFLOAT16);
+  req.mutable_query()->set_raw_data(raw);
+  return req;
+}
+
+TEST_F(AttentionServiceTest, ResponseOverTheMessageLimitIsRefusedBeforeCompute) {
+  // Eight one-token sequences padded to 32: padded probabilities are
+  // 8 x 4 heads x 32 x 32 floats = 128 KiB although only 32 values are valid.
+  ExecutorGate gate;
+  gate.Release();  // count batches only
+  AttentionServer::Options options;
+  options.max_message_bytes = 48 << 10;
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  AttendRequest req = ToBF16(MakeRequest(8, 32));
+  for (int i = 0; i < 8; ++i) req.add_query_lengths(1);
+  req.set_return_attention_probs(true);
+  AttendResponse resp;
+  grpc::Status s = Attend(req, &resp);
+  ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  for (const char* part : {"return_attention_probs", "the response would be", "49152",
+                           "padded [8, 4, 32, 32]", "PROBS_LAYOUT_PACKED", "--max_message_bytes",
+                           "fewer or shorter sequences"}) {
+    EXPECT_TRUE(absl::StrContains(s.error_message(), part)) << part << " in " << s.error_message();
+  }
+  EXPECT_EQ(WaitCounter("small", "INVALID_ARGUMENT", 1), 1);
+  EXPECT_EQ(gate.batches(), 0);  // refused at admission: nothing computed
+
+  // The packed layout costs only the valid rows: 8 x 4 x 1 x 1 values.
+  req.set_attention_probs_layout(attention::v1::PROBS_LAYOUT_PACKED);
+  s = Attend(req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.attention_probs().shape_size(), 1);
+  EXPECT_EQ(resp.attention_probs().shape(0), 32);
+  for (float p : RawFloats(resp.attention_probs())) EXPECT_FLOAT_EQ(p, 1.0f);  // one key each
+  const Model& model = *server_->repository().Find("small");
+  auto decoded = DecodeAttendRequest(req, model);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_LE(static_cast<int64_t>(resp.ByteSizeLong()),
+            ResponseBytesBound(*decoded, model, req.request_id().size()));
+  EXPECT_EQ(gate.batches(), 1);
+}
+
+TEST_F(AttentionServiceTest, ResponseSizeBoundHoldsForEveryLayoutAndDtype) {
+  const Model& model = *server_->repository().Find("small");
+  for (bool bf16 : {false, true}) {
+    for (bool probs : {false, true}) {
+      for (auto layout : {attention::v1::PROBS_LAYOUT_PADDED, attention::v1::PROBS_LAYOUT_PACKED}) {
+        AttendRequest req = MakeRequest(3, 7);
+        if (bf16) req = ToBF16(req);
+        for (int len : {7, 2, 5}) req.add_query_lengths(len);
+        req.set_return_attention_probs(probs);
+        req.set_attention_probs_layout(layout);
+        req.set_causal(true);
+        req.set_request_id(std::string(300, 'x'));
+        AttendResponse resp;
+        const grpc::Status s = Attend(req, &resp);
+        ASSERT_TRUE(s.ok()) << s.error_message();
+        auto decoded = DecodeAttendRequest(req, model);
+        ASSERT_TRUE(decoded.ok()) << decoded.status();
+        const int64_t bound = ResponseBytesBound(*decoded, model, req.request_id().size());
+        const auto actual = static_cast<int64_t>(resp.ByteSizeLong());
+        EXPECT_LE(actual, bound) << bf16 << probs << layout;
+        EXPECT_GE(actual, bound - 512) << "the bound is loose by more than its framing allowance";
+      }
+    }
+  }
+}
+
+TEST_F(AttentionServiceTest, PackedProbabilitiesAreTheValidBlocksOfThePaddedLayout) {
+  AttendRequest req = MakeRequest(3, 5);
+  const std::vector<int> lengths = {5, 2, 4};
+  for (int len : lengths) req.add_query_lengths(len);
+  req.set_causal(true);
+  req.set_return_attention_probs(true);
+  AttendResponse padded, packed;
+  ASSERT_TRUE(Attend(req, &padded).ok());
+  req.set_attention_probs_layout(attention::v1::PROBS_LAYOUT_PACKED);
+  ASSERT_TRUE(Attend(req, &packed).ok());
+  const std::vector<float> p = RawFloats(padded.attention_probs());
+  const std::vector<float> q = RawFloats(packed.attention_probs());
+  ASSERT_EQ(q.size(), static_cast<size_t>(kHeads * (25 + 4 + 16)));
+  EXPECT_EQ(packed.attention_probs().shape(0), static_cast<int64_t>(q.size()));
+  size_t k = 0;
+  for (int b = 0; b < 3; ++b) {
+    for (int h = 0; h < kHeads; ++h) {
+      for (int i = 0; i < lengths[b]; ++i) {
+        for (int j = 0; j < lengths[b]; ++j) {
+          ASSERT_EQ(q[k++], p[((b * kHeads + h) * 5 + i) * 5 + j]) << b << " " << h << " " << i;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(RawFloats(packed.output()), RawFloats(padded.output()));  // the output is unchanged
+}
+
+TEST_F(AttentionServiceTest, UndefinedEnumValuesAreNamedByNumber) {
+  AttendRequest req = MakeRequest(1, 2);
+  req.mutable_query()->set_dtype(static_cast<attention::v1::DataType>(9));
+  AttendResponse resp;
+  grpc::Status s = Attend(req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(s.error_message(),
+                                "query.dtype: expected FLOAT32 or BFLOAT16, got value 9"))
+      << s.error_message();
+  req = MakeRequest(1, 2);
+  req.set_return_attention_probs(true);
+  req.set_attention_probs_layout(static_cast<attention::v1::ProbsLayout>(7));
+  s = Attend(req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "attention_probs_layout: expected "))
+      << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "got value 7")) << s.error_message();
+}
+
+TEST_F(AttentionServiceTest, ProbabilityBatchesRunInPartsOfAtMostOneMessage) {
+  // Each request's probabilities: 4 heads x 32 x 32 floats = 16 KiB; its
+  // response ~24.5 KiB fits 40 KiB, but three in one Forward would hold
+  // 48 KiB of probabilities: they run as parts of two and one.
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.max_message_bytes = 40 << 10;
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  std::thread first([&] {
+    AttendResponse r;
+    EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
+  });
+  gate.WaitEntered();
+  std::vector<AttendResponse> responses(3);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      AttendRequest req = MakeRequest(1, 32);
+      req.set_return_attention_probs(true);
+      const grpc::Status s = Attend(req, &responses[i]);
+      EXPECT_TRUE(s.ok()) << s.error_message();
+    });
+  }
+  while (server_->queued_requests() < 3) std::this_thread::yield();
+  gate.Release();
+  for (auto& t : threads) t.join();
+  first.join();
+  EXPECT_EQ(gate.batches(), 2);  // the held one, then all three cut together
+  std::vector<int> sizes;
+  for (const AttendResponse& r : responses) sizes.push_back(r.timing().batch_size());
+  std::sort(sizes.begin(), sizes.end());
+  EXPECT_EQ(sizes, (std::vector<int>{1, 2, 2}));
+  // Splitting changes nothing in the numbers.
+  AttendRequest req = MakeRequest(1, 32);
+  req.set_return_attention_probs(true);
+  AttendResponse alone;
+  ASSERT_TRUE(Attend(req, &alone).ok());
+  EXPECT_EQ(RawFloats(alone.attention_probs()), RawFloats(responses[0].attention_probs()));
+}
+
+TEST_F(AttentionServiceTest, CallComputedAfterItsClientCancelledCountsAsCancelled) {
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  grpc::ClientContext ctx;
+  grpc::Status status;
+  std::thread call([&] {
+    AttendResponse r;
+    status = stub_->Attend(&ctx, MakeRequest(1, 4), &r);
+  });
+  gate.WaitEntered();  // the call is in the batch the executor holds
+  ctx.TryCancel();
+  call.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  gate.Release();  // computed OK now, but the client is gone
+  EXPECT_EQ(WaitCounter("small", "CANCELLED", 1), 1);
+  EXPECT_EQ(Counter("small", "OK"), 0);
+}
+
+TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABatchRuns) {
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.max_queue_size = 4;
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  std::thread running([&] {
+    AttendResponse r;
+    EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
+  });
+  gate.WaitEntered();  // a long batch: nothing more is cut until Release()
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<grpc::Status> statuses(4);
+  std::vector<std::thread> waiting;
+  for (int i = 0; i < 4; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    if (i < 2) {
+      contexts[i]->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    }
+    waiting.emplace_back([&, i] {
+      AttendResponse r;
+      statuses[i] = stub_->Attend(contexts[i].get(), MakeRequest(1, 2), &r);
+    });
+  }
+  while (server_->queued_requests() < 4) std::this_thread::yield();
+  AttendResponse shed;
+  EXPECT_EQ(Attend(MakeRequest(1, 2), &shed).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  contexts[2]->TryCancel();
+  contexts[3]->TryCancel();
+  for (auto& t : waiting) t.join();
+  EXPECT_EQ(statuses[0].error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(statuses[2].error_code(), grpc::StatusCode::CANCELLED);
+  // Their slots are free although the executor is still busy.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (server_->queued_requests() > 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::yield();
+  }
+  EXPECT_EQ(server_->queued_requests(), 0);
+  EXPECT_EQ(WaitCounter("small", "DEADLINE_EXCEEDED", 2), 2);
+  EXPECT_EQ(WaitCounter("small", "CANCELLED", 2), 2);
+  AttendResponse later;
+  grpc::Status later_status;
+  std::thread admitted([&] { later_status = Attend(MakeRequest(1, 2), &later); });
+  while (server_->queued_requests() < 1) std::this_thread::yield();  // admitted, not shed
+  gate.Release();
+  admitted.join();
+  running.join();
+  EXPECT_TRUE(later_status.ok()) << later_status.error_message();
 }
 
 }  // namespace

@@ -38,7 +38,18 @@ const prometheus::Histogram::BucketBoundaries& TokenBuckets() {
 
 }  // namespace
 
-void ModelMetrics::RequestFinished(absl::StatusCode code) {
+// The codes a model's requests end with (see README, Metrics): their series
+// exist at 0 from the start, so rate() and alerts on them work before the
+// first such request. The unknown model only ever answers NOT_FOUND.
+constexpr absl::StatusCode kModelCodes[] = {
+    absl::StatusCode::kOk,           absl::StatusCode::kCancelled,
+    absl::StatusCode::kInvalidArgument, absl::StatusCode::kDeadlineExceeded,
+    absl::StatusCode::kResourceExhausted, absl::StatusCode::kUnavailable,
+    absl::StatusCode::kInternal};
+
+void ModelMetrics::RequestFinished(absl::StatusCode code) { CounterFor(code)->Increment(); }
+
+prometheus::Counter* ModelMetrics::CounterFor(absl::StatusCode code) {
   int i = static_cast<int>(code);
   if (i < 0 || i >= static_cast<int>(by_code_.size())) {  // not a canonical code
     code = absl::StatusCode::kUnknown;
@@ -56,7 +67,7 @@ void ModelMetrics::RequestFinished(absl::StatusCode code) {
       by_code_[i].store(counter, std::memory_order_release);
     }
   }
-  counter->Increment();
+  return counter;
 }
 
 // The unknown model has only request counters: the other series stay null
@@ -173,13 +184,14 @@ ServerMetrics::ServerMetrics(const Options& options)
   auto unknown = std::unique_ptr<ModelMetrics>(new ModelMetrics());
   unknown->server_ = this;
   unknown_ = unknown.get();
+  unknown_->CounterFor(absl::StatusCode::kNotFound);
   MutexLock lock(&mu_);
   models_.emplace(std::string(), std::move(unknown));
 }
 
 ServerMetrics::~ServerMetrics() = default;
 
-ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
+ModelMetrics* ServerMetrics::AddModelSeries(absl::string_view model) {
   MutexLock lock(&mu_);
   if (auto it = models_.find(model); it != models_.end()) return it->second.get();
   auto m = std::unique_ptr<ModelMetrics>(new ModelMetrics());
@@ -201,6 +213,13 @@ ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
   ModelMetrics* result = m.get();
   models_.emplace(m->name_, std::move(m));
   return result;
+}
+
+ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
+  ModelMetrics* m = AddModelSeries(model);
+  if (m == unknown_) return m;  // NOT_FOUND only
+  for (absl::StatusCode code : kModelCodes) m->CounterFor(code);  // takes mu_ itself
+  return m;
 }
 
 ModelMetrics* ServerMetrics::Find(absl::string_view model) const {
@@ -227,7 +246,9 @@ std::map<std::string, int64_t> ServerMetrics::RequestCountsByCode() const {
     if (family.name != "attn_requests_total") continue;
     for (const auto& metric : family.metric) {
       for (const auto& label : metric.label) {
-        if (label.name == "code") counts[label.value] += static_cast<int64_t>(metric.counter.value);
+        if (label.name == "code" && metric.counter.value > 0) {
+          counts[label.value] += static_cast<int64_t>(metric.counter.value);
+        }
       }
     }
   }

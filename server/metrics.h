@@ -7,9 +7,11 @@
 //
 // Metric names (base units, Prometheus conventions):
 //   attn_requests_total{model,code}            counter, every finished Attend
-//                                               request (code = gRPC code
-//                                               name, e.g. OK,
-//                                               RESOURCE_EXHAUSTED)
+//                                               request by the code the
+//                                               client got (code = gRPC
+//                                               code name, e.g. OK,
+//                                               RESOURCE_EXHAUSTED); the
+//                                               usual codes start at 0
 //   attn_request_duration_seconds{model}       histogram, server time of OK
 //                                               requests (admission to
 //                                               response)
@@ -86,6 +88,8 @@ class ModelMetrics {
  private:
   friend class ServerMetrics;
   ModelMetrics() = default;
+  // The code's counter, created at 0 on first use.
+  prometheus::Counter* CounterFor(absl::StatusCode code);
 
   ServerMetrics* server_ = nullptr;
   std::string name_;
@@ -117,13 +121,17 @@ class ServerMetrics {
   explicit ServerMetrics(const Options& options);
   ~ServerMetrics();
 
-  // Creates (or returns) the series of `model`, all at zero, ready = 0.
+  // Creates (or returns) the series of `model`, all at zero, ready = 0,
+  // with attn_requests_total at 0 for every code a model's requests end with
+  // (OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+  // UNAVAILABLE, INTERNAL); others appear on first use.
   ModelMetrics* AddModel(absl::string_view model);
   // The model's series; nullptr when AddModel was never called for it.
   ModelMetrics* Find(absl::string_view model) const;
   // Series under model="" for requests naming no known model (unknown
   // names would make label cardinality unbounded). It has request counters
-  // only: its other recording methods do nothing. Find("") returns it.
+  // only (NOT_FOUND at 0 from the start): its other recording methods do
+  // nothing. Find("") returns it.
   ModelMetrics* unknown_model() { return unknown_; }
 
   // attn_requests_total{model,code} += 1 on Find(model)'s series; "" is
@@ -133,7 +141,8 @@ class ServerMetrics {
   // attn_inflight_requests += delta.
   void InflightChanged(int64_t delta);
   // Finished requests by code name over all models (attn_requests_total),
-  // e.g. {"OK": 1200, "UNAVAILABLE": 3}; codes never seen are absent.
+  // e.g. {"OK": 1200, "UNAVAILABLE": 3}; codes never seen (or at 0) are
+  // absent.
   std::map<std::string, int64_t> RequestCountsByCode() const;
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
@@ -143,6 +152,7 @@ class ServerMetrics {
 
  private:
   friend class ModelMetrics;
+  ModelMetrics* AddModelSeries(absl::string_view model);
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* requests_;

@@ -91,9 +91,17 @@ TEST_F(MetricsTest, CountsRequestsPerCode) {
   EXPECT_EQ(
       CounterValue("attn_requests_total", {{"model", "m"}, {"code", "RESOURCE_EXHAUSTED"}}), 1);
   EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "INVALID_ARGUMENT"}}), 2);
-  // Codes never seen have no series.
-  EXPECT_EQ(Series("attn_requests_total", {{"model", "m"}, {"code", "INTERNAL"}}), nullptr);
-  EXPECT_EQ(SeriesCount("attn_requests_total"), 3);
+  // The codes a model answers with exist at 0 before their first request
+  // (so rate() and alerts work from the start); others appear on first use.
+  for (const char* code : {"CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "INTERNAL"}) {
+    EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", code}}), 0) << code;
+  }
+  EXPECT_EQ(CounterValue("attn_requests_total", {{"model", ""}, {"code", "NOT_FOUND"}}), 0);
+  EXPECT_EQ(Series("attn_requests_total", {{"model", "m"}, {"code", "DATA_LOSS"}}), nullptr);
+  EXPECT_EQ(SeriesCount("attn_requests_total"), 7 + 1);
+  m->RequestFinished(absl::StatusCode::kDataLoss);
+  Collect();
+  EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "DATA_LOSS"}}), 1);
 }
 
 TEST_F(MetricsTest, RequestCountsByCodeSumsOverModels) {
@@ -310,9 +318,10 @@ TEST_F(MetricsTest, ProcessMetricsAreSane) {
 TEST_F(MetricsTest, ConcurrentRecordingIsExact) {
   constexpr int kThreads = 4;
   constexpr int kIterations = 5000;
-  const absl::StatusCode kCodes[] = {absl::StatusCode::kOk, absl::StatusCode::kInvalidArgument,
-                                     absl::StatusCode::kResourceExhausted,
-                                     absl::StatusCode::kDeadlineExceeded};
+  // Codes whose series AddModel does not create: their first uses race.
+  const absl::StatusCode kCodes[] = {absl::StatusCode::kAborted, absl::StatusCode::kDataLoss,
+                                     absl::StatusCode::kOutOfRange,
+                                     absl::StatusCode::kFailedPrecondition};
   ModelMetrics* a = metrics_.AddModel("a");
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -351,7 +360,9 @@ TEST_F(MetricsTest, ConcurrentRecordingIsExact) {
   }
   EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "b"}, {"code", "OK"}}), kTotal);
   EXPECT_EQ(CounterValue("attn_requests_total", {{"model", ""}, {"code", "NOT_FOUND"}}), kTotal);
-  EXPECT_EQ(SeriesCount("attn_requests_total"), 6);
+  // Each model's 7 codes that start at 0 ("a" also has the 4 above), 40
+  // models t*, and model "" with NOT_FOUND only: no series twice.
+  EXPECT_EQ(SeriesCount("attn_requests_total"), (7 + 4) + 7 + 40 * 7 + 1);
   const Labels labels = {{"model", "a"}};
   EXPECT_EQ(GaugeValue("attn_inflight_requests", {}), 0);
   EXPECT_EQ(GaugeValue("attn_queue_depth", labels), 0);

@@ -10,13 +10,17 @@
 // Admission is bounded (requests and tokens over all keys): a full batcher
 // refuses at once with RESOURCE_EXHAUSTED, so accepted work is never dropped.
 // Tasks whose deadline passed or that were cancelled are handed to `reject`
-// (DEADLINE_EXCEEDED / CANCELLED) when their batch is cut, and never take a
-// batch slot. Among keys ready to cut, the one holding the oldest task goes
+// (DEADLINE_EXCEEDED / CANCELLED) and never take a batch slot: when their
+// batch is cut, when Sweep() is called (e.g. as a cancellation is observed),
+// and when a Submit finds the queue full while a queued deadline has passed
+// (so dead tasks never shed live ones, even while the executor is busy). Among keys ready to cut, the one holding the oldest task goes
 // first. Drain()/Stop() refuse new tasks (UNAVAILABLE) and run everything
 // queued without waiting for delays; Stop() then joins. Neither waits on the
 // clock.
 //
-// Thread-safe. `run` and `reject` are called on the executor thread only.
+// Thread-safe. `run` is called on the executor thread only; `reject` on the
+// executor thread or on a thread inside Submit() or Sweep(), never under the
+// batcher's lock (so it may call back into the batcher).
 #ifndef ATTN_CORE_BATCHING_BATCHER_H_
 #define ATTN_CORE_BATCHING_BATCHER_H_
 
@@ -77,45 +81,49 @@ class Batcher {
 
   // Queues *task under `key` and takes it. On error *task stays with the
   // caller: RESOURCE_EXHAUSTED (queue full; message says which bound),
-  // UNAVAILABLE (stopping).
+  // UNAVAILABLE (stopping). A full queue first rejects its queued tasks
+  // whose deadline has passed, if any (on this thread).
   absl::Status Submit(const std::string& key, std::unique_ptr<Task>* task) {
     const int64_t tokens = (*task)->tokens();
+    Rejected rejected;
+    absl::Status status;
     {
       MutexLock lock(&mu_);
-      if (stopping_) return absl::UnavailableError("server is shutting down");
-      if (requests_ + 1 > options_.max_queue_requests) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "queue full: ", requests_, " requests waiting (max_queue_size ",
-            options_.max_queue_requests, ")"));
+      status = AdmitLocked(tokens);
+      if (!status.ok() && !stopping_ && earliest_deadline_ <= options_.clock->Now()) {
+        SweepLocked(&rejected);
+        status = AdmitLocked(tokens);
       }
-      if (tokens_ + tokens > options_.max_queue_tokens && requests_ > 0) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "queue full: ", tokens_, " tokens waiting, ", tokens, " more would exceed ",
-            options_.max_queue_tokens, " (max_queue_tokens)"));
+      if (status.ok()) {
+        Queue& q = queues_[key];
+        q.entries.push_back({std::move(*task), options_.clock->Now()});
+        q.tokens += tokens;
+        ++requests_;
+        tokens_ += tokens;
+        earliest_deadline_ = std::min(earliest_deadline_, q.entries.back().task->deadline());
       }
-      Queue& q = queues_[key];
-      q.entries.push_back({std::move(*task), options_.clock->Now()});
-      q.tokens += tokens;
-      ++requests_;
-      tokens_ += tokens;
     }
-    cv_.Signal();
-    return absl::OkStatus();
+    if (status.ok()) cv_.Signal();
+    for (auto& [t, why] : rejected) reject_(std::move(t), why);
+    return status;
   }
 
   // Wakes the executor to look at the clock again (tests with a FakeClock).
   void Poke() { cv_.Signal(); }
 
-  // Asks the executor to reject (CANCELLED) every queued task that reports
-  // cancelled() now, instead of when its batch is cut, so a client that gave
-  // up frees its queue slots at once. Costs one pass over the queues; call it
-  // when a cancellation is observed, not per request.
-  void SweepCancelled() {
+  // Rejects now, on the calling thread, every queued task that reports
+  // cancelled() (CANCELLED) or whose deadline has passed
+  // (DEADLINE_EXCEEDED), instead of when its batch is cut: a client that
+  // gave up frees its queue slots at once, even while a long batch runs.
+  // Costs one pass over the queues; call it when a cancellation is observed,
+  // not per request.
+  void Sweep() {
+    Rejected rejected;
     {
       MutexLock lock(&mu_);
-      sweep_ = true;
+      SweepLocked(&rejected);
     }
-    cv_.Signal();
+    for (auto& [t, why] : rejected) reject_(std::move(t), why);
   }
 
   // Runs `fn` on the executor thread before any further batch and waits for
@@ -168,6 +176,30 @@ class Batcher {
     std::deque<Entry> entries;
     int64_t tokens = 0;
   };
+  using Rejected = std::vector<std::pair<std::unique_ptr<Task>, absl::Status>>;
+
+  // Whether one more task of `tokens` fits the admission bounds.
+  absl::Status AdmitLocked(int64_t tokens) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (stopping_) return absl::UnavailableError("server is shutting down");
+    if (requests_ + 1 > options_.max_queue_requests) {
+      return absl::ResourceExhaustedError(absl::StrCat("queue full: ", requests_,
+                                                       " requests waiting (max_queue_size ",
+                                                       options_.max_queue_requests, ")"));
+    }
+    if (tokens_ + tokens > options_.max_queue_tokens && requests_ > 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "queue full: ", tokens_, " tokens waiting, ", tokens, " more would exceed ",
+          options_.max_queue_tokens, " (max_queue_tokens)"));
+    }
+    return absl::OkStatus();
+  }
+
+  // Why a queued task cannot run, or OK.
+  static absl::Status Dead(const Task& task, absl::Time now) {
+    if (task.cancelled()) return absl::CancelledError("cancelled before compute");
+    if (task.deadline() <= now) return absl::DeadlineExceededError("deadline passed while queued");
+    return absl::OkStatus();
+  }
 
   Batcher(const Options& options, RunBatch run, Reject reject)
       : options_(options), run_(std::move(run)), reject_(std::move(reject)) {
@@ -178,18 +210,13 @@ class Batcher {
     for (;;) {
       std::string key;
       std::vector<std::unique_ptr<Task>> batch;
-      std::vector<std::pair<std::unique_ptr<Task>, absl::Status>> rejected;
+      Rejected rejected;
       std::function<void()> control;
       {
         MutexLock lock(&mu_);
         auto chosen = queues_.end();
         for (;;) {
           if (!control_.empty()) break;
-          if (sweep_) {
-            sweep_ = false;
-            Sweep(&rejected);
-            if (!rejected.empty()) break;
-          }
           const absl::Time now = options_.clock->Now();
           absl::Time recheck = absl::InfiniteFuture();
           for (auto it = queues_.begin(); it != queues_.end(); ++it) {
@@ -235,8 +262,7 @@ class Batcher {
   // Takes the next batch from `queue`: tasks in order while the batch has
   // room; expired or cancelled tasks go to `rejected` and take no slot.
   void CutBatch(typename std::map<std::string, Queue>::iterator queue,
-                std::vector<std::unique_ptr<Task>>* batch,
-                std::vector<std::pair<std::unique_ptr<Task>, absl::Status>>* rejected)
+                std::vector<std::unique_ptr<Task>>* batch, Rejected* rejected)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Queue& q = queue->second;
     const BatchPolicy policy = PolicyFor(queue->first);
@@ -245,22 +271,15 @@ class Batcher {
     while (!q.entries.empty() && static_cast<int>(batch->size()) < policy.max_batch_size) {
       Entry& front = q.entries.front();
       const int64_t t = front.task->tokens();
-      const bool dead = front.task->deadline() <= now;
-      const bool cancelled = front.task->cancelled();
-      if (!dead && !cancelled && !batch->empty() &&
-          batch_tokens + t > policy.max_batch_tokens) {
-        break;
-      }
+      absl::Status dead = Dead(*front.task, now);
+      if (dead.ok() && !batch->empty() && batch_tokens + t > policy.max_batch_tokens) break;
       std::unique_ptr<Task> task = std::move(front.task);
       q.entries.pop_front();
       q.tokens -= t;
       --requests_;
       tokens_ -= t;
-      if (cancelled) {
-        rejected->emplace_back(std::move(task), absl::CancelledError("cancelled before compute"));
-      } else if (dead) {
-        rejected->emplace_back(std::move(task),
-                               absl::DeadlineExceededError("deadline passed while queued"));
+      if (!dead.ok()) {
+        rejected->emplace_back(std::move(task), std::move(dead));
       } else {
         batch_tokens += t;
         batch->push_back(std::move(task));
@@ -269,15 +288,18 @@ class Batcher {
     if (q.entries.empty()) queues_.erase(queue);
   }
 
-  // Moves every cancelled task of every queue to `rejected`, keeping the
-  // others in order.
-  void Sweep(std::vector<std::pair<std::unique_ptr<Task>, absl::Status>>* rejected)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // Moves every cancelled or expired task of every queue to `rejected`,
+  // keeping the others in order, and recomputes earliest_deadline_.
+  void SweepLocked(Rejected* rejected) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Time now = options_.clock->Now();
+    earliest_deadline_ = absl::InfiniteFuture();
     for (auto it = queues_.begin(); it != queues_.end();) {
       Queue& q = it->second;
       std::deque<Entry> kept;
       for (Entry& e : q.entries) {
-        if (!e.task->cancelled()) {
+        absl::Status dead = Dead(*e.task, now);
+        if (dead.ok()) {
+          earliest_deadline_ = std::min(earliest_deadline_, e.task->deadline());
           kept.push_back(std::move(e));
           continue;
         }
@@ -285,7 +307,7 @@ class Batcher {
         q.tokens -= t;
         --requests_;
         tokens_ -= t;
-        rejected->emplace_back(std::move(e.task), absl::CancelledError("cancelled before compute"));
+        rejected->emplace_back(std::move(e.task), std::move(dead));
       }
       q.entries = std::move(kept);
       it = q.entries.empty() ? queues_.erase(it) : std::next(it);
@@ -306,7 +328,9 @@ class Batcher {
   int requests_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  bool sweep_ ABSL_GUARDED_BY(mu_) = false;
+  // No queued task's deadline is earlier (tasks that left since may make it
+  // earlier than the true minimum: a sweep then finds nothing and fixes it).
+  absl::Time earliest_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   std::thread thread_;  // last: starts after everything above exists
 };
 

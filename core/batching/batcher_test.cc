@@ -204,7 +204,7 @@ TEST_F(BatcherTest, ExpiredAndCancelledTasksAreRejectedAndTakeNoSlot) {
   EXPECT_EQ(rejected[1], std::make_pair(3, absl::StatusCode::kCancelled));
 }
 
-TEST_F(BatcherTest, SweepRejectsCancelledTasksWithoutWaitingForTheirBatch) {
+TEST_F(BatcherTest, SweepRejectsCancelledAndExpiredTasksWithoutWaitingForTheirBatch) {
   Start(10, 100, absl::Seconds(60));  // nothing is cut before the delay
   auto flag = std::make_shared<std::atomic<bool>>(false);
   for (int id : {1, 2, 3}) {
@@ -212,17 +212,46 @@ TEST_F(BatcherTest, SweepRejectsCancelledTasksWithoutWaitingForTheirBatch) {
     if (id != 2) task->cancel_later = flag;
     ASSERT_TRUE(batcher_->Submit(id == 3 ? "other" : "m", &task).ok());
   }
+  ASSERT_TRUE(Submit("m", 4, 1, clock_.Now() + absl::Seconds(1)).ok());  // expires
+  ASSERT_TRUE(Submit("m", 5, 1, clock_.Now() + absl::Seconds(2)).ok());  // does not
   flag->store(true);
-  batcher_->SweepCancelled();
-  const auto rejected = rec_.WaitRejected(2);
-  ASSERT_EQ(rejected.size(), 2u);
+  clock_.Advance(absl::Seconds(1));
+  batcher_->Sweep();
+  // Swept on this thread, before Sweep returns.
+  const auto rejected = rec_.WaitRejected(0);
+  ASSERT_EQ(rejected.size(), 3u);
   EXPECT_EQ(rejected[0], std::make_pair(1, absl::StatusCode::kCancelled));
-  EXPECT_EQ(rejected[1], std::make_pair(3, absl::StatusCode::kCancelled));
-  EXPECT_EQ(batcher_->queued(), std::make_pair(1, int64_t{1}));  // task 2 still waits
+  EXPECT_EQ(rejected[1], std::make_pair(4, absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(rejected[2], std::make_pair(3, absl::StatusCode::kCancelled));
+  EXPECT_EQ(batcher_->queued(), std::make_pair(2, int64_t{2}));  // tasks 2 and 5 still wait
   EXPECT_EQ(rec_.batches(), 0u);
-  clock_.Advance(absl::Seconds(60));
+  clock_.Advance(absl::Seconds(59));
   batcher_->Poke();
   EXPECT_EQ(rec_.Next().ids, std::vector<int>{2});
+}
+
+TEST_F(BatcherTest, FullQueueRejectsItsExpiredTasksBeforeSheddingWhileTheExecutorIsBusy) {
+  rec_.HoldFirstBatch();
+  Start(8, 100, absl::ZeroDuration(), /*max_requests=*/3);
+  ASSERT_TRUE(Submit("m", 1).ok());
+  rec_.WaitHeld();  // a long batch runs: nothing is cut until Release()
+  ASSERT_TRUE(Submit("m", 2, 1, clock_.Now() + absl::Milliseconds(500)).ok());
+  ASSERT_TRUE(Submit("m", 3, 1, clock_.Now() + absl::Milliseconds(500)).ok());
+  ASSERT_TRUE(Submit("m", 4).ok());
+  EXPECT_EQ(Submit("m", 5).code(), absl::StatusCode::kResourceExhausted);  // full, none expired
+  clock_.Advance(absl::Milliseconds(1500));
+  // Full again, but 2 and 3 are past their deadlines: they go, 6 and 7 come in.
+  ASSERT_TRUE(Submit("m", 6).ok());
+  ASSERT_TRUE(Submit("m", 7).ok());
+  EXPECT_EQ(Submit("m", 8).code(), absl::StatusCode::kResourceExhausted);
+  const auto rejected = rec_.WaitRejected(0);
+  ASSERT_EQ(rejected.size(), 2u);
+  EXPECT_EQ(rejected[0], std::make_pair(2, absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(rejected[1], std::make_pair(3, absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(batcher_->queued(), std::make_pair(3, int64_t{3}));
+  rec_.Release();
+  EXPECT_EQ(rec_.Next().ids, std::vector<int>{1});
+  EXPECT_EQ(rec_.Next().ids, (std::vector<int>{4, 6, 7}));
 }
 
 TEST(BatcherPolicyTest, EachKeyUsesItsOwnPolicy) {
