@@ -1062,5 +1062,28 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   EXPECT_TRUE(later_status.ok()) << later_status.error_message();
 }
 
+TEST_F(AttentionServiceTest, CallStillComputingWhenTheShutdownGraceRunsOutCountsAsCancelled) {
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.shutdown_grace = absl::Milliseconds(200);
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  grpc::Status status;
+  std::thread call([&] {
+    AttendResponse r;
+    status = Attend(MakeRequest(1, 4), &r);
+  });
+  gate.WaitEntered();
+  std::thread stopper([&] { server_->Shutdown(); });
+  call.join();  // gRPC cancels the call when the grace runs out
+  EXPECT_FALSE(status.ok());
+  gate.Release();  // the batch finishes OK, but its client is gone
+  stopper.join();
+  EXPECT_EQ(Counter("small", "OK"), 0);
+  EXPECT_EQ(Counter("small", "CANCELLED"), 1);  // recorded before Shutdown() returned
+  EXPECT_EQ(server_->metrics().RequestCountsByCode(),
+            (std::map<std::string, int64_t>{{"CANCELLED", 1}}));
+}
+
 }  // namespace
 }  // namespace attn::server

@@ -48,6 +48,7 @@ cli attend --model=default --lengths=9 --batch=1 --seq_len=4 >"$work/bad.out" 2>
 expect_in "$work/bad.err" "INVALID_ARGUMENT.*query_lengths" "bad length names the field"
 
 curl -sf "$METRICS_URL" >"$work/metrics.txt" || fail "cannot scrape $METRICS_URL"
+expect_in "$work/metrics.txt" '^attn_requests_total\{code="DEADLINE_EXCEEDED",model="default"\} 0$' "codes not yet seen exist at 0"
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="OK",model="default"\} 1$' "one OK request counted"
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="INVALID_ARGUMENT",model="default"\} 1$' "one INVALID_ARGUMENT counted"
 expect_in "$work/metrics.txt" '^attn_build_info\{.*onednn_version="2\.' "build info exported"
@@ -63,6 +64,20 @@ rc=0
 cli attend --tokens "a b" --lengths=1 --heatmap="$work/x.svg" >"$work/tokens.out" 2>&1 || rc=$?
 [ "$rc" -eq 2 ] || fail "--tokens that do not match the length: expected exit 2, got $rc"
 expect_in "$work/tokens.out" "--tokens: expected 1 tokens" "a token count mismatch names --tokens"
+
+# A response that could never be sent (2.5 GiB of padded probabilities for five one-token
+# sequences) is refused before compute, saying what would fit; the packed layout does.
+rc=0
+cli attend --batch=5 --seq_len=4096 --lengths=1,1,1,1,1 --dtype=bfloat16 --probs \
+  >"$work/huge.out" 2>"$work/huge.err" || rc=$?
+[ "$rc" -eq 2 ] || fail "an unsendable response: expected exit 2, got $rc"
+expect_in "$work/huge.err" "INVALID_ARGUMENT: return_attention_probs: the response would be 2.5 GiB" \
+  "an unsendable response is refused naming its size"
+expect_in "$work/huge.err" "PROBS_LAYOUT_PACKED" "the refusal suggests the packed layout"
+cli attend --batch=5 --seq_len=4096 --lengths=1,1,1,1,1 --dtype=bfloat16 --probs --probs_layout=packed \
+  >"$work/packed.out" || fail "attend --probs_layout=packed: exit $?"
+expect_in "$work/packed.out" "attention_probs shape: \[40\]" "packed probabilities hold 5 x 8 heads x 1 x 1"
+cli health >/dev/null || fail "the server is still serving"
 
 stop_server || fail "server did not exit 0 on SIGTERM"
 expect_in "$work/server.log" "stopped" "server logs its stop"
