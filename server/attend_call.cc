@@ -24,9 +24,19 @@ bool IsClientError(absl::StatusCode code) {
 }  // namespace
 
 void CallOutcome::Record(bool delivered) const {
+  // Given back before the call is counted: whoever sees the count may rely
+  // on them.
+  if (budget != nullptr) budget->Release(budget_bytes);
+  if (admitted) observers->metrics->InflightChanged(-1);
   absl::Status final_status = status;
   if (!delivered) {
-    final_status = absl::Now() >= deadline_at
+    // A client whose deadline passes cancels the stream (HTTP/2 has no
+    // deadline code), and the server's deadline is the client's timeout
+    // counted from arrival, so later than the client's by the transit time:
+    // a cancel within kDeadlineSlack of the deadline is taken as the
+    // deadline's.
+    constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(100);
+    final_status = absl::Now() + kDeadlineSlack >= deadline_at
                        ? absl::DeadlineExceededError(absl::StrCat(
                              "deadline passed before the response was sent (server status: ",
                              absl::StatusCodeToString(status.code()), ")"))
@@ -38,7 +48,6 @@ void CallOutcome::Record(bool delivered) const {
   if (final_status.ok()) {
     model_metrics->RequestSucceeded(server_time, absl::Microseconds(timing.queue_us()), tokens);
   }
-  if (admitted) observers->metrics->InflightChanged(-1);
 
   Logger& log = *observers->logger;
   if (final_status.ok()) {
@@ -87,6 +96,11 @@ void AttendUnaryReactor::OnCancel() {
   batcher->Sweep();  // may finish this very call: not under mu_
 }
 
+bool AttendUnaryReactor::cancelled() const {
+  MutexLock lock(&mu_);
+  return cancelled_;
+}
+
 void AttendUnaryReactor::OnDone() {
   {
     MutexLock lock(&mu_);
@@ -107,6 +121,8 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   outcome.observers = call->observers;
   outcome.model_metrics = call->model_metrics;
   outcome.admitted = call->admitted;
+  outcome.budget = call->budget;
+  outcome.budget_bytes = call->budget_bytes;
   outcome.status = status;
   outcome.deadline_at = call->deadline_at;
   outcome.model = call->model != nullptr ? call->model->name : "";

@@ -3,6 +3,7 @@
 #ifndef ATTN_SERVER_ATTEND_CALL_H_
 #define ATTN_SERVER_ATTEND_CALL_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,6 +25,32 @@ namespace attn::server {
 
 struct AttendCall;
 
+// Bytes of responses that accepted calls may still produce: admission takes
+// a call's response bound (ResponseBytesBound), and the call gives it back
+// once its response has been sent or dropped (CallOutcome::Record), so the
+// responses computed but not yet delivered (slow readers) stay bounded.
+// Thread-safe.
+class ResponseBudget {
+ public:
+  explicit ResponseBudget(int64_t max_bytes) : max_bytes_(max_bytes) {}
+  // Takes `bytes` if they fit, or if nothing is held (one response always
+  // fits: its size was checked against the message limit).
+  bool TryAcquire(int64_t bytes) {
+    int64_t held = held_.load(std::memory_order_relaxed);
+    do {
+      if (held > 0 && held + bytes > max_bytes_) return false;
+    } while (!held_.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
+    return true;
+  }
+  void Release(int64_t bytes) { held_.fetch_sub(bytes, std::memory_order_relaxed); }
+  int64_t held() const { return held_.load(std::memory_order_relaxed); }
+  int64_t max_bytes() const { return max_bytes_; }
+
+ private:
+  const int64_t max_bytes_;
+  std::atomic<int64_t> held_{0};
+};
+
 // Where every finished call is counted and logged. Outlives every call.
 struct CallObservers {
   ServerMetrics* metrics = nullptr;
@@ -41,6 +68,9 @@ struct CallOutcome {
   const CallObservers* observers = nullptr;
   ModelMetrics* model_metrics = nullptr;
   bool admitted = false;  // counted in flight
+  // Given back to `budget` when recorded (0: nothing was taken).
+  ResponseBudget* budget = nullptr;
+  int64_t budget_bytes = 0;
   absl::Status status;
   absl::Time deadline_at = absl::InfiniteFuture();
   std::string model, request_id;
@@ -55,7 +85,8 @@ struct CallOutcome {
   // for the client's own mistakes, warning otherwise). `delivered` false: the
   // call was cancelled before its status reached the client (the client
   // cancelled, its deadline passed, or the shutdown grace ran out), so it
-  // counts as the client saw it: DEADLINE_EXCEEDED past the deadline, else
+  // counts as the client saw it: DEADLINE_EXCEEDED past (or within 100 ms
+  // of) the deadline, else
   // CANCELLED. Call once.
   void Record(bool delivered) const;
 };
@@ -84,12 +115,14 @@ class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
   void FinishCall(CallOutcome outcome);
   void OnCancel() override;
   void OnDone() override;
+  // Whether gRPC has reported this call cancelled (OnCancel ran).
+  bool cancelled() const;
 
  private:
   // The reactions run on gRPC threads whose hand-offs go through gRPC's own
   // (uninstrumented) locks: state shared with them is published under mu_
   // so TSan sees the ordering too.
-  Mutex mu_;
+  mutable Mutex mu_;
   core::Batcher<AttendCall>* batcher_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
@@ -102,6 +135,8 @@ struct AttendCall {
   const Model* model = nullptr;
   ModelMetrics* model_metrics = nullptr;  // the model's series, or unknown_model()
   bool admitted = false;                  // in the batcher: counted in flight and queued
+  ResponseBudget* budget = nullptr;       // set once budget_bytes are taken from it
+  int64_t budget_bytes = 0;
   DecodedRequest request;
   absl::Time enqueued;
   absl::Time deadline_at = absl::InfiniteFuture();
@@ -116,7 +151,12 @@ struct AttendCall {
 
   int64_t tokens() const { return request.num_tokens(); }
   absl::Time deadline() const { return deadline_at; }
-  bool cancelled() const { return context != nullptr && context->IsCancelled(); }
+  // The client gave up: OnCancel ran (unary), or the context says so (a
+  // stream's, or a unary one before its OnCancel has run).
+  bool cancelled() const {
+    return (reactor != nullptr && reactor->cancelled()) ||
+           (context != nullptr && context->IsCancelled());
+  }
 };
 
 using AttendBatcher = core::Batcher<AttendCall>;

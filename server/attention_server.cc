@@ -77,6 +77,10 @@ const char* Version() { return ATTN_VERSION; }
 
 absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     std::unique_ptr<ModelRepository> repository, const Options& options) {
+  if (options.max_response_bytes_in_flight < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_response_bytes_in_flight: expected >= 1, got ", options.max_response_bytes_in_flight));
+  }
   std::unique_ptr<AttentionServer> s(new AttentionServer());
   s->options_ = options;
   s->repository_ = std::move(repository);
@@ -119,7 +123,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
       batcher_options,
       [max_bytes = options.max_message_bytes, before = options.before_batch_for_test](
           const std::string& /*key*/, std::vector<std::unique_ptr<AttendCall>> calls) {
-        if (before) before();
+        if (before) before(calls);
         RunAttendBatch(std::move(calls), max_bytes);
       },
       [](std::unique_ptr<AttendCall> call, absl::Status why) {
@@ -129,8 +133,11 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   if (!batcher.ok()) return batcher.status();
   s->batcher_ = *std::move(batcher);
   // Every model's series exist (at zero, not ready) from here on.
+  AttentionService::Options service_options;
+  service_options.max_response_bytes = options.max_message_bytes;
+  service_options.max_response_bytes_in_flight = options.max_response_bytes_in_flight;
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->observers_,
-                                                   s->batcher_.get(), options.max_message_bytes);
+                                                   s->batcher_.get(), service_options);
   // Warm every model up on the batcher's executor thread (the one that will
   // serve it) before reporting SERVING.
   absl::Status warm;

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -32,6 +33,7 @@ namespace attn::server {
 
 class AttentionServer {
  public:
+  using BeforeBatch = std::function<void(const std::vector<std::unique_ptr<AttendCall>>&)>;
   struct Options {
     // gRPC address; port 0 picks a free port (see grpc_port()).
     std::string listen = "0.0.0.0:50051";
@@ -39,6 +41,9 @@ class AttentionServer {
     std::string metrics_listen = "0.0.0.0:9464";
     // Largest request or response message.
     int max_message_bytes = 256 << 20;
+    // Response bytes accepted requests may still produce before new ones
+    // are shed (AttentionService::Options).
+    int64_t max_response_bytes_in_flight = int64_t{2} << 30;
     // How long Shutdown() waits for calls in flight before cancelling them.
     absl::Duration shutdown_grace = absl::Seconds(30);
     // Reported in attn_build_info.
@@ -52,9 +57,10 @@ class AttentionServer {
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
-    // Test seam: runs on the executor before each batch computes (e.g. to
-    // hold it while a test cancels a call that is already in the batch).
-    std::function<void()> before_batch_for_test;
+    // Test seam: runs on the executor before each batch computes, with the
+    // batch's calls (e.g. to hold it while a test cancels a call that is
+    // already in the batch).
+    BeforeBatch before_batch_for_test;
   };
 
   // Starts serving `repository`. Fails if an address cannot be bound.

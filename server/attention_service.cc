@@ -33,11 +33,12 @@ void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
 
 AttentionService::AttentionService(const ModelRepository* repository,
                                    const CallObservers* observers, AttendBatcher* batcher,
-                                   int64_t max_response_bytes)
+                                   const Options& options)
     : repository_(repository),
       observers_(observers),
       batcher_(batcher),
-      decode_options_{.max_response_bytes = max_response_bytes} {
+      decode_options_{.max_response_bytes = options.max_response_bytes},
+      response_budget_(options.max_response_bytes_in_flight) {
   for (const Model* model : repository->models()) {
     model_metrics_[model] = observers->metrics->AddModel(model->name);
   }
@@ -60,6 +61,16 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
+  const int64_t response_bytes =
+      ResponseBytesBound(c.request, *model, request.request_id().size());
+  if (!response_budget_.TryAcquire(response_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "responses in flight: accepted requests may still send ", response_budget_.held(),
+        " bytes, ", response_bytes, " more would exceed ", response_budget_.max_bytes(),
+        " (max_response_bytes_in_flight)"));
+  }
+  c.budget = &response_budget_;  // given back when the call is recorded
+  c.budget_bytes = response_bytes;
   c.enqueued = absl::Now();
   if (c.context->deadline() != std::chrono::system_clock::time_point::max()) {
     c.deadline_at = absl::FromChrono(c.context->deadline());

@@ -34,11 +34,21 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   // Requests one AttendStream may have in flight before reading pauses.
   static constexpr int kMaxStreamInflight = 256;
 
-  // Adds every model's metric series to observers->metrics. A request whose
-  // response would exceed `max_response_bytes` (the server's max message
-  // size) is refused before compute (INVALID_ARGUMENT, saying what to change).
+  struct Options {
+    // The largest response the server can send (its max message size): a
+    // request whose response would be larger is refused before compute
+    // (INVALID_ARGUMENT, saying what to change).
+    int64_t max_response_bytes = 256 << 20;
+    // The most response bytes (ResponseBytesBound) accepted requests may
+    // still produce, over all calls: past it new requests are shed
+    // (RESOURCE_EXHAUSTED) until responses have been sent. A request
+    // always fits when nothing is held.
+    int64_t max_response_bytes_in_flight = int64_t{2} << 30;
+  };
+
+  // Adds every model's metric series to observers->metrics.
   AttentionService(const ModelRepository* repository, const CallObservers* observers,
-                   AttendBatcher* batcher, int64_t max_response_bytes);
+                   AttendBatcher* batcher, const Options& options);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
                                    const attention::v1::AttendRequest* request,
@@ -66,6 +76,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   const CallObservers* const observers_;
   AttendBatcher* const batcher_;
   const DecodeOptions decode_options_;
+  ResponseBudget response_budget_;
   // Filled in the constructor, read-only after: no lock on the hot path.
   std::unordered_map<const Model*, ModelMetrics*> model_metrics_;
 };

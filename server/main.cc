@@ -29,6 +29,9 @@ ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "How long the oldest request may wait for a fuller batch (0: never waits)");
 ABSL_FLAG(int, max_queue_size, 1024,
           "Requests waiting over all models before new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_response_bytes_in_flight, int64_t{2} << 30,
+          "Response bytes accepted requests may still send (computed or not, not yet "
+          "delivered) before new requests are shed with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_queue_tokens, int64_t{1} << 20,
           "Query tokens waiting over all models before new requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
@@ -104,6 +107,7 @@ int Run() {
   options.batching = repo_options.default_batching;
   options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
   options.max_queue_tokens = absl::GetFlag(FLAGS_max_queue_tokens);
+  options.max_response_bytes_in_flight = absl::GetFlag(FLAGS_max_response_bytes_in_flight);
   options.logger = log;
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
