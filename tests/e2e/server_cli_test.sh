@@ -47,7 +47,13 @@ cli attend --model=default --lengths=9 --batch=1 --seq_len=4 >"$work/bad.out" 2>
 [ "$rc" -eq 2 ] || fail "attend with a bad length: expected exit 2, got $rc"
 expect_in "$work/bad.err" "INVALID_ARGUMENT.*query_lengths" "bad length names the field"
 
-curl -sf "$METRICS_URL" >"$work/metrics.txt" || fail "cannot scrape $METRICS_URL"
+# A call is counted once gRPC is done with it, which can trail the client's answer (by ~1 s
+# under TSan): scrape until both counts are in, for at most 10 s.
+for _ in $(seq 100); do
+  curl -sf "$METRICS_URL" >"$work/metrics.txt" || fail "cannot scrape $METRICS_URL"
+  grep -q '^attn_inflight_requests 0$' "$work/metrics.txt" && break
+  sleep 0.1
+done
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="DEADLINE_EXCEEDED",model="default"\} 0$' "codes not yet seen exist at 0"
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="OK",model="default"\} 1$' "one OK request counted"
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="INVALID_ARGUMENT",model="default"\} 1$' "one INVALID_ARGUMENT counted"
