@@ -176,9 +176,11 @@ struct Scratch {
   kernels::AlignedVector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
   kernels::AlignedVector<uint16_t> xq16, xk16, xv16, attn16;  // bf16 matmul inputs (native bf16)
 
+  // Never null: a batch whose lengths are all 0 still offsets pointers into
+  // its (unread) buffers, and offsetting a null pointer is undefined.
   template <typename T>
   static T* Get(kernels::AlignedVector<T>& buffer, size_t n) {
-    if (buffer.size() < n) buffer.resize(n);
+    if (buffer.size() < std::max<size_t>(n, 1)) buffer.resize(std::max<size_t>(n, 1));
     return buffer.data();
   }
 };

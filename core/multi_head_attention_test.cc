@@ -189,6 +189,37 @@ TEST(MultiHeadAttentionTest, FullyMaskedRowGivesOutputBiasNotNan) {
   }
 }
 
+// Fuzz regressions (tests/fuzz/regressions/attend_structured/all_query_lengths_zero,
+// cross_all_key_lengths_zero): with every length 0 the scratch buffers were
+// empty and Forward offset their null pointers (undefined; clang's UBSan
+// reports it). No query rows give no output; no keys give each query row the
+// output bias; both as the reference says.
+TEST(MultiHeadAttentionTest, BatchesWhoseLengthsAreAllZero) {
+  const AttentionConfig self = Config(16, 4, 2);
+  const AttentionConfig cross = Config(16, 4, 2, 8, 12);
+  for (const bool probs : {false, true}) {
+    for (const Case& c : {Case{"no queries", self, {0, 0}, {}},
+                          Case{"no queries, cross", cross, {0, 0}, {3, 1}},
+                          Case{"no keys", cross, {2, 1}, {0, 0}, true}}) {
+      SCOPED_TRACE(c.name + (probs ? ", probs" : ""));
+      const AttentionWeights w = RandomAttentionWeights(c.config, 9);
+      auto mha = MultiHeadAttention::Create(c.config, w, {});
+      ASSERT_TRUE(mha.ok()) << mha.status();
+      std::mt19937_64 rng(4);
+      Inputs in = MakeInputs(c, rng, probs);
+      AttentionResult got, want;
+      ASSERT_TRUE((*mha)->Forward(in.batch, &got).ok());
+      ASSERT_TRUE(ReferenceAttention(c.config, w, in.batch, &want).ok());
+      ExpectNear(got.output, want.output, 1e-5f, "output");
+      EXPECT_EQ(got.probs_offsets, (std::vector<int64_t>{0, 0}));
+      EXPECT_TRUE(got.probs.empty());
+      for (size_t i = 0; i < got.output.size(); ++i) {
+        EXPECT_FLOAT_EQ(got.output[i], w.o_bias[i % c.config.embed_dim]) << i;
+      }
+    }
+  }
+}
+
 TEST(MultiHeadAttentionTest, NanInVisibleInputPropagates) {
   const AttentionConfig c = Config(16, 2);
   auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});

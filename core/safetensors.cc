@@ -267,6 +267,15 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadFloat(
 absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(absl::string_view name) const {
   const TensorView* t = Find(name);
   if (t == nullptr) return absl::NotFoundError(absl::StrCat(label_, ": no tensor '", name, "'"));
+  switch (t->dtype) {
+    case StDType::kI64: case StDType::kI32: case StDType::kI16: case StDType::kI8:
+    case StDType::kU8: case StDType::kBool: break;
+    default:
+      // Checked before the loop: an empty float tensor is not an integer one either.
+      return absl::InvalidArgumentError(absl::StrCat(label_, ": tensor '", name, "': dtype ",
+                                                     StDTypeName(t->dtype),
+                                                     " is not an integer type"));
+  }
   const size_t n = static_cast<size_t>(t->num_elements());
   std::vector<int64_t> out(n);
   for (size_t i = 0; i < n; ++i) {
@@ -278,10 +287,7 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(absl::string_view 
       case StDType::kI8: out[i] = static_cast<int8_t>(*p); break;
       case StDType::kU8:
       case StDType::kBool: out[i] = *p; break;
-      default:
-        return absl::InvalidArgumentError(absl::StrCat(label_, ": tensor '", name, "': dtype ",
-                                                       StDTypeName(t->dtype),
-                                                       " is not an integer type"));
+      default: break;  // refused above
     }
   }
   return out;
@@ -308,8 +314,14 @@ std::string SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
                                  const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
+  // Each tensor starts at a multiple of its element size, as Parse() requires
+  // (a 2-byte tensor of odd length is followed by padding).
+  std::vector<size_t> begins;
   size_t offset = 0;
   for (const auto& t : tensors) {
+    const size_t align = std::max<size_t>(StDTypeSize(t.dtype), 1);
+    offset = (offset + align - 1) / align * align;
+    begins.push_back(offset);
     header[t.name] = {{"dtype", std::string(StDTypeName(t.dtype))},
                       {"shape", t.shape},
                       {"data_offsets", {offset, offset + t.bytes.size()}}};
@@ -322,7 +334,11 @@ std::string SerializeSafetensors(const std::vector<TensorToWrite>& tensors,
   const uint64_t len = json.size();
   std::memcpy(out.data(), &len, 8);
   out += json;
-  for (const auto& t : tensors) out += t.bytes;
+  const size_t data_start = out.size();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    out.resize(data_start + begins[i], '\0');
+    out += tensors[i].bytes;
+  }
   return out;
 }
 

@@ -468,6 +468,38 @@ TEST(SafetensorsTest, ReadIntRejectsFloatTensor) {
                        {kLabel, "tensor 'w'", "dtype F32 is not an integer type"}));
 }
 
+// Fuzz regression (tests/fuzz/regressions/safetensors/read_int_of_empty_f32_tensor):
+// the dtype was checked per element, so an empty float tensor read as integers.
+TEST(SafetensorsTest, ReadIntRejectsEmptyFloatTensor) {
+  auto f = SafetensorsFile::FromBytes(
+      SerializeSafetensors({TensorToWrite::FromFloats("none", {0, 4}, std::vector<float>{})}),
+      kLabel);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_TRUE(HasError((*f)->ReadInt("none").status(), absl::StatusCode::kInvalidArgument,
+                       {kLabel, "tensor 'none'", "dtype F32 is not an integer type"}));
+}
+
+// Fuzz regression (tests/fuzz/regressions/safetensors/rewrite_misaligns_after_odd_2byte_tensor):
+// tensors were written back to back, so a 4-byte tensor after an odd number
+// of 2-byte elements started misaligned and our own reader refused the file.
+TEST(SafetensorsTest, SerializerAlignsEachTensorToItsElementSize) {
+  const std::string bytes = SerializeSafetensors(
+      {TensorToWrite::FromFloats("h", {3}, std::vector<float>{1, 2, 3}, StDType::kBF16),
+       TensorToWrite::FromFloats("f", {2}, std::vector<float>{4, 5}),
+       TensorToWrite{"b", StDType::kU8, {1}, std::string("\x07", 1)},
+       TensorToWrite::FromInt32("i", {1}, std::vector<int32_t>{-6})});
+  auto f = SafetensorsFile::FromBytes(bytes, kLabel);
+  ASSERT_TRUE(f.ok()) << f.status();
+  const uint8_t* data = (*f)->Find("h")->data;  // written first: the data buffer's start
+  for (const TensorView& t : (*f)->tensors()) {
+    EXPECT_EQ(static_cast<size_t>(t.data - data) % StDTypeSize(t.dtype), 0u) << t.name;
+  }
+  EXPECT_EQ(*(*f)->ReadFloat("h"), (std::vector<float>{1, 2, 3}));
+  EXPECT_EQ(*(*f)->ReadFloat("f"), (std::vector<float>{4, 5}));
+  EXPECT_EQ(*(*f)->ReadInt("b"), (std::vector<int64_t>{7}));
+  EXPECT_EQ(*(*f)->ReadInt("i"), (std::vector<int64_t>{-6}));
+}
+
 TEST(SafetensorsTest, ReadOfMissingTensorIsNotFound) {
   auto f = SafetensorsFile::FromBytes(
       SerializeSafetensors({TensorToWrite::FromFloats("w", {1}, std::vector<float>{1})}), kLabel);

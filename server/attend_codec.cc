@@ -109,7 +109,8 @@ std::vector<float> DecodeRows(const Tensor& t, int64_t seq, int64_t width,
     const size_t n = static_cast<size_t>(lengths[b] * width);
     const size_t src = static_cast<size_t>(static_cast<int64_t>(b) * seq * width);
     if (floats) {
-      std::memcpy(dst, t.float_data().data() + src, n * sizeof(float));
+      // Guarded: with every length 0, `out` is empty and dst null (memcpy to null is undefined).
+      if (n > 0) std::memcpy(dst, t.float_data().data() + src, n * sizeof(float));
     } else {
       core::DecodeToFloat(dt, raw + src * esize, n, dst);
     }
@@ -359,6 +360,7 @@ void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> outpu
     f->Resize(static_cast<int>(total), 0.0f);
     for (int64_t b = 0; b < d.batch; ++b) {
       const absl::Span<const float> rows = rows_of(b);
+      if (rows.empty()) continue;  // `output` may be empty, its data() null
       std::memcpy(f->mutable_data() + b * d.seq_q * e, rows.data(), rows.size() * sizeof(float));
     }
   } else {
@@ -391,6 +393,7 @@ void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> outpu
     for (int64_t b = 0; b < d.batch; ++b) {
       const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
       const int64_t lk = ko[b + 1] - ko[b];
+      if (lk == 0) continue;  // no keys, nothing to copy (probs may be empty: null)
       const float* src = probs.data() + probs_offsets[b];
       for (int h = 0; h < heads; ++h) {
         for (int64_t i = 0; i < lq; ++i) {

@@ -30,35 +30,25 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
   std::string errors_;
 };
 
-absl::StatusOr<attention::v1::ModelConfig> ReadConfig(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path.string(), ": cannot read"));
-  std::stringstream text;
-  text << in.rdbuf();
-  attention::v1::ModelConfig config;
+}  // namespace
+
+absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl::string_view name,
+                                                   absl::string_view label,
+                                                   const core::BatchPolicy& default_batching) {
+  auto bad = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(label, ": ", parts...));
+  };
+  ParsedModelConfig parsed;
+  attention::v1::ModelConfig& pb = parsed.proto;
   google::protobuf::TextFormat::Parser parser;
   CollectErrors errors;
   parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text.str(), &config)) {
-    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": ", errors.errors()));
+  if (!parser.ParseFromString(std::string(text), &pb)) return bad(errors.errors());
+  if (!pb.name().empty() && pb.name() != name) {
+    return bad("name: expected '", name, "' (the directory name) or unset, got '", pb.name(), "'");
   }
-  return config;
-}
-
-absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Options& options) {
-  const int num_threads = options.num_threads;
-  const fs::path config_path = dir / "config.pbtxt";
-  ATTN_ASSIGN_OR_RETURN(attention::v1::ModelConfig pb, ReadConfig(config_path));
-  const std::string dir_name = dir.filename().string();
-  auto bad = [&](auto&&... parts) {
-    return absl::InvalidArgumentError(absl::StrCat(config_path.string(), ": ", parts...));
-  };
-  if (!pb.name().empty() && pb.name() != dir_name) {
-    return bad("name: expected '", dir_name, "' (the directory name) or unset, got '", pb.name(),
-               "'");
-  }
-  Model model;
-  model.name = dir_name;
+  Model& model = parsed.model;
+  model.name = std::string(name);
   core::AttentionConfig& c = model.config;
   c.embed_dim = pb.embed_dim();
   c.num_heads = pb.num_heads();
@@ -87,7 +77,7 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
   model.max_request_tokens = pb.max_request_tokens() > 0 ? pb.max_request_tokens()
                                                           : ModelRepository::kDefaultMaxRequestTokens;
   if (pb.has_max_batch_size() || pb.has_max_batch_tokens() || pb.has_max_queue_delay_us()) {
-    core::BatchPolicy policy = options.default_batching;
+    core::BatchPolicy policy = default_batching;
     if (pb.has_max_batch_size()) policy.max_batch_size = pb.max_batch_size();
     if (pb.has_max_batch_tokens()) policy.max_batch_tokens = pb.max_batch_tokens();
     if (pb.has_max_queue_delay_us()) {
@@ -96,13 +86,30 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
     if (absl::Status s = core::ValidateBatchPolicy(policy); !s.ok()) return bad(s.message());
     model.batching = policy;
   }
+  if (pb.has_random_weights_seed() &&
+      (!pb.weights_file().empty() || !pb.weight_prefix().empty() ||
+       pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO)) {
+    return bad("random_weights_seed: excludes weights_file, weight_names and weight_prefix");
+  }
+  return parsed;
+}
 
+namespace {
+
+absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Options& options) {
+  const fs::path config_path = dir / "config.pbtxt";
+  std::ifstream in(config_path);
+  if (!in) return absl::NotFoundError(absl::StrCat(config_path.string(), ": cannot read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  ATTN_ASSIGN_OR_RETURN(ParsedModelConfig parsed,
+                        ParseModelConfig(text.str(), dir.filename().string(), config_path.string(),
+                                         options.default_batching));
+  Model model = std::move(parsed.model);
+  const attention::v1::ModelConfig& pb = parsed.proto;
+  const core::AttentionConfig& c = model.config;
   core::AttentionWeights weights;
   if (pb.has_random_weights_seed()) {
-    if (!pb.weights_file().empty() || !pb.weight_prefix().empty() ||
-        pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO) {
-      return bad("random_weights_seed: excludes weights_file, weight_names and weight_prefix");
-    }
     weights = core::RandomAttentionWeights(c, pb.random_weights_seed());
   } else {
     const fs::path weights_path =
@@ -118,7 +125,7 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
     ATTN_ASSIGN_OR_RETURN(weights, core::LoadAttentionWeights(*file, c, load));
   }
   core::MultiHeadAttention::Options mha_options;
-  mha_options.num_threads = num_threads;
+  mha_options.num_threads = options.num_threads;
   ATTN_ASSIGN_OR_RETURN(model.mha, core::MultiHeadAttention::Create(c, weights, mha_options));
   return model;
 }

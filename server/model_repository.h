@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "attention/v1/model_config.pb.h"
 #include "core/batching/batch_policy.h"
 #include "core/multi_head_attention.h"
 
@@ -33,6 +35,23 @@ struct Model {
   std::optional<core::BatchPolicy> batching;
   std::unique_ptr<core::MultiHeadAttention> mha;
 };
+
+// A config.pbtxt parsed and validated, before any weights are read.
+struct ParsedModelConfig {
+  // Everything but `mha`.
+  Model model;
+  // The text as parsed: the weight fields (weights_file, weight_names,
+  // weight_prefix, random_weights_seed) say where the weights come from.
+  attention::v1::ModelConfig proto;
+};
+
+// Parses `text` (config.pbtxt of the model `name`) and validates every field:
+// the shape, dtype, sequence and token bounds, batching settings over
+// `default_batching`, and the weight fields' exclusions. Reads no file.
+// INVALID_ARGUMENT naming `label` (the file) and the field. Thread-safe.
+absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl::string_view name,
+                                                   absl::string_view label,
+                                                   const core::BatchPolicy& default_batching);
 
 // Thread-safe after Load() (read-only).
 class ModelRepository {

@@ -75,6 +75,35 @@ TEST(ModelRepositoryBuiltinTest, EmptyDirectoryServesDefaultModel) {
   EXPECT_EQ((*repo)->NameList(), "default");
 }
 
+// What Load() runs on each config.pbtxt (and tests/fuzz fuzzes), from text.
+TEST(ParseModelConfigTest, ValidatesTextWithoutReadingAnyFile) {
+  core::BatchPolicy defaults;
+  defaults.max_batch_size = 5;
+  auto parsed = ParseModelConfig(
+      "embed_dim: 32\nnum_heads: 4\nweights_file: \"absent.safetensors\"\nmax_queue_delay_us: 7\n",
+      "m", "m/config.pbtxt", defaults);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->model.name, "m");
+  EXPECT_EQ(parsed->model.config.embed_dim, 32);
+  EXPECT_EQ(parsed->model.max_seq_len, ModelRepository::kDefaultMaxSeqLen);
+  ASSERT_TRUE(parsed->model.batching.has_value());
+  EXPECT_EQ(parsed->model.batching->max_batch_size, 5);
+  EXPECT_EQ(parsed->model.batching->max_queue_delay, absl::Microseconds(7));
+  EXPECT_EQ(parsed->proto.weights_file(), "absent.safetensors");
+  EXPECT_EQ(parsed->model.mha, nullptr);
+
+  auto bad = ParseModelConfig("embed_dim: 32\nnum_heads: 5\n", "m", "m/config.pbtxt", defaults);
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_TRUE(absl::StartsWith(bad.status().message(), "m/config.pbtxt: num_heads"))
+      << bad.status();
+  auto typo = ParseModelConfig("embed_dim: 32\nnum_hedas: 4\n", "m", "m/config.pbtxt", defaults);
+  EXPECT_TRUE(absl::StrContains(typo.status().message(), "line 2")) << typo.status();
+  auto both = ParseModelConfig("embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 1\n"
+                               "weights_file: \"w.safetensors\"\n", "m", "m/config.pbtxt", defaults);
+  EXPECT_TRUE(absl::StrContains(both.status().message(), "random_weights_seed: excludes"))
+      << both.status();
+}
+
 TEST_F(ModelRepositoryTest, LoadsEveryModelWithPrefixAndMixedDtypes) {
   WriteQkvoModel("b_model");
   WriteFile(root_ / "golden_mha" / "config.pbtxt",
