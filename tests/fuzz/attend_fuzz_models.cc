@@ -110,13 +110,21 @@ void CheckResponse(const server::DecodedRequest& d, const core::AttentionResult&
   FUZZ_CHECK(response.has_attention_probs() == d.need_probs, "attention_probs presence");
   if (d.need_probs) {
     const attention::v1::Tensor& p = response.attention_probs();
-    const std::vector<int64_t> probs_shape = {d.batch, model.config.num_heads, d.seq_q, d.seq_k};
+    const int64_t values = server::ProbsValues(d, model.config.num_heads);
+    const std::vector<int64_t> probs_shape =
+        d.packed_probs ? std::vector<int64_t>{values}
+                       : std::vector<int64_t>{d.batch, model.config.num_heads, d.seq_q, d.seq_k};
     FUZZ_CHECK(std::equal(p.shape().begin(), p.shape().end(), probs_shape.begin(),
                           probs_shape.end()),
                "attention_probs.shape");
-    FUZZ_CHECK(p.raw_data().size() ==
-                   static_cast<size_t>(d.batch * model.config.num_heads * d.seq_q * d.seq_k) * 4,
+    FUZZ_CHECK(p.raw_data().size() == static_cast<size_t>(values) * 4,
                "attention_probs.raw_data size");
+    if (d.packed_probs) {  // exactly the core's blocks
+      FUZZ_CHECK(values == static_cast<int64_t>(result.probs.size()) &&
+                     (values == 0 || std::memcmp(p.raw_data().data(), result.probs.data(),
+                                                 static_cast<size_t>(values) * 4) == 0),
+                 "packed attention_probs differ from the core's");
+    }
   }
 }
 

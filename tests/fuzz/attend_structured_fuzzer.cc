@@ -127,6 +127,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   attention::v1::AttendRequest request;
   request.set_causal(p.ConsumeBool());
   request.set_return_attention_probs(p.ConsumeBool());
+  // Padded or packed; on a defect a value ProbsLayout does not define.
+  request.set_attention_probs_layout(static_cast<attention::v1::ProbsLayout>(
+      b.Defect() ? p.PickValueInArray({2, -1, 1000}) : p.ConsumeIntegralInRange<int>(0, 1)));
   const int rank = p.ConsumeBool() ? 3 : 2;
   const int64_t batch = rank == 2 ? 1 : p.ConsumeIntegralInRange<int64_t>(1, 3);
   const int64_t seq_q = p.ConsumeIntegralInRange<int64_t>(1, max_seq);
