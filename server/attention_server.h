@@ -6,7 +6,8 @@
 // everything queued runs without waiting for batching delays); gRPC stops
 // accepting calls and waits, up to the grace period, for calls in flight
 // (an open AttendStream ends when its client closes it); the batcher then
-// stops and joins, and the metrics endpoint closes last.
+// stops and joins, and the metrics endpoint closes last (its open
+// connections are closed, not waited for).
 //
 // Thread-compatible: Start() and Shutdown() from one thread; serving itself
 // is concurrent.
@@ -40,6 +41,13 @@ class AttentionServer {
     int max_message_bytes = 256 << 20;
     // How long Shutdown() waits for calls in flight before cancelling them.
     absl::Duration shutdown_grace = absl::Seconds(30);
+    // The /metrics HTTP server (civetweb): worker threads, each serving one
+    // connection at a time, and how long a connection may take to send its
+    // request before it is closed. Fewer idle or slow clients than threads
+    // never delay a scrape; more delay it by at most this timeout per
+    // `metrics_threads` of them (README, "Metrics").
+    int metrics_threads = 8;
+    absl::Duration metrics_request_timeout = absl::Seconds(2);
     // Reported in attn_build_info.
     int threads = 0;
     // Dynamic batching (one queue per model and batch-wide options).
@@ -53,7 +61,8 @@ class AttentionServer {
     std::shared_ptr<Logger> logger;
   };
 
-  // Starts serving `repository`. Fails if an address cannot be bound.
+  // Starts serving `repository`. Fails if an address cannot be bound
+  // (UNAVAILABLE) or an option is out of range (INVALID_ARGUMENT).
   static absl::StatusOr<std::unique_ptr<AttentionServer>> Start(
       std::unique_ptr<ModelRepository> repository, const Options& options);
   ~AttentionServer();
