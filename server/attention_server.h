@@ -2,10 +2,12 @@
 // reflection), the /metrics endpoint and the batcher whose executor computes, wired together.
 //
 // Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING
-// and attn_model_ready 0; the batcher drains (new requests get UNAVAILABLE,
-// everything queued runs without waiting for batching delays); gRPC stops
-// accepting calls and waits, up to the grace period, for calls in flight
-// (an open AttendStream ends when its client closes it); the batcher then
+// and attn_model_ready 0, and every health Watch stream ends; the batcher
+// drains (new requests get UNAVAILABLE, everything queued runs without
+// waiting for batching delays); gRPC stops accepting calls and waits, up to
+// the grace period, for calls in flight (an open AttendStream ends when its
+// client closes it); once the last call has ended, connections get
+// shutdown_close_wait to close before they are closed; the batcher then
 // stops and joins, and the metrics endpoint closes last (its open
 // connections are closed, not waited for).
 //
@@ -22,6 +24,7 @@
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "server/attention_service.h"
+#include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
@@ -29,6 +32,8 @@
 #include "server/attend_call.h"
 
 namespace attn::server {
+
+class CallCounter;
 
 class AttentionServer {
  public:
@@ -41,6 +46,11 @@ class AttentionServer {
     int max_message_bytes = 256 << 20;
     // How long Shutdown() waits for calls in flight before cancelling them.
     absl::Duration shutdown_grace = absl::Seconds(30);
+    // Once the last call has ended, how long Shutdown() lets connections
+    // close on their own before closing them. gRPC closes a connection
+    // gracefully only when its client answers a ping, which a client with
+    // nothing in flight does when it next polls (gRPC's clients: every 5 s).
+    absl::Duration shutdown_close_wait = absl::Seconds(1);
     // The /metrics HTTP server (civetweb): worker threads, each serving one
     // connection at a time, and how long a connection may take to send its
     // request before it is closed. Fewer idle or slow clients than threads
@@ -70,6 +80,9 @@ class AttentionServer {
   // Idempotent; blocks until the server has stopped.
   void Shutdown();
 
+  // Calls in progress on the gRPC endpoint, of every service.
+  int calls_in_progress() const;
+
   int grpc_port() const { return grpc_port_; }
   // 0 when metrics are disabled.
   int metrics_port() const { return metrics_port_; }
@@ -79,7 +92,10 @@ class AttentionServer {
   ServerMetrics& metrics() { return *metrics_; }
 
  private:
-  AttentionServer() = default;
+  AttentionServer();
+  // gRPC's Shutdown() until the grace passes or, once no call is left,
+  // shutdown_close_wait more.
+  void ShutdownGrpc();
 
   Options options_;
   std::unique_ptr<ModelRepository> repository_;
@@ -89,6 +105,8 @@ class AttentionServer {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<HealthService> health_;
+  std::unique_ptr<CallCounter> calls_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;

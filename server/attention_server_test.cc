@@ -1,5 +1,6 @@
 // AttentionServer as a whole: the /metrics endpoint under idle and slow
-// clients. A real server on free loopback ports, real sockets.
+// clients, and shutdown with idle clients holding connections and Watch
+// streams. A real server on free loopback ports, real sockets and channels.
 #include "server/attention_server.h"
 
 #include <netinet/in.h>
@@ -10,14 +11,20 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 
 namespace attn::server {
 namespace {
 
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
 using Clock = std::chrono::steady_clock;
 
 // A connected TCP socket to 127.0.0.1:port, closed when it goes.
@@ -157,6 +164,84 @@ TEST(AttentionServerTest, OptionsOutOfRangeAreRefused) {
   EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(server.status().message(), "metrics_request_timeout"))
       << server.status();
+  options.metrics_request_timeout = absl::Seconds(1);
+  options.shutdown_close_wait = absl::Seconds(-1);
+  server = AttentionServer::Start(ModelRepository::FromModels({}), options);
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(server.status().message(), "shutdown_close_wait")) << server.status();
+}
+
+TEST(AttentionServerTest, WatchHeldAcrossShutdownSeesNotServingThenEndsAndDoesNotHoldTheServer) {
+  AttentionServer::Options options;
+  options.metrics_listen = "";
+  options.shutdown_grace = absl::Seconds(20);
+  std::unique_ptr<AttentionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server->grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  struct Watcher {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> stream;
+  };
+  Watcher watchers[2];  // the whole server, and the model
+  const char* services[2] = {"", "small"};
+  for (int i = 0; i < 2; ++i) {
+    HealthCheckRequest req;
+    req.set_service(services[i]);
+    watchers[i].stream = health->Watch(&watchers[i].ctx, req);
+    HealthCheckResponse resp;
+    ASSERT_TRUE(watchers[i].stream->Read(&resp));
+    EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+  }
+  EXPECT_EQ(server->calls_in_progress(), 2);
+
+  const auto start = Clock::now();
+  std::thread stopper([&] { server->Shutdown(); });
+  for (Watcher& w : watchers) {
+    HealthCheckResponse resp;
+    ASSERT_TRUE(w.stream->Read(&resp));
+    EXPECT_EQ(resp.status(), HealthCheckResponse::NOT_SERVING);
+    EXPECT_FALSE(w.stream->Read(&resp)) << "the stream goes on after NOT_SERVING";
+    const grpc::Status end = w.stream->Finish();
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+  }
+  stopper.join();
+  // gRPC's default health service kept the Watch open, so Shutdown() took
+  // the whole 20 s grace.
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(server->calls_in_progress(), 0);
+}
+
+TEST(AttentionServerTest, CallsInProgressCountsOpenCallsOfEveryService) {
+  AttentionServer::Options options;
+  options.metrics_listen = "";
+  std::unique_ptr<AttentionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server->grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    HealthCheckRequest req;
+    HealthCheckResponse resp;
+    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
+  }
+  // The unary call's interceptor goes when gRPC has cleaned the call up,
+  // a moment after the client has its answer.
+  const auto give_up = Clock::now() + std::chrono::seconds(5);
+  while (server->calls_in_progress() != 0 && Clock::now() < give_up) std::this_thread::yield();
+  EXPECT_EQ(server->calls_in_progress(), 0);
+  grpc::ClientContext ctx;
+  HealthCheckRequest req;
+  auto watch = health->Watch(&ctx, req);
+  HealthCheckResponse resp;
+  ASSERT_TRUE(watch->Read(&resp));
+  EXPECT_EQ(server->calls_in_progress(), 1);
+  ctx.TryCancel();
+  watch->Finish();
+  while (server->calls_in_progress() != 0 && Clock::now() < give_up) std::this_thread::yield();
+  EXPECT_EQ(server->calls_in_progress(), 0);
 }
 
 }  // namespace
