@@ -2,11 +2,14 @@
 // reflection), the /metrics endpoint and the batcher whose executor computes, wired together.
 //
 // Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING
-// and attn_model_ready 0; the batcher drains (new requests get UNAVAILABLE,
-// everything queued runs without waiting for batching delays); gRPC stops
-// accepting calls and waits, up to the grace period, for calls in flight
-// (an open AttendStream ends when its client closes it); the batcher then
-// stops and joins, and the metrics endpoint closes last.
+// and attn_model_ready 0, and every health Watch stream ends; the batcher
+// drains (new requests get UNAVAILABLE, everything queued runs without
+// waiting for batching delays); gRPC stops accepting calls and waits, up to
+// the grace period, for calls in flight (an open AttendStream ends when its
+// client closes it); once the last call has ended, connections get
+// shutdown_close_wait to close before they are closed; the batcher then
+// stops and joins, and the metrics endpoint closes last (its open
+// connections are closed, not waited for).
 //
 // Thread-compatible: Start() and Shutdown() from one thread; serving itself
 // is concurrent.
@@ -23,6 +26,7 @@
 #include "grpcpp/server.h"
 #include "prometheus/exposer.h"
 #include "server/attention_service.h"
+#include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
@@ -30,6 +34,8 @@
 #include "server/attend_call.h"
 
 namespace attn::server {
+
+class CallCounter;
 
 class AttentionServer {
  public:
@@ -46,6 +52,18 @@ class AttentionServer {
     int64_t max_response_bytes_in_flight = int64_t{2} << 30;
     // How long Shutdown() waits for calls in flight before cancelling them.
     absl::Duration shutdown_grace = absl::Seconds(30);
+    // Once the last call has ended, how long Shutdown() lets connections
+    // close on their own before closing them. gRPC closes a connection
+    // gracefully only when its client answers a ping, which a client with
+    // nothing in flight does when it next polls (gRPC's clients: every 5 s).
+    absl::Duration shutdown_close_wait = absl::Seconds(1);
+    // The /metrics HTTP server (civetweb): worker threads, each serving one
+    // connection at a time, and how long a connection may take to send its
+    // request before it is closed. Fewer idle or slow clients than threads
+    // never delay a scrape; more delay it by at most this timeout per
+    // `metrics_threads` of them (README, "Metrics").
+    int metrics_threads = 8;
+    absl::Duration metrics_request_timeout = absl::Seconds(2);
     // Reported in attn_build_info.
     int threads = 0;
     // Dynamic batching (one queue per model and batch-wide options).
@@ -63,13 +81,17 @@ class AttentionServer {
     BeforeBatch before_batch_for_test;
   };
 
-  // Starts serving `repository`. Fails if an address cannot be bound.
+  // Starts serving `repository`. Fails if an address cannot be bound
+  // (UNAVAILABLE) or an option is out of range (INVALID_ARGUMENT).
   static absl::StatusOr<std::unique_ptr<AttentionServer>> Start(
       std::unique_ptr<ModelRepository> repository, const Options& options);
   ~AttentionServer();
 
   // Idempotent; blocks until the server has stopped.
   void Shutdown();
+
+  // Calls in progress on the gRPC endpoint, of every service.
+  int calls_in_progress() const;
 
   int grpc_port() const { return grpc_port_; }
   // 0 when metrics are disabled.
@@ -80,7 +102,10 @@ class AttentionServer {
   ServerMetrics& metrics() { return *metrics_; }
 
  private:
-  AttentionServer() = default;
+  AttentionServer();
+  // gRPC's Shutdown() until the grace passes or, once no call is left,
+  // shutdown_close_wait more.
+  void ShutdownGrpc();
 
   Options options_;
   std::unique_ptr<ModelRepository> repository_;
@@ -90,6 +115,8 @@ class AttentionServer {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<HealthService> health_;
+  std::unique_ptr<CallCounter> calls_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;

@@ -19,6 +19,11 @@
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address HOST:PORT (port 0: pick a free one)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
           "Prometheus /metrics address HOST:PORT (empty: disabled; port 0: pick a free one)");
+ABSL_FLAG(int, metrics_threads, 8,
+          "Threads serving /metrics, one connection each: fewer idle or slow clients never delay "
+          "a scrape");
+ABSL_FLAG(absl::Duration, metrics_request_timeout, absl::Seconds(2),
+          "How long a /metrics connection may take to send its request before it is closed");
 ABSL_FLAG(std::string, model_repository, "",
           "Directory of <model>/config.pbtxt; empty serves the built-in model 'default'");
 ABSL_FLAG(int, threads, 0, "Compute threads per model (0: one per core, or OMP_NUM_THREADS)");
@@ -101,6 +106,8 @@ int Run() {
   attn::server::AttentionServer::Options options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics_threads = absl::GetFlag(FLAGS_metrics_threads);
+  options.metrics_request_timeout = absl::GetFlag(FLAGS_metrics_request_timeout);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.threads = absl::GetFlag(FLAGS_threads);
