@@ -3,6 +3,7 @@
 # waits for its ready line, and sets SERVER_PID, GRPC_TARGET, METRICS_URL.
 start_server() {
   local log=$1; shift
+  : >"$log"  # before the server starts: a ready line left from an earlier server must not count
   "$BIN/attention-server" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 "$@" >"$log" 2>&1 &
   SERVER_PID=$!
   local i

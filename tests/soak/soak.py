@@ -28,7 +28,6 @@ Exit 0 when every check passes, 1 with the failed checks listed.
 import argparse
 import collections
 import os
-import random
 import re
 import signal
 import subprocess
@@ -354,6 +353,9 @@ class Driver:
             sent = answered = 0
             answers = collections.Counter()
             kill_after = int(rng.integers(5, 150))
+            # At the phase's end at the latest, however few responses it got.
+            backstop = threading.Timer(max(0.0, deadline - time.monotonic()) + 5, child.kill)
+            backstop.start()
             # The child writes 's' per request handed to gRPC, a code letter per response.
             while True:
                 ch = child.stdout.read(1)
@@ -367,6 +369,7 @@ class Driver:
                     if answered == kill_after:
                         child.send_signal(signal.SIGKILL)
             child.wait()
+            backstop.cancel()
             with self.children_lock:
                 self.children.remove(child)
             for code, n in answers.items():
