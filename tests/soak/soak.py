@@ -282,11 +282,11 @@ class Driver:
                 code = code_of(e)
                 if code == DE:
                     # The server may have dropped it (DEADLINE_EXCEEDED), answered or shed it
-                    # too late, or never seen it. Or CANCELLED: at its deadline the client's
-                    # gRPC resets the stream, and that reset can reach the server before the
-                    # server's own copy of the deadline (taken from grpc-timeout on arrival,
-                    # so later by the transit time) has passed: to the server, a cancel.
-                    self.tally.saw("deadline", "deadline", DE, {OK, DE, RE}, server={OK, DE, RE, CA})
+                    # too late, or never seen it. Not CANCELLED: at its deadline the client's
+                    # gRPC resets the stream, which can reach the server before the server's
+                    # copy of the deadline (from grpc-timeout on arrival, so later by the
+                    # transit time) has passed; the server takes such a cancel as the deadline.
+                    self.tally.saw("deadline", "deadline", DE, {OK, DE, RE}, server={OK, DE, RE})
                 else:
                     self.tally.saw("deadline", "deadline", code, {OK, DE, RE}, detail=str(e.details()))
 
