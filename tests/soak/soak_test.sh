@@ -46,7 +46,7 @@ export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 start_server "$work/server.log" --model_repository="$work/models" --threads=1 \
   --max_queue_size=64 --max_message_bytes=$((16 << 20)) --shutdown_grace=30s
 grep " event=ready " "$work/server.log"
-export PYTHONPATH="$PYDIR" PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$PYDIR:$SRC/client/python" PYTHONDONTWRITEBYTECODE=1
 rc=0
 "$PYTHON" "$HERE/soak.py" --target="$GRPC_TARGET" --metrics_url="$METRICS_URL" --pid="$SERVER_PID" \
   --duration="$duration" --rss_growth_mib="$rss_growth_mib" "${extra[@]}" || rc=$?
