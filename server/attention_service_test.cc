@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "attention/v1/attention.grpc.pb.h"
@@ -850,6 +851,9 @@ TEST_F(AttentionServiceTest, ResponseOverTheMessageLimitIsRefusedBeforeCompute) 
   options.max_message_bytes = 48 << 10;
   options.before_batch_for_test = gate.Hook();
   StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
   AttendRequest req = ToBF16(MakeRequest(8, 32));
   for (int i = 0; i < 8; ++i) req.add_query_lengths(1);
   req.set_return_attention_probs(true);
@@ -960,6 +964,9 @@ TEST_F(AttentionServiceTest, ProbabilityBatchesRunInPartsOfAtMostOneMessage) {
   options.max_message_bytes = 40 << 10;
   options.before_batch_for_test = gate.Hook();
   StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
   std::thread first([&] {
     AttendResponse r;
     EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
@@ -1006,6 +1013,9 @@ TEST_F(AttentionServiceTest, CallComputedAfterItsClientCancelledCountsAsCancelle
     }
   };
   StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
   grpc::ClientContext ctx;
   grpc::Status status;
   std::thread call([&] {
@@ -1027,6 +1037,9 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   options.max_queue_size = 4;
   options.before_batch_for_test = gate.Hook();
   StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
   std::thread running([&] {
     AttendResponse r;
     EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
@@ -1084,6 +1097,9 @@ TEST_F(AttentionServiceTest, CallStillComputingWhenTheShutdownGraceRunsOutCounts
   options.shutdown_grace = absl::Milliseconds(200);
   options.before_batch_for_test = gate.Hook();
   StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
   grpc::Status status;
   std::thread call([&] {
     AttendResponse r;
@@ -1107,6 +1123,9 @@ TEST_F(AttentionServiceTest, ResponsesNotYetSentAreBoundedAndTheBudgetIsGivenBac
   options.max_response_bytes_in_flight = 1;  // one response at a time
   options.before_batch_for_test = gate.Hook();
   StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
   std::thread first([&] {
     AttendResponse r;
     EXPECT_TRUE(Attend(MakeRequest(1, 4), &r).ok());
