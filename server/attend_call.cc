@@ -201,13 +201,8 @@ void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const Ba
 // Bytes of the probabilities the core computes for `call` (its valid rows
 // and keys only, whatever the response layout).
 int64_t CoreProbsBytes(const AttendCall& call) {
-  DecodedRequest shape_only;
-  const DecodedRequest& r = call.request;
-  shape_only.cross = r.cross;
-  shape_only.packed_probs = true;
-  shape_only.q_offsets = r.q_offsets;
-  shape_only.kv_offsets = r.kv_offsets;
-  return ProbsValues(shape_only, call.model->config.num_heads) * static_cast<int64_t>(sizeof(float));
+  return ValidProbsValues(call.request, call.model->config.num_heads) *
+         static_cast<int64_t>(sizeof(float));
 }
 
 void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls);

@@ -150,12 +150,16 @@ std::string Bytes(int64_t n) {
   return absl::StrCat(n, " bytes");
 }
 
-// Refuses a request whose response could not be sent, before any compute,
-// saying what would make it fit. `d` has its shape, lengths and flags.
+int64_t BoundWithProbs(const DecodedRequest& d, const Model& model, size_t request_id_bytes,
+                       int64_t probs_values);
+
+// Refuses a request whose response (d.response_bytes) could not be sent,
+// before any compute, saying what would make it fit. `d` has its shape,
+// lengths and flags.
 absl::Status CheckResponseSize(const attention::v1::AttendRequest& request,
                                const DecodedRequest& d, const Model& model, int64_t max_bytes) {
   max_bytes = std::min(max_bytes, kProtobufMaxBytes);
-  const int64_t bytes = ResponseBytesBound(d, model, request.request_id().size());
+  const int64_t bytes = d.response_bytes;
   if (bytes <= max_bytes) return absl::OkStatus();
   const int heads = model.config.num_heads;
   std::string why = absl::StrCat("the response would be ", Bytes(bytes), " (", bytes,
@@ -170,9 +174,8 @@ absl::Status CheckResponseSize(const attention::v1::AttendRequest& request,
                                        d.seq_k, "]"));
     fixes.push_back("return_attention_probs false");
     if (!d.packed_probs) {
-      DecodedRequest packed = d;
-      packed.packed_probs = true;
-      const int64_t packed_bytes = ResponseBytesBound(packed, model, request.request_id().size());
+      const int64_t packed_bytes = BoundWithProbs(d, model, request.request_id().size(),
+                                                  ValidProbsValues(d, heads));
       if (packed_bytes <= max_bytes) {
         fixes.push_back(absl::StrCat("attention_probs_layout PROBS_LAYOUT_PACKED (",
                                      Bytes(packed_bytes), " for this request)"));
@@ -305,6 +308,7 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   }
   d.q_offsets = core::OffsetsFromLengths(q_lengths);
   if (d.cross) d.kv_offsets = core::OffsetsFromLengths(k_lengths);
+  d.response_bytes = ResponseBytesBound(d, model, request.request_id().size());
   ATTN_RETURN_IF_ERROR(CheckResponseSize(request, d, model, options.max_response_bytes));
   if (d.cross) {
     d.key = DecodeRows(request.key(), d.seq_k, c.key_dim(), k_lengths);
@@ -317,8 +321,7 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   return d;
 }
 
-int64_t ProbsValues(const DecodedRequest& d, int heads) {
-  if (!d.packed_probs) return d.batch * heads * d.seq_q * d.seq_k;
+int64_t ValidProbsValues(const DecodedRequest& d, int heads) {
   const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
   int64_t values = 0;
   for (size_t b = 0; b + 1 < d.q_offsets.size(); ++b) {
@@ -327,15 +330,28 @@ int64_t ProbsValues(const DecodedRequest& d, int heads) {
   return values;
 }
 
-int64_t ResponseBytesBound(const DecodedRequest& d, const Model& model, size_t request_id_bytes) {
+int64_t ProbsValues(const DecodedRequest& d, int heads) {
+  return d.packed_probs ? ValidProbsValues(d, heads) : d.batch * heads * d.seq_q * d.seq_k;
+}
+
+namespace {
+
+// ResponseBytesBound with `probs_values` probabilities (0: none asked for).
+int64_t BoundWithProbs(const DecodedRequest& d, const Model& model, size_t request_id_bytes,
+                       int64_t probs_values) {
   // Each field's tag, length and the tensors' dtype and shape take a few
   // bytes; kFraming covers all of them (tensors, names, timing) many times.
   constexpr int64_t kFraming = 512;
   const int64_t out_esize = d.dtype == attention::v1::BFLOAT16 ? 2 : 4;
-  int64_t bytes = kFraming + static_cast<int64_t>(request_id_bytes + model.name.size()) +
-                  d.batch * d.seq_q * model.config.embed_dim * out_esize;
-  if (d.need_probs) bytes += ProbsValues(d, model.config.num_heads) * 4;
-  return bytes;
+  return kFraming + static_cast<int64_t>(request_id_bytes + model.name.size()) +
+         d.batch * d.seq_q * model.config.embed_dim * out_esize + probs_values * 4;
+}
+
+}  // namespace
+
+int64_t ResponseBytesBound(const DecodedRequest& d, const Model& model, size_t request_id_bytes) {
+  return BoundWithProbs(d, model, request_id_bytes,
+                        d.need_probs ? ProbsValues(d, model.config.num_heads) : 0);
 }
 
 void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> output,

@@ -26,6 +26,7 @@ struct DecodedRequest {
   bool causal = false;
   bool need_probs = false;
   bool packed_probs = false;  // attention_probs_layout PACKED
+  int64_t response_bytes = 0;  // ResponseBytesBound of this request
   attention::v1::DataType dtype = attention::v1::FLOAT32;  // of the query
   bool packed_floats = false;  // query used float_data: answer the same way
   std::vector<float> query, key, value;
@@ -58,8 +59,11 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
 int64_t ResponseBytesBound(const DecodedRequest& d, const Model& model, size_t request_id_bytes);
 
 // Values in the attention_probs tensor of `d`'s response: padded
-// batch * heads * seq_q * seq_k, or packed sum of heads * Lq_b * Lk_b.
+// batch * heads * seq_q * seq_k, or packed ValidProbsValues.
 int64_t ProbsValues(const DecodedRequest& d, int heads);
+// The probabilities of the valid rows and keys only, sum of
+// heads * Lq_b * Lk_b: what the core computes, whatever the layout.
+int64_t ValidProbsValues(const DecodedRequest& d, int heads);
 
 // Fills `response` (output in the query's dtype and layout, padding rows
 // zero; probabilities as FLOAT32 in the request's layout) from this

@@ -61,8 +61,7 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
-  const int64_t response_bytes =
-      ResponseBytesBound(c.request, *model, request.request_id().size());
+  const int64_t response_bytes = c.request.response_bytes;
   if (!response_budget_.TryAcquire(response_bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "responses in flight: accepted requests may still send ", response_budget_.held(),
