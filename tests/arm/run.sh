@@ -16,15 +16,19 @@
 # Environment:
 #   ATTN_ARM_TIME_LIMIT  seconds for the whole script (default 1500)
 #   ATTN_ARM_TEST_TIMEOUT  seconds per test (default 300)
-#   QEMU_CPU             the emulated CPU (default max: NEON, SVE and SVE2; try
-#                        neoverse-n1 or cortex-a72 for a NEON-only CPU)
+#   ATTN_ARM_CPUS        the CPUs qemu emulates, one test pass each (default
+#                        "max neoverse-n1": max has NEON, SVE and SVE2 (512-bit
+#                        vectors); Neoverse N1, the core of Graviton2 and Ampere
+#                        Altra, has NEON only)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 src=$PWD
 root=$(realpath -m "${1:-build-arm}")
 limit=${ATTN_ARM_TIME_LIMIT:-1500}
 test_timeout=${ATTN_ARM_TEST_TIMEOUT:-300}
-export QEMU_CPU=${QEMU_CPU:-max}
+read -r -a cpus <<< "${ATTN_ARM_CPUS:-max neoverse-n1}"
+[ ${#cpus[@]} -gt 0 ] || { echo "arm: ATTN_ARM_CPUS is empty" >&2; exit 2; }
+export QEMU_CPU=${cpus[0]}  # for test discovery and the checks below
 
 # The whole script runs under one time bound.
 # timeout signals its whole process group: the build, ctest and every qemu.
@@ -94,7 +98,8 @@ build=$root/build
 say "configuring $build (core only, aarch64)"
 cmake -S "$src" -B "$build" -G Ninja --log-level=WARNING \
   -DCMAKE_TOOLCHAIN_FILE="$src/tests/arm/aarch64-linux-gnu.cmake" \
-  -DATTN_ARM_SYSROOT="$sysroot" -DATTN_CORE_ONLY=ON -DCMAKE_BUILD_TYPE=Release
+  -DATTN_ARM_SYSROOT="$sysroot" -DATTN_CORE_ONLY=ON -DCMAKE_BUILD_TYPE=Release ||
+  die "cmake could not configure the cross build"
 # Every package must have come from the sysroot, none from the host.
 while IFS= read -r line; do
   case "${line#*=}" in
@@ -103,7 +108,7 @@ while IFS= read -r line; do
   esac
 done < <(grep -E '^(absl|dnnl|GTest|hwy|nlohmann_json)_DIR:' "$build/CMakeCache.txt")
 say "building (-j2)"
-cmake --build "$build" -j2
+cmake --build "$build" -j2 || die "the cross build failed"
 
 # --- The binaries are aarch64 and load arm64 libraries only. ---------------
 mapfile -t tests < <(find "$build/bin" -maxdepth 1 -type f -name '*_test' | sort)
@@ -126,5 +131,25 @@ echo "$loaded" | grep '=>' | grep -vE "=> ($libdir/|/lib/|/usr/aarch64-linux-gnu
 say "${#tests[@]} test binaries, all aarch64; libraries from the sysroot and /usr/aarch64-linux-gnu"
 
 # --- Run the tests under qemu (CMAKE_CROSSCOMPILING_EMULATOR). -------------
-say "ctest under qemu-aarch64-static (QEMU_CPU=$QEMU_CPU, $test_timeout s per test)"
-ctest --test-dir "$build" -j2 --timeout "$test_timeout" --output-on-failure --no-tests=error
+# qemu reads QEMU_CPU from the environment ctest passes on.
+summary=() failed=0 passed_all=0 failed_all=0
+for cpu in "${cpus[@]}"; do
+  say "ctest under qemu-aarch64-static, QEMU_CPU=$cpu ($test_timeout s per test)"
+  rc=0
+  QEMU_CPU=$cpu ctest --test-dir "$build" -j2 --timeout "$test_timeout" --output-on-failure \
+    --no-tests=error --output-log "$root/ctest-$cpu.log" || rc=$?
+  summary+=("QEMU_CPU=$cpu: $(grep -E 'tests passed, .* tests failed out of' "$root/ctest-$cpu.log" ||
+                              echo "ctest exited $rc")")
+  [ "$rc" -eq 0 ] || failed=1
+  if counts=$(sed -nE 's/.*tests passed, ([0-9]+) tests failed out of ([0-9]+).*/\1 \2/p' \
+                "$root/ctest-$cpu.log") && [ -n "$counts" ]; then
+    read -r nfail ntotal <<< "$counts"
+    passed_all=$((passed_all + ntotal - nfail)) failed_all=$((failed_all + nfail))
+  else
+    failed=1
+  fi
+done
+say "done"
+for line in "${summary[@]}"; do echo "arm: $line"; done
+echo "arm: $passed_all passed, $failed_all failed"
+if [ "$failed" -ne 0 ]; then die "tests failed under qemu (logs: $root/ctest-*.log)"; fi
