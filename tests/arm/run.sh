@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cross-builds the core (attn_core, core/batching) and its tests for aarch64
 # with Debian's g++-aarch64-linux-gnu and runs the tests under
-# qemu-aarch64-static. Ends with CTest's summary line; exits non-zero on any
-# failure or when a time bound is hit.
+# qemu-aarch64-static. Ends with CTest's summary line for each emulated CPU and
+# "arm: N passed, N failed"; exits non-zero on any failure or when a time bound
+# is hit.
 #
 # Usage: tests/arm/run.sh [BUILD_ROOT]      (default: build-arm/ at the top)
 #
@@ -44,7 +45,7 @@ start=$(date +%s)
 say() { echo "arm: [$(( $(date +%s) - start )) s] $*"; }
 die() { echo "arm: FAILED: $*" >&2; exit 1; }
 
-for tool in aarch64-linux-gnu-g++ qemu-aarch64-static cmake ninja dpkg-deb file readelf; do
+for tool in aarch64-linux-gnu-g++ qemu-aarch64-static cmake ninja dpkg-deb file; do
   command -v "$tool" >/dev/null || die "$tool not found (deploy/install-deps.sh installs it)"
 done
 
@@ -119,15 +120,22 @@ for t in "${tests[@]}"; do
 done
 # The guest's loader lists where each library resolves. With -L, /lib is the
 # cross toolchain's /usr/aarch64-linux-gnu/lib.
-loaded=$(qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$libdir" \
-  /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 --list "$build/bin/multi_head_attention_test")
-echo "$loaded" | sed 's/^/arm:   /'
-if echo "$loaded" | grep -q 'not found'; then die "a library of multi_head_attention_test is missing"; fi
-for lib in libdnnl.so libgomp.so libabsl_; do
-  echo "$loaded" | grep -qE "$lib" || die "multi_head_attention_test does not load $lib"
+libs_of() {
+  qemu-aarch64-static -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$libdir" \
+    /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 --list "$1"
+}
+for t in "${tests[@]}"; do
+  loaded=$(libs_of "$t") || die "$t: the loader failed"
+  if echo "$loaded" | grep 'not found'; then die "$t: a library is missing"; fi
+  echo "$loaded" | grep '=>' | grep -vE "=> ($libdir/|/lib/|/usr/aarch64-linux-gnu/lib/)" &&
+    die "$t: a library resolved outside the sysroot and the cross toolchain"
 done
-echo "$loaded" | grep '=>' | grep -vE "=> ($libdir/|/lib/|/usr/aarch64-linux-gnu/lib/)" &&
-  die "a library resolved outside the sysroot and the cross toolchain"
+mha_test=$build/bin/multi_head_attention_test
+loaded=$(libs_of "$mha_test")
+echo "$loaded" | sed 's/^/arm:   /'
+for lib in libdnnl.so libgomp.so libabsl_; do
+  echo "$loaded" | grep -q "$lib" || die "$mha_test does not load $lib"
+done
 say "${#tests[@]} test binaries, all aarch64; libraries from the sysroot and /usr/aarch64-linux-gnu"
 
 # --- Run the tests under qemu (CMAKE_CROSSCOMPILING_EMULATOR). -------------
