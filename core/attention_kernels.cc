@@ -1,28 +1,54 @@
-#include "core/attention_kernels.h"
+// The attention kernels, written once on Google Highway and compiled for every
+// SIMD target of the architecture (foreach_target.h re-includes this file once
+// per target; HWY_EXPORT/HWY_DYNAMIC_DISPATCH pick one at run time).
 
-// GCC 12.2's AVX-512 intrinsics start from _mm512_undefined_ps() and then
-// trip -W(maybe-)uninitialized wherever they are inlined (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// SVE vectors are sizeless and cannot live in the arrays the register tiles
+// use; on Arm the kernels run on NEON (128-bit, 32 registers).
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128)
 #endif
-#include <immintrin.h>
+// AVX3_DL (Ice Lake and later, AMD Zen 4) is what AVX-512 servers of today
+// dispatch to; Highway leaves it out unless asked.
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "core/attention_kernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "core/attention_kernels.h"
 #include "core/dtype.h"
-#include "oneapi/dnnl/dnnl.hpp"
 
+HWY_BEFORE_NAMESPACE();
 namespace attn::core::kernels {
-namespace {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using D = hn::ScalableTag<float>;
+using V = hn::Vec<D>;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Register tiles: kTileRows query rows x kTileVecs vectors of outputs, sized
+// so accumulators (rows x vecs), one row of b (vecs) and a broadcast fit the
+// register file: 6 x 4 + 4 + 1 = 29 of 32 (AVX-512, NEON), 6 x 2 + 2 + 1 = 15
+// of 16 (AVX2, SSE4, SSSE3; the emulated target follows them).
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL || HWY_ARCH_ARM_A64
+constexpr int kTileVecs = 4;
+#else
+constexpr int kTileVecs = 2;
+#endif
+constexpr int kTileRows = 6;
+
 // Keys visible to query row i: [0, VisibleKeys(i)) (bottom-right causal).
-int VisibleKeys(const HeadView& h, int i) {
+inline int VisibleKeys(const HeadView& h, int i) {
   if (!h.causal) return h.lk;
   return std::clamp(i + (h.lk - h.lq) + 1, 0, h.lk);
 }
@@ -30,308 +56,208 @@ int VisibleKeys(const HeadView& h, int i) {
 // Max that lets a NaN through (std::max would drop it when it comes second).
 inline float NanMax(float a, float b) { return std::isnan(b) || b > a ? b : a; }
 
-// ---------------------------------------------------------------------------
-// Portable kernels: the reference shape of every AVX-512 kernel below.
-struct Portable {
-  // s[r][c] = sum_k q[r][k] K^T[k][j0 + c] for r < rows, c < cols; kt in
-  // panels, j0 and cols multiples of 16, j0 + cols within the panels.
-  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d,
-                 int cols, float* s, ptrdiff_t lds) {
-    for (int r = 0; r < rows; ++r) {
-      float* sr = s + r * lds;
-      std::fill(sr, sr + cols, 0.0f);
-      for (int c = 0; c < cols; ++c) {
-        const int j = j0 + c;
-        const float* col = kt + (j / kPanel) * kPanel * d + j % kPanel;
-        float acc = 0.0f;
-        for (int k = 0; k < d; ++k) acc += q[r * ldq + k] * col[k * kPanel];
-        sr[c] = acc;
-      }
-    }
-  }
-  static float RowMax(const float* s, int n) {
-    float m = kNegInf;
-    for (int j = 0; j < n; ++j) m = NanMax(m, s[j]);
-    return m;
-  }
-  // s[j] = exp(s[j] - m) * scale for j < n, 0 for n <= j < n_pad; returns
-  // the sum of exp(s[j] - m).
-  static float ExpSub(float* s, int n, int n_pad, float m, float scale) {
-    float sum = 0.0f;
-    for (int j = 0; j < n; ++j) {
-      const float e = std::exp(s[j] - m);
-      sum += e;
-      s[j] = e * scale;
-    }
-    std::fill(s + n, s + n_pad, 0.0f);
-    return sum;
-  }
-  // o[r][0, d) += sum_{j < valid[r]} p[r][j] v[j][0, d).
-  static void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* v,
-                 ptrdiff_t ldv, int d, float* o, ptrdiff_t ldo) {
-    for (int r = 0; r < rows; ++r) {
-      float* orow = o + r * ldo;
-      for (int j = 0; j < valid[r]; ++j) {
-        const float a = p[r * ldp + j];
-        const float* vj = v + j * ldv;
-        for (int c = 0; c < d; ++c) orow[c] += a * vj[c];
-      }
-    }
-  }
-  static void Scale(float* o, int n, float a) {
-    for (int c = 0; c < n; ++c) o[c] *= a;
-  }
-  // out[0, n) = o[0, n) * a.
-  static void ScaleTo(const float* o, int n, float a, float* out) {
-    for (int c = 0; c < n; ++c) out[c] = o[c] * a;
-  }
-  static float Exp(float x) { return std::exp(x); }
-};
-
-// ---------------------------------------------------------------------------
-// AVX-512 kernels, compiled for AVX-512 whatever the build flags; only called
-// when UseAvx512() says the CPU has it.
-#define ATTN_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
+// Stores the first n < Lanes(d) lanes of v (a row's tail).
+inline void StoreFirst(V v, size_t n, float* HWY_RESTRICT out) {
+  alignas(64) float lanes[64 / sizeof(float)];
+  hn::Store(v, D(), lanes);
+  std::memcpy(out, lanes, n * sizeof(float));
+}
 
 // exp(x) for a vector: 2^(x log2 e) split into 2^n * 2^f, f in [-1/2, 1/2],
 // with a degree-6 polynomial for 2^f (relative error ~1e-7). NaN stays NaN;
-// x below -100 is clamped (the result is then ~1e-43, i.e. zero for softmax).
-ATTN_AVX512 inline __m512 Exp512(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-100.0f), x);  // returns x when x is NaN
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022650695910071f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718055994531f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+// x below about -86.6 gives 2^-125 (zero for softmax, and never a subnormal,
+// which some CPUs multiply slowly).
+inline V Exp(V x) {
+  const D d;
+  const hn::RebindToSigned<D> di;
+  const V t = hn::Max(hn::Mul(x, hn::Set(d, 1.44269504088896341f)), hn::Set(d, -125.0f));
+  const auto ni = hn::NearestInt(t);
+  const V f = hn::Sub(t, hn::ConvertTo(d, ni));
+  V p = hn::Set(d, 1.5403530393381606e-4f);
+  p = hn::MulAdd(p, f, hn::Set(d, 1.3333558146428443e-3f));
+  p = hn::MulAdd(p, f, hn::Set(d, 9.6181291076284772e-3f));
+  p = hn::MulAdd(p, f, hn::Set(d, 5.5504108664821580e-2f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.24022650695910071f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.69314718055994531f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
+  const V two_n = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(ni, hn::Set(di, 127))));
+  return hn::IfThenElse(hn::IsNaN(x), x, hn::Mul(p, two_n));
 }
 
-// Horizontal sum and max by halving the vector (log2(16) = 4 steps).
-ATTN_AVX512 inline float HorizontalSum(__m512 v) {
-  const __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(v),
-                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  const __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-  const __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
-}
-ATTN_AVX512 inline float HorizontalMax(__m512 v) {
-  const __m256 h8 = _mm256_max_ps(_mm512_castps512_ps256(v),
-                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  const __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
-  const __m128 h2 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-  return _mm_cvtss_f32(_mm_max_ss(h2, _mm_movehdup_ps(h2)));
-}
-
-inline __mmask16 TailMask(int n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1); }
-
-// The one register-tiled microkernel: c[R][NV*16] (+)= a[R][kn] b[kn][NV*16],
-// with a read by scalar broadcasts (row stride lda) and b by vectors (row
-// stride ldb; the last vector of each row under `last`). Scores use it with
-// c starting at zero (a = queries, b = a key panel), P·V with c loaded from
-// the output accumulators (a = probabilities, b = values).
+// The one register-tiled microkernel: c[R][NV lanes] (+)= a[R][kn] b[kn][NV
+// lanes], with a read by scalar broadcasts (row stride lda) and b by whole
+// vectors (row stride ldb). Scores use it with c starting at zero (a =
+// queries, b = a key panel), P·V with c loaded from the output accumulators
+// (a = probabilities, b = values).
 template <int R, int NV, bool kAccumulate>
-ATTN_AVX512 void Tile(const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, int kn,
-                      __mmask16 last, float* c, ptrdiff_t ldc) {
-  __m512 acc[R][NV];
+HWY_NOINLINE void Tile(const float* HWY_RESTRICT a, ptrdiff_t lda, const float* HWY_RESTRICT b,
+                       ptrdiff_t ldb, int kn, float* HWY_RESTRICT c, ptrdiff_t ldc) {
+  const D d;
+  const ptrdiff_t n = static_cast<ptrdiff_t>(hn::Lanes(d));
+  V acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      acc[r][v] = kAccumulate ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
+      acc[r][v] = kAccumulate ? hn::LoadU(d, c + r * ldc + n * v) : hn::Zero(d);
     }
   }
   for (int k = 0; k < kn; ++k) {
     const float* bk = b + k * ldb;
-    __m512 bv[NV];
+    V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(bk + 16 * v);
-    bv[NV - 1] = _mm512_maskz_loadu_ps(last, bk + 16 * (NV - 1));
+    for (int v = 0; v < NV; ++v) bv[v] = hn::LoadU(d, bk + n * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      const V av = hn::Set(d, a[r * lda + k]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = hn::MulAdd(av, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], d, c + r * ldc + n * v);
   }
 }
 
-template <int R, int NV>
-ATTN_AVX512 void QKTile(const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, int kn,
-                        __mmask16 last, float* c, ptrdiff_t ldc) {
-  Tile<R, NV, false>(a, lda, b, ldb, kn, last, c, ldc);
+using TileFn = void (*)(const float*, ptrdiff_t, const float*, ptrdiff_t, int, float*, ptrdiff_t);
+
+// kTiles[accumulate][rows - 1][vecs - 1].
+template <bool kAccumulate, int... kVecs>
+constexpr auto TileRow(std::integer_sequence<int, kVecs...>) {
+  return std::array<std::array<TileFn, kTileVecs>, kTileRows>{
+      {{Tile<1, kVecs + 1, kAccumulate>...},
+       {Tile<2, kVecs + 1, kAccumulate>...},
+       {Tile<3, kVecs + 1, kAccumulate>...},
+       {Tile<4, kVecs + 1, kAccumulate>...},
+       {Tile<5, kVecs + 1, kAccumulate>...},
+       {Tile<6, kVecs + 1, kAccumulate>...}}};
 }
-template <int R, int NV>
-ATTN_AVX512 void PVTile(const float* a, ptrdiff_t lda, const float* b, ptrdiff_t ldb, int kn,
-                        __mmask16 last, float* c, ptrdiff_t ldc) {
-  Tile<R, NV, true>(a, lda, b, ldb, kn, last, c, ldc);
+static_assert(kTileRows == 6, "TileRow lists six row counts");
+constexpr auto kQKTiles = TileRow<false>(std::make_integer_sequence<int, kTileVecs>());
+constexpr auto kPVTiles = TileRow<true>(std::make_integer_sequence<int, kTileVecs>());
+
+// s[r][c] = sum_k q[r][k] K^T[k][j0 + c] for r < rows, c < cols; kt in
+// panels, j0 a multiple of kBlockK and cols of 16, j0 + cols within the
+// panels.
+void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d, int cols,
+        float* s, ptrdiff_t lds) {
+  const int n = static_cast<int>(hn::Lanes(D()));
+  const int tile_cols = kTileVecs * n;
+  // A tile never straddles two panels; 16 | cols and n | 16.
+  static_assert(kPanel % 16 == 0 && kBlockK % kPanel == 0, "panels tile the key blocks");
+  for (int r = 0; r < rows; r += kTileRows) {
+    const int nr = std::min(kTileRows, rows - r);
+    for (int c = 0; c < cols; c += tile_cols) {
+      const int nv = std::min(kTileVecs, (cols - c) / n);
+      const int j = j0 + c;
+      const float* b = kt + static_cast<ptrdiff_t>(j / kPanel) * kPanel * d + j % kPanel;
+      kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, b, kPanel, d, s + r * lds + c, lds);
+    }
+  }
 }
 
-constexpr int kTileRows = 6;
-constexpr int kTileVecs = 4;
+// Max of s[0, n) (n > 0); NaN when any is NaN. s is readable up to
+// RoundUp16(n).
+float RowMax(const float* HWY_RESTRICT s, int n) {
+  const D d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  V m = hn::Set(d, kNegInf);
+  auto nan = hn::FirstN(d, 0);
+  int j = 0;
+  for (; j + lanes <= n; j += lanes) {
+    const V x = hn::LoadU(d, s + j);
+    nan = hn::Or(nan, hn::IsNaN(x));
+    m = hn::Max(m, x);
+  }
+  if (j < n) {
+    const V x = hn::IfThenElse(hn::FirstN(d, n - j), hn::LoadU(d, s + j), hn::Set(d, kNegInf));
+    nan = hn::Or(nan, hn::IsNaN(x));
+    m = hn::Max(m, x);
+  }
+  if (!hn::AllFalse(d, nan)) return std::numeric_limits<float>::quiet_NaN();
+  return hn::GetLane(hn::MaxOfLanes(d, m));
+}
 
-using TileFn = void (*)(const float*, ptrdiff_t, const float*, ptrdiff_t, int, __mmask16, float*,
-                        ptrdiff_t);
+// s[j] = exp(s[j] - m) * scale for j < n, 0 for n <= j < n_pad (n_pad a
+// multiple of 16); returns the sum of exp(s[j] - m).
+float ExpSub(float* HWY_RESTRICT s, int n, int n_pad, float m, float scale) {
+  const D d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const V vm = hn::Set(d, m);
+  const V vs = hn::Set(d, scale);
+  V sum = hn::Zero(d);
+  int j = 0;
+  if (scale == 1.0f) {  // pass 1 (running statistics): no scaling
+    for (; j + lanes <= n; j += lanes) {
+      const V e = Exp(hn::Sub(hn::LoadU(d, s + j), vm));
+      sum = hn::Add(sum, e);
+      hn::StoreU(e, d, s + j);
+    }
+  }
+  for (; j + lanes <= n; j += lanes) {
+    const V e = Exp(hn::Sub(hn::LoadU(d, s + j), vm));
+    sum = hn::Add(sum, e);
+    hn::StoreU(hn::Mul(e, vs), d, s + j);
+  }
+  if (j < n) {
+    const V e = hn::IfThenElseZero(hn::FirstN(d, n - j), Exp(hn::Sub(hn::LoadU(d, s + j), vm)));
+    sum = hn::Add(sum, e);
+    hn::StoreU(hn::Mul(e, vs), d, s + j);  // zero past n
+    j += lanes;
+  }
+  for (; j < n_pad; j += lanes) hn::StoreU(hn::Zero(d), d, s + j);
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
 
-#define ATTN_TILE_ROW(T, R) {T<R, 1>, T<R, 2>, T<R, 3>, T<R, 4>}
-#define ATTN_TILE_TABLE(T) \
-  {ATTN_TILE_ROW(T, 1), ATTN_TILE_ROW(T, 2), ATTN_TILE_ROW(T, 3), \
-   ATTN_TILE_ROW(T, 4), ATTN_TILE_ROW(T, 5), ATTN_TILE_ROW(T, 6)}
-const TileFn kQKTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(QKTile);
-const TileFn kPVTiles[kTileRows][kTileVecs] = ATTN_TILE_TABLE(PVTile);
-#undef ATTN_TILE_TABLE
-#undef ATTN_TILE_ROW
-
-struct Avx512 {
-  // As Portable::QK; j0 is a multiple of kPanel, and one tile spans one panel.
-  static void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d,
-                 int cols, float* s, ptrdiff_t lds) {
-    static_assert(16 * kTileVecs == kPanel, "a score tile spans exactly one key panel");
-    for (int r = 0; r < rows; r += kTileRows) {
-      const int nr = std::min(kTileRows, rows - r);
-      for (int c = 0; c < cols; c += kPanel) {
-        const int nv = std::min(kTileVecs, (cols - c) / 16);
-        const float* panel = kt + static_cast<ptrdiff_t>((j0 + c) / kPanel) * kPanel * d;
-        kQKTiles[nr - 1][nv - 1](q + r * ldq, ldq, panel, kPanel, d, 0xffff, s + r * lds + c, lds);
+// o[r][0, RoundUp16(d)) += sum_{j < valid[r]} p[r][j] v[j][...], v rows of
+// ValueStride(d) floats at stride ldv.
+void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* v, ptrdiff_t ldv,
+        int d, float* o, ptrdiff_t ldo) {
+  const int n = static_cast<int>(hn::Lanes(D()));
+  const int dpad = RoundUp16(d);
+  const int tile_cols = kTileVecs * n;
+  for (int r0 = 0; r0 < rows; r0 += kTileRows) {
+    const int nr = std::min(kTileRows, rows - r0);
+    const int jmin = *std::min_element(valid + r0, valid + r0 + nr);
+    for (int c = 0; c < dpad; c += tile_cols) {
+      const int nv = std::min(kTileVecs, (dpad - c) / n);
+      if (jmin > 0) {
+        kPVTiles[nr - 1][nv - 1](p + r0 * ldp, ldp, v + c, ldv, jmin, o + r0 * ldo + c, ldo);
       }
-    }
-  }
-  ATTN_AVX512 static float RowMax(const float* s, int n) {
-    __m512 m = _mm512_set1_ps(kNegInf);
-    __mmask16 nan = 0;
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-      const __m512 x = _mm512_loadu_ps(s + j);
-      nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-      m = _mm512_max_ps(m, x);
-    }
-    if (j < n) {
-      const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), TailMask(n - j), s + j);
-      nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-      m = _mm512_max_ps(m, x);
-    }
-    return nan ? std::numeric_limits<float>::quiet_NaN() : HorizontalMax(m);
-  }
-  ATTN_AVX512 static float ExpSub(float* s, int n, int n_pad, float m, float scale) {
-    const __m512 vm = _mm512_set1_ps(m);
-    const __m512 vs = _mm512_set1_ps(scale);
-    __m512 sum = _mm512_setzero_ps();
-    int j = 0;
-    if (scale == 1.0f) {  // pass 1 (running statistics): no scaling
-      for (; j + 16 <= n; j += 16) {
-        const __m512 e = Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
-        sum = _mm512_add_ps(sum, e);
-        _mm512_storeu_ps(s + j, e);
-      }
-    }
-    for (; j + 16 <= n; j += 16) {
-      const __m512 e = Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
-      sum = _mm512_add_ps(sum, e);
-      _mm512_storeu_ps(s + j, _mm512_mul_ps(e, vs));
-    }
-    if (j < n) {
-      const __mmask16 k = TailMask(n - j);
-      const __m512 e = _mm512_maskz_mov_ps(k, Exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm)));
-      sum = _mm512_add_ps(sum, e);
-      _mm512_storeu_ps(s + j, _mm512_mul_ps(e, vs));  // zero past n
-      j += 16;
-    }
-    for (; j < n_pad; j += 16) _mm512_storeu_ps(s + j, _mm512_setzero_ps());
-    return HorizontalSum(sum);
-  }
-  static void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* v,
-                 ptrdiff_t ldv, int d, float* o, ptrdiff_t ldo) {
-    for (int r0 = 0; r0 < rows; r0 += kTileRows) {
-      const int nr = std::min(kTileRows, rows - r0);
-      const int jmin = *std::min_element(valid + r0, valid + r0 + nr);
-      for (int c = 0; c < d; c += 16 * kTileVecs) {
-        const int nv = std::min(kTileVecs, (d - c + 15) / 16);
-        const __mmask16 last = TailMask(d - c - 16 * (nv - 1));
-        if (jmin > 0) {
-          kPVTiles[nr - 1][nv - 1](p + r0 * ldp, ldp, v + c, ldv, jmin, last, o + r0 * ldo + c, ldo);
+      // Rows that see more keys than the group's minimum (the causal diagonal).
+      for (int r = r0; r < r0 + nr; ++r) {
+        if (valid[r] > jmin) {
+          kPVTiles[0][nv - 1](p + r * ldp + jmin, ldp, v + jmin * ldv + c, ldv, valid[r] - jmin,
+                              o + r * ldo + c, ldo);
         }
-        // Rows that see more keys than the group's minimum (the causal diagonal).
-        for (int r = r0; r < r0 + nr; ++r) {
-          if (valid[r] > jmin) {
-            kPVTiles[0][nv - 1](p + r * ldp + jmin, ldp, v + jmin * ldv + c, ldv, valid[r] - jmin,
-                                last, o + r * ldo + c, ldo);
-          }
-        }
       }
     }
-  }
-  ATTN_AVX512 static void Scale(float* o, int n, float a) {
-    const __m512 va = _mm512_set1_ps(a);
-    for (int c = 0; c < n; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), va));
-  }
-  ATTN_AVX512 static void ScaleTo(const float* o, int n, float a, float* out) {
-    const __m512 va = _mm512_set1_ps(a);
-    for (int c = 0; c < n; c += 16) {
-      const __mmask16 k = TailMask(n - c);
-      _mm512_mask_storeu_ps(out + c, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, o + c), va));
-    }
-  }
-  static float Exp(float x) { return std::exp(x); }
-};
-
-// In-register transpose of a 16x16 float block: r[i] holds row i on entry and
-// column i on return.
-ATTN_AVX512 inline void Transpose16x16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int i = 0; i < 2; ++i) {
-    for (int k = 0; k < 4; ++k) {
-      t[8 * i + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
-      t[8 * i + 4 + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
-    }
-  }
-  for (int k = 0; k < 8; ++k) {
-    r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
-    r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xdd);
   }
 }
 
-ATTN_AVX512 void TransposeKeysAvx512(const float* k, ptrdiff_t ldk, int lk, int head_dim,
-                                     float* kt) {
-  __m512 r[16];
-  for (int j0 = 0; j0 < RoundUp16(lk); j0 += 16) {
-    float* panel = kt + static_cast<ptrdiff_t>(j0 / kPanel) * kPanel * head_dim + j0 % kPanel;
-    for (int d0 = 0; d0 < head_dim; d0 += 16) {
-      const int dn = std::min(16, head_dim - d0);
-      const __mmask16 mask = TailMask(dn);
-      for (int i = 0; i < 16; ++i) {
-        r[i] = j0 + i < lk ? _mm512_maskz_loadu_ps(mask, k + (j0 + i) * ldk + d0)
-                           : _mm512_setzero_ps();  // zero columns past lk
-      }
-      Transpose16x16(r);
-      for (int c = 0; c < dn; ++c) _mm512_storeu_ps(panel + (d0 + c) * kPanel, r[c]);
-    }
+// o[0, n) *= a, n a multiple of 16.
+void Scale(float* HWY_RESTRICT o, int n, float a) {
+  const D d;
+  const V va = hn::Set(d, a);
+  for (int c = 0; c < n; c += static_cast<int>(hn::Lanes(d))) {
+    hn::StoreU(hn::Mul(hn::LoadU(d, o + c), va), d, o + c);
   }
+}
+
+// out[0, n) = o[0, n) * a; o is readable up to RoundUp16(n), out only to n.
+void ScaleTo(const float* HWY_RESTRICT o, int n, float a, float* HWY_RESTRICT out) {
+  const D d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const V va = hn::Set(d, a);
+  int c = 0;
+  for (; c + lanes <= n; c += lanes) hn::StoreU(hn::Mul(hn::LoadU(d, o + c), va), d, out + c);
+  if (c < n) StoreFirst(hn::Mul(hn::LoadU(d, o + c), va), n - c, out + c);
 }
 
 // The blocked attention for one block of query rows; see AttendBlock.
-template <typename K>
-void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
+void AttendBlockImpl(const HeadView& h, int i0, Workspace* ws) {
   const int bq = std::min(kBlockQ, h.lq - i0);
   const int d = h.head_dim;
   const int dpad = RoundUp16(d);
@@ -374,26 +300,24 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
       const int bk_pad = RoundUp16(bk);
       for (int r0 = 0; r0 < bq; r0 += kGroup) {
         const int nr = std::min(kGroup, bq - r0);
-        K::QK(q + r0 * h.ldq, h.ldq, nr, h.kt, j0, d, bk_pad, s, kBlockK);
+        QK(q + r0 * h.ldq, h.ldq, nr, h.kt, j0, d, bk_pad, s, kBlockK);
         for (int g = 0; g < nr; ++g) {
           valid[g] = std::clamp(VisibleKeys(h, i0 + r0 + g) - j0, 0, bk);
           if (valid[g] > 0) row(r0 + g, j0, s + g * kBlockK, valid[g], bk_pad);
         }
-        if (accumulate) {
-          K::PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
-        }
+        if (accumulate) PV(s, kBlockK, nr, valid, h.v + j0 * h.ldv, h.ldv, d, o + r0 * dpad, dpad);
       }
     }
   };
   // Pass 1: running max and sum; without probabilities also the output.
   sweep(
       [&](int r, int /*j0*/, float* sr, int vr, int bk_pad) {
-        const float mn = NanMax(m[r], K::RowMax(sr, vr));
+        const float mn = NanMax(m[r], RowMax(sr, vr));
         // Rescale what was accumulated under the old max (nothing, in the
         // first block a row sees; nothing to do when the max held).
-        const float alpha = mn == m[r] ? 1.0f : K::Exp(m[r] - mn);
-        if (!probs && alpha != 1.0f && l[r] != 0.0f) K::Scale(o + r * dpad, dpad, alpha);
-        l[r] = l[r] * alpha + K::ExpSub(sr, vr, bk_pad, mn, 1.0f);
+        const float alpha = mn == m[r] ? 1.0f : std::exp(m[r] - mn);
+        if (!probs && alpha != 1.0f && l[r] != 0.0f) Scale(o + r * dpad, dpad, alpha);
+        l[r] = l[r] * alpha + ExpSub(sr, vr, bk_pad, mn, 1.0f);
         m[r] = mn;
       },
       /*accumulate=*/!probs);
@@ -401,7 +325,7 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
     // Pass 2: normalized probabilities, written out and applied to V.
     sweep(
         [&](int r, int j0, float* sr, int vr, int bk_pad) {
-          K::ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
+          ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
           std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr,
                       vr * sizeof(float));
         },
@@ -410,99 +334,188 @@ void AttendBlockWith(const HeadView& h, int i0, Workspace* ws) {
   for (int r = 0; r < bq; ++r) {
     // A row that saw no key has l == 0 and o == 0: its result is zero, not NaN.
     const float inv = probs || l[r] == 0.0f ? 1.0f : 1.0f / l[r];
-    K::ScaleTo(o + r * dpad, d, inv, h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo);
+    ScaleTo(o + r * dpad, d, inv, h.out + static_cast<ptrdiff_t>(i0 + r) * h.ldo);
   }
 }
 
-// Sixteen floats rounded to bfloat16, returned as the upper halves of 32-bit
-// lanes: (bits + 0x7fff + lsb) >> 16 rounds to nearest even; NaN keeps its
-// sign and top payload bits and is made quiet.
-ATTN_AVX512 inline __m512i RoundBF16Bits(__m512 x) {
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  const __m512i quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));
-  return _mm512_srli_epi32(_mm512_mask_mov_epi32(rounded, nan, quiet), 16);
-}
-
-ATTN_AVX512 void RoundToBF16Avx512(const float* in, size_t n, float* out) {
-  for (size_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = TailMask(static_cast<int>(std::min<size_t>(n - i, 16)));
-    const __m512 x = _mm512_maskz_loadu_ps(mask, in + i);
-    const __m512i r = _mm512_slli_epi32(RoundBF16Bits(x), 16);
-    _mm512_mask_storeu_ps(out + i, mask, _mm512_castsi512_ps(r));
+// Keys j0 .. j0 + Lanes() - 1 (all < lk, within one panel) by gathers down
+// the rows of K, one vector per dimension; the rest element by element.
+void TransposeKeysImpl(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt) {
+  const D d;
+  const hn::RebindToSigned<D> di;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const auto rows = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(ldk)));
+  const int padded = RoundUp16(lk);
+  int j0 = 0;
+  for (; j0 + lanes <= lk; j0 += lanes) {
+    float* panel = kt + static_cast<ptrdiff_t>(j0 / kPanel) * kPanel * head_dim + j0 % kPanel;
+    const float* col = k + static_cast<ptrdiff_t>(j0) * ldk;
+    for (int c = 0; c < head_dim; ++c) {
+      hn::StoreU(hn::GatherIndex(d, col + c, rows), d, panel + c * kPanel);
+    }
+  }
+  for (int j = j0; j < padded; ++j) {
+    float* panel = kt + static_cast<ptrdiff_t>(j / kPanel) * kPanel * head_dim + j % kPanel;
+    for (int c = 0; c < head_dim; ++c) panel[c * kPanel] = j < lk ? k[j * ldk + c] : 0.0f;
   }
 }
 
-ATTN_AVX512 void ConvertToBF16Avx512(const float* in, size_t n, uint16_t* out) {
-  for (size_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = TailMask(static_cast<int>(std::min<size_t>(n - i, 16)));
-    const __m512 x = _mm512_maskz_loadu_ps(mask, in + i);
-    _mm512_mask_cvtepi32_storeu_epi16(out + i, mask, RoundBF16Bits(x));
+// Floats rounded to bfloat16, as the upper halves of 32-bit lanes:
+// (bits + 0x7fff + lsb) >> 16 rounds to nearest even; NaN keeps its sign and
+// top payload bits and is made quiet.
+inline hn::Vec<hn::RebindToUnsigned<D>> RoundBF16Bits(V x) {
+  const hn::RebindToUnsigned<D> du;
+  const auto bits = hn::BitCast(du, x);
+  const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du, 1));
+  const auto rounded = hn::Add(hn::Add(bits, hn::Set(du, 0x7fff)), lsb);
+  const auto quiet = hn::Or(bits, hn::Set(du, 0x400000));
+  return hn::ShiftRight<16>(hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(x)), quiet, rounded));
+}
+
+// Runs `body(in, out)` over whole vectors, then once over the tail through
+// lane buffers, so no lane outside [0, n) is read or written.
+template <typename Out, typename Body>
+void ForVectors(const float* in, size_t n, Out* out, Body body) {
+  const size_t lanes = hn::Lanes(D());
+  size_t i = 0;
+  for (; i + lanes <= n; i += lanes) body(in + i, out + i);
+  if (i < n) {
+    alignas(64) float tail_in[64 / sizeof(float)] = {};
+    alignas(64) Out tail_out[64 / sizeof(float)];
+    std::memcpy(tail_in, in + i, (n - i) * sizeof(float));
+    body(tail_in, tail_out);
+    std::memcpy(out + i, tail_out, (n - i) * sizeof(Out));
   }
+}
+
+void RoundToBF16Impl(const float* in, size_t n, float* out) {
+  const D d;
+  ForVectors(in, n, out, [&](const float* x, float* y) {
+    hn::StoreU(hn::BitCast(d, hn::ShiftLeft<16>(RoundBF16Bits(hn::LoadU(d, x)))), d, y);
+  });
+}
+
+void ConvertToBF16Impl(const float* in, size_t n, uint16_t* out) {
+  const D d;
+  const hn::RebindToSigned<D> di;
+  const hn::Rebind<uint16_t, D> du16;
+  ForVectors(in, n, out, [&](const float* x, uint16_t* y) {
+    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, RoundBF16Bits(hn::LoadU(d, x)))), du16, y);
+  });
+}
+
+int64_t CurrentTarget() { return HWY_TARGET; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace attn::core::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace attn::core::kernels {
+
+HWY_EXPORT(AttendBlockImpl);
+HWY_EXPORT(TransposeKeysImpl);
+HWY_EXPORT(RoundToBF16Impl);
+HWY_EXPORT(ConvertToBF16Impl);
+HWY_EXPORT(CurrentTarget);
+
+namespace {
+
+// Targets above oneDNN's ISA limit (ONEDNN_MAX_CPU_ISA, else the CPU's best).
+int64_t TargetsAboveIsa() {
+  int64_t above = 0;
+#if HWY_ARCH_X86
+  using Isa = dnnl::cpu_isa;
+  const Isa isa = dnnl::get_effective_cpu_isa();
+  const auto below = [&](Isa limit) {
+    return (static_cast<unsigned>(isa) & static_cast<unsigned>(limit)) !=
+           static_cast<unsigned>(limit);
+  };
+  if (below(Isa::avx512_core_bf16)) above |= HWY_AVX3_DL;
+  if (below(Isa::avx512_core)) above |= HWY_AVX3;
+  if (below(Isa::avx2)) above |= HWY_AVX2;
+  if (below(Isa::sse41)) above |= HWY_SSE4;
+#endif
+  return above;
+}
+
+// Points the dispatch at the best target left. Highway 1.0.3's
+// SupportedTargets() initialises the dispatch from the CPU's targets before
+// it applies DisableTargets, so every call of it is followed by this.
+int64_t Rechoose() {
+  const int64_t targets = hwy::SupportedTargets();
+  hwy::GetChosenTarget().Update(targets);
+  return targets;
+}
+
+// Applies the cap once, before the first dispatch.
+void CapTargets() {
+  static const bool capped = [] {
+    hwy::DisableTargets(TargetsAboveIsa());
+    Rechoose();
+    return true;
+  }();
+  (void)capped;
 }
 
 }  // namespace
 
-void RoundToBF16(const float* in, size_t n, float* out, bool avx512) {
-  if (avx512) {
-    RoundToBF16Avx512(in, n, out);
-    return;
-  }
-  for (size_t i = 0; i < n; ++i) out[i] = BF16ToFloat(FloatToBF16(in[i]));
+const char* TargetName() {
+  CapTargets();
+  return hwy::TargetName(HWY_DYNAMIC_DISPATCH(CurrentTarget)());
 }
 
-void ConvertToBF16(const float* in, size_t n, uint16_t* out, bool avx512) {
-  if (avx512) {
-    ConvertToBF16Avx512(in, n, out);
-    return;
-  }
-  for (size_t i = 0; i < n; ++i) out[i] = FloatToBF16(in[i]);
+const char* TargetName(int64_t target) { return hwy::TargetName(target); }
+
+std::vector<int64_t> CompiledTargets() {
+  std::vector<int64_t> targets;
+  for (int64_t t = HWY_TARGETS; t != 0; t &= t - 1) targets.push_back(t & ~(t - 1));
+  return targets;
 }
 
-bool UseAvx512() {
-  static const bool use = [] {
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512dq") ||
-        !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
-      return false;
-    }
-    // Follow oneDNN's ISA limit (ONEDNN_MAX_CPU_ISA), so one setting moves
-    // every kernel to the fallback.
-    switch (dnnl::get_effective_cpu_isa()) {
-      case dnnl::cpu_isa::avx512_core:
-      case dnnl::cpu_isa::avx512_core_vnni:
-      case dnnl::cpu_isa::avx512_core_bf16:
-      case dnnl::cpu_isa::avx512_core_amx:
-        return true;
-      default:
-        return false;
-    }
-  }();
-  return use;
+std::vector<int64_t> SupportedTargets() {
+  CapTargets();
+  std::vector<int64_t> targets;
+  for (int64_t t = Rechoose() & HWY_TARGETS; t != 0; t &= t - 1) targets.push_back(t & ~(t - 1));
+  return targets;
 }
 
-void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512) {
-  if (avx512) {
-    AttendBlockWith<Avx512>(head, i0, ws);
-  } else {
-    AttendBlockWith<Portable>(head, i0, ws);
-  }
+ScopedTargetForTest::ScopedTargetForTest(int64_t target) {
+  CapTargets();
+  hwy::SetSupportedTargetsForTest(target);
+}
+ScopedTargetForTest::~ScopedTargetForTest() { hwy::SetSupportedTargetsForTest(0); }
+
+void AttendBlock(const HeadView& head, int i0, Workspace* ws) {
+  CapTargets();
+  HWY_DYNAMIC_DISPATCH(AttendBlockImpl)(head, i0, ws);
 }
 
-void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, bool avx512) {
-  if (avx512) {
-    TransposeKeysAvx512(k, ldk, lk, head_dim, kt);
-    return;
-  }
-  for (int j = 0; j < RoundUp16(lk); ++j) {
-    float* col = kt + static_cast<ptrdiff_t>(j / kPanel) * kPanel * head_dim + j % kPanel;
-    for (int d = 0; d < head_dim; ++d) col[d * kPanel] = j < lk ? k[j * ldk + d] : 0.0f;
-  }
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt) {
+  CapTargets();
+  HWY_DYNAMIC_DISPATCH(TransposeKeysImpl)(k, ldk, lk, head_dim, kt);
+}
+
+void RoundToBF16(const float* in, size_t n, float* out) {
+  CapTargets();
+  HWY_DYNAMIC_DISPATCH(RoundToBF16Impl)(in, n, out);
+}
+
+void ConvertToBF16(const float* in, size_t n, uint16_t* out) {
+  CapTargets();
+  HWY_DYNAMIC_DISPATCH(ConvertToBF16Impl)(in, n, out);
 }
 
 void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out) {
-  for (int j = 0; j < lk; ++j) std::memcpy(out + j * head_dim, v + j * ldv, head_dim * sizeof(float));
+  const int stride = ValueStride(head_dim);
+  for (int j = 0; j < lk; ++j) {
+    float* row = out + static_cast<ptrdiff_t>(j) * stride;
+    std::memcpy(row, v + j * ldv, head_dim * sizeof(float));
+    std::fill(row + head_dim, row + stride, 0.0f);
+  }
 }
 
 }  // namespace attn::core::kernels
+#endif  // HWY_ONCE

@@ -2,10 +2,11 @@
 //
 // For one head of one sequence and a block of query rows, streams over
 // key/value blocks with an online softmax, so memory stays O(block²) whatever
-// the sequence length. Two implementations with one contract: AVX-512
-// (intrinsics, chosen at run time when the CPU and oneDNN's ISA limit allow
-// it) and portable C++ (the fallback, also used with
-// ONEDNN_MAX_CPU_ISA=AVX2).
+// the sequence length. One source, written on Google Highway and compiled for
+// every SIMD target of the architecture (x86: SSSE3, SSE4, AVX2, AVX3,
+// AVX3_DL; Arm: NEON; everywhere: EMU128); the best target the CPU supports
+// is chosen at run time, capped by oneDNN's ISA limit (ONEDNN_MAX_CPU_ISA),
+// so one setting moves the projections and these kernels together.
 #ifndef ATTN_CORE_ATTENTION_KERNELS_H_
 #define ATTN_CORE_ATTENTION_KERNELS_H_
 
@@ -36,7 +37,8 @@ struct HeadView {
   // Keys transposed in panels (see kPanel): RoundUpPanel(lk) keys of storage;
   // keys [lk, RoundUp16(lk)) are zero, later ones are never read.
   const float* kt = nullptr;
-  // Values; row j at v + j * ldv (head_dim floats).
+  // Values; row j at v + j * ldv, ldv >= ValueStride(head_dim): the kernels
+  // read whole ValueStride(head_dim) rows (PackValues zero-fills the tail).
   const float* v = nullptr;
   ptrdiff_t ldv = 0;
   // Output rows (head_dim floats each): row i at out + i * ldo.
@@ -79,28 +81,51 @@ struct Workspace {
   AlignedVector<float> l;   // running row sum
 };
 
-// True when the AVX-512 kernels run on this CPU under oneDNN's ISA limit.
-bool UseAvx512();
+// The Highway target the kernels run on: "AVX3_DL", "AVX3", "AVX2", "SSE4",
+// "SSSE3", "NEON" or "EMU128" (the portable one). The first call fixes the
+// cap from oneDNN's ISA limit: below avx512_core no AVX3 target, below avx2 no
+// AVX2, below sse41 no SSE4.
+const char* TargetName();
 
 // Attention for query rows [i0, min(i0 + kBlockQ, lq)) of one head: writes
 // their output rows (and probabilities when requested). Rows that see no key
 // get zeros.
-void AttendBlock(const HeadView& head, int i0, Workspace* ws, bool avx512);
+void AttendBlock(const HeadView& head, int i0, Workspace* ws);
 
 // Writes K (lk rows of head_dim floats at stride ldk) transposed into kt in
 // the panel layout (RoundUpPanel(lk) * head_dim floats of storage), with keys
 // [lk, RoundUp16(lk)) zero.
-void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt, bool avx512);
+void TransposeKeys(const float* k, ptrdiff_t ldk, int lk, int head_dim, float* kt);
 
 // out[i] = in[i] rounded to the nearest bfloat16 value (ties to even; NaN
 // stays NaN), as FloatToBF16 then BF16ToFloat would, for i < n. out may be in.
-void RoundToBF16(const float* in, size_t n, float* out, bool avx512);
+void RoundToBF16(const float* in, size_t n, float* out);
 
 // Writes the bfloat16 bits of n floats (rounded as above) to out.
-void ConvertToBF16(const float* in, size_t n, uint16_t* out, bool avx512);
+void ConvertToBF16(const float* in, size_t n, uint16_t* out);
 
-// Copies V (lk rows of head_dim floats at stride ldv) into contiguous rows.
+// Floats per packed value row: head_dim rounded up to 16, so the P·V kernel
+// reads whole vectors on every target.
+inline int ValueStride(int head_dim) { return RoundUp16(head_dim); }
+
+// Copies V (lk rows of head_dim floats at stride ldv) into rows of
+// ValueStride(head_dim) floats (lk * ValueStride(head_dim) of storage), the
+// columns past head_dim zero.
 void PackValues(const float* v, ptrdiff_t ldv, int lk, int head_dim, float* out);
+
+// For tests: the Highway targets compiled in (best first), those of them this
+// CPU supports under the cap, and a scope that makes every kernel run on one
+// of the supported ones.
+std::vector<int64_t> CompiledTargets();
+std::vector<int64_t> SupportedTargets();
+const char* TargetName(int64_t target);
+class ScopedTargetForTest {
+ public:
+  explicit ScopedTargetForTest(int64_t target);
+  ~ScopedTargetForTest();
+  ScopedTargetForTest(const ScopedTargetForTest&) = delete;
+  ScopedTargetForTest& operator=(const ScopedTargetForTest&) = delete;
+};
 
 }  // namespace attn::core::kernels
 

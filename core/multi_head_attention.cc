@@ -156,15 +156,11 @@ void ForChunks(size_t n, bool solo, Fn fn) {
 // by the team unless `solo` (bf16 models compute on bf16 values with float32
 // accumulation).
 void ParallelRoundToBF16(const float* in, size_t n, float* out, bool solo) {
-  const bool avx512 = kernels::UseAvx512();
-  ForChunks(n, solo,
-            [&](size_t b, size_t e) { kernels::RoundToBF16(in + b, e - b, out + b, avx512); });
+  ForChunks(n, solo, [&](size_t b, size_t e) { kernels::RoundToBF16(in + b, e - b, out + b); });
 }
 void ParallelRoundToBF16(float* v, size_t n, bool solo) { ParallelRoundToBF16(v, n, v, solo); }
 void ParallelConvertToBF16(const float* in, size_t n, uint16_t* out, bool solo) {
-  const bool avx512 = kernels::UseAvx512();
-  ForChunks(n, solo,
-            [&](size_t b, size_t e) { kernels::ConvertToBF16(in + b, e - b, out + b, avx512); });
+  ForChunks(n, solo, [&](size_t b, size_t e) { kernels::ConvertToBF16(in + b, e - b, out + b); });
 }
 
 
@@ -189,7 +185,7 @@ struct Scratch {
 
 struct MultiHeadAttention::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  bool avx512 = false;
+  std::string kernel_target;  // the Highway target of the attention kernels
   bool fused_qkv = false;  // self-attention: one matmul for q, k and v
   bool native_bf16 = false;  // projections are bf16 matmuls (BF16Compute)
   int threads = 1;         // the team size of a batch that is not solo
@@ -237,7 +233,7 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
   for (float& x : w.q_bias) x *= scale;
 
   auto impl = std::make_unique<Impl>();
-  impl->avx512 = kernels::UseAvx512();
+  impl->kernel_target = kernels::TargetName();
   impl->native_bf16 = native_bf16;
   const Dt src_dt = native_bf16 ? Dt::bf16 : Dt::f32;
   try {
@@ -380,7 +376,6 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     // Keys are transposed into panels and values packed per (sequence, kv
     // head), so the microkernels stream contiguous memory; memory grows with
     // tokens, never with L².
-    const bool avx512 = impl_->avx512;
     auto view_of = [&](int s, int h, const float* kt_sg, const float* v_sg) {
       kernels::HeadView view;
       view.lq = static_cast<int>(qo[s + 1] - qo[s]);
@@ -391,7 +386,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
       view.ldq = ldq;
       view.kt = kt_sg;
       view.v = v_sg;
-      view.ldv = hd;
+      view.ldv = kernels::ValueStride(hd);
       view.out = attn + qo[s] * e + h * hd;
       view.ldo = e;
       if (batch.need_probs) {
@@ -402,7 +397,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
     };
     auto pack = [&](int s, int g, float* kt_sg, float* v_sg) {
       const int lk = static_cast<int>(ko[s + 1] - ko[s]);
-      kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd, kt_sg, avx512);
+      kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd, kt_sg);
       kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd, v_sg);
     };
     const int64_t units = static_cast<int64_t>(num_seqs) * kv_heads;
@@ -421,12 +416,12 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
           const int lk = static_cast<int>(ko[s + 1] - ko[s]);
           const int lq = static_cast<int>(qo[s + 1] - qo[s]);
           float* kt_sg = Scratch::Get(kt_buf, static_cast<size_t>(hd) * kernels::RoundUpPanel(lk));
-          float* v_sg = Scratch::Get(v_buf, static_cast<size_t>(lk) * hd);
+          float* v_sg = Scratch::Get(v_buf, static_cast<size_t>(lk) * kernels::ValueStride(hd));
           pack(s, g, kt_sg, v_sg);
           for (int h = g * group; h < (g + 1) * group; ++h) {
             const kernels::HeadView view = view_of(s, h, kt_sg, v_sg);
             for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) {
-              kernels::AttendBlock(view, i0, &ws, avx512);
+              kernels::AttendBlock(view, i0, &ws);
             }
           }
         }
@@ -440,12 +435,14 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
                                               kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
       }
       float* kt = Scratch::Get(scratch.kt, kt_offset.back());
-      float* vp = Scratch::Get(scratch.vp, nk * kvd);
+      float* vp = Scratch::Get(scratch.vp, nk * kv_heads * kernels::ValueStride(hd));
       auto kt_of = [&](int s, int g) {
         return kt + kt_offset[s] +
                static_cast<int64_t>(g) * hd * kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
       };
-      auto v_of = [&](int s, int g) { return vp + ko[s] * kvd + g * (ko[s + 1] - ko[s]) * hd; };
+      auto v_of = [&](int s, int g) {
+        return vp + (ko[s] * kv_heads + g * (ko[s + 1] - ko[s])) * kernels::ValueStride(hd);
+      };
 #pragma omp parallel for schedule(static)
       for (int64_t t = 0; t < units; ++t) {
         const int s = static_cast<int>(t / kv_heads);
@@ -471,7 +468,7 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
           const Task& task = tasks[t];
           const int g = task.h / group;
           kernels::AttendBlock(view_of(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)),
-                               task.i0, &ws, avx512);
+                               task.i0, &ws);
         }
       }
     }
@@ -501,7 +498,7 @@ std::vector<std::string> MultiHeadAttention::ImplementationNames() const {
   std::vector<std::string> names;
   if (impl_->fused_qkv) impl_->qkv.AppendImplNames(&names);
   for (const Linear* l : {&impl_->q, &impl_->k, &impl_->v, &impl_->o}) l->AppendImplNames(&names);
-  names.push_back(impl_->avx512 ? "attention:avx512" : "attention:portable");
+  names.push_back("attention:" + impl_->kernel_target);
   return names;
 }
 
@@ -515,6 +512,8 @@ std::string MultiHeadAttention::OneDnnVersion() {
   const dnnl_version_t* v = dnnl_version();
   return absl::StrCat(v->major, ".", v->minor, ".", v->patch);
 }
+
+std::string MultiHeadAttention::KernelTarget() { return kernels::TargetName(); }
 
 std::string MultiHeadAttention::OneDnnIsa() {
   switch (dnnl::get_effective_cpu_isa()) {

@@ -79,13 +79,16 @@ class MultiHeadAttention {
   const AttentionConfig& config() const { return config_; }
 
   // oneDNN implementation of every matmul primitive (e.g. "brg:avx512_core")
-  // and the attention kernel in use ("attention:avx512" or
-  // "attention:portable"); all were chosen in Create().
+  // and the attention kernels' Highway target ("attention:AVX3_DL",
+  // "attention:AVX2", "attention:NEON", ...); all were chosen in Create().
   std::vector<std::string> ImplementationNames() const;
 
   // oneDNN's version, e.g. "2.6.3", and the CPU ISA it dispatches to.
   static std::string OneDnnVersion();
   static std::string OneDnnIsa();
+  // The Highway target of the attention kernels under that ISA, e.g.
+  // "AVX3_DL", "AVX2", "NEON" (see core/attention_kernels.h).
+  static std::string KernelTarget();
 
  private:
   struct Impl;

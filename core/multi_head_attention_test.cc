@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/attention_kernels.h"
 #include "core/reference_attention.h"
 #include "gtest/gtest.h"
 #include "oneapi/dnnl/dnnl.h"
@@ -388,10 +389,13 @@ void ExpectJitOnlyAndNoPrimitivePerRequest(const MultiHeadAttention& mha) {
   ASSERT_FALSE(names.empty());
   for (const std::string& name : names) EXPECT_EQ(name.find("ref"), std::string::npos) << name;
   const char* isa_limit = std::getenv("ONEDNN_MAX_CPU_ISA");
+  // The kernels' Highway target, capped as oneDNN is.
+  EXPECT_EQ(names.back(), std::string("attention:") + kernels::TargetName());
   if (__builtin_cpu_supports("avx512f") && isa_limit == nullptr) {
-    EXPECT_EQ(names.back(), "attention:avx512");
-  } else if (isa_limit != nullptr) {
-    EXPECT_EQ(names.back(), "attention:portable");
+    EXPECT_EQ(names.back().rfind("attention:AVX3", 0), 0u) << names.back();
+  } else if (isa_limit != nullptr && std::string(isa_limit) == "AVX2" &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_EQ(names.back(), "attention:AVX2");
   }
   // Every request shape after Create(): oneDNN's verbose log must show
   // executions only, no primitive creation, and no reference kernels.

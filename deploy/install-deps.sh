@@ -9,7 +9,8 @@ build_packages=(
   clang libclang-rt-14-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libhwy-dev
+  g++-aarch64-linux-gnu qemu-user-static
   python3-grpcio python3-numpy python3-yaml prometheus
   podman buildah debootstrap docker-compose uidmap
 )

@@ -213,6 +213,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   metrics_options.version = Version();
   metrics_options.onednn_version = core::MultiHeadAttention::OneDnnVersion();
   metrics_options.isa = core::MultiHeadAttention::OneDnnIsa();
+  metrics_options.kernel_target = core::MultiHeadAttention::KernelTarget();
   metrics_options.threads = options.threads;
   metrics_options.max_queue_requests = options.max_queue_size;
   metrics_options.max_queue_tokens = options.max_queue_tokens;

@@ -101,7 +101,9 @@ int Run() {
               {"compute", !bf16                         ? "float32"
                           : model->mha->native_bf16() ? "bf16_native"
                                                       : "bf16_emulated"},
-              {"max_seq_len", absl::StrCat(model->max_seq_len)}});
+              {"max_seq_len", absl::StrCat(model->max_seq_len)},
+              {"isa", attn::core::MultiHeadAttention::OneDnnIsa()},
+              {"kernel_target", attn::core::MultiHeadAttention::KernelTarget()}});
   }
   attn::server::AttentionServer::Options options;
   options.listen = absl::GetFlag(FLAGS_listen);
@@ -133,6 +135,7 @@ int Run() {
             {"models", (*server)->repository().NameList()},
             {"onednn", attn::core::MultiHeadAttention::OneDnnVersion()},
             {"isa", attn::core::MultiHeadAttention::OneDnnIsa()},
+            {"kernel_target", attn::core::MultiHeadAttention::KernelTarget()},
             {"startup_ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - started))}});
 
   int sig = 0;

@@ -164,6 +164,7 @@ ServerMetrics::ServerMetrics(const Options& options)
       .Add({{"version", options.version},
             {"onednn_version", options.onednn_version},
             {"isa", options.isa},
+            {"kernel_target", options.kernel_target},
             {"threads", absl::StrCat(options.threads)}})
       .Set(1);
   prometheus::BuildGauge()

@@ -37,7 +37,7 @@
 //                                               requests
 //   attn_flops_total{model}                    counter, floating-point
 //                                               operations of batches run
-//   attn_build_info{version,onednn_version,isa,threads}  gauge = 1
+//   attn_build_info{version,onednn_version,isa,kernel_target,threads}  gauge = 1
 //   process_cpu_seconds_total, process_resident_memory_bytes,
 //   process_virtual_memory_bytes, process_open_fds, process_max_fds,
 //   process_start_time_seconds                 as Prometheus clients name
@@ -114,6 +114,7 @@ class ServerMetrics {
     std::string version;         // attn_build_info{version}
     std::string onednn_version;  // attn_build_info{onednn_version}
     std::string isa;             // attn_build_info{isa}
+    std::string kernel_target;   // attn_build_info{kernel_target}: the attention kernels' SIMD target
     int threads = 0;             // attn_build_info{threads}
     int64_t max_queue_requests = 0;  // attn_queue_max_requests
     int64_t max_queue_tokens = 0;    // attn_queue_max_tokens

@@ -25,6 +25,7 @@ class MetricsTest : public ::testing::Test {
     o.version = "1.2.3";
     o.onednn_version = "2.6.3";
     o.isa = "avx512_core";
+    o.kernel_target = "AVX3";
     o.threads = 4;
     o.max_queue_requests = 1024;
     o.max_queue_tokens = 1 << 20;
@@ -279,6 +280,7 @@ TEST_F(MetricsTest, ExportsBuildInfoAndQueueBounds) {
   EXPECT_EQ(GaugeValue("attn_build_info", {{"version", "1.2.3"},
                                            {"onednn_version", "2.6.3"},
                                            {"isa", "avx512_core"},
+                                           {"kernel_target", "AVX3"},
                                            {"threads", "4"}}),
             1);
   EXPECT_EQ(GaugeValue("attn_queue_max_requests", {}), 1024);

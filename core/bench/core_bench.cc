@@ -41,6 +41,7 @@
 #include "core/attention_config.h"
 #include "core/attention_weights.h"
 #include "core/dtype.h"
+#include "core/attention_kernels.h"
 #include "core/multi_head_attention.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -477,6 +478,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("onednn_version",
                               attn::core::MultiHeadAttention::OneDnnVersion());
   benchmark::AddCustomContext("onednn_isa", attn::core::MultiHeadAttention::OneDnnIsa());
+  benchmark::AddCustomContext("kernel_target", attn::core::kernels::TargetName());
   benchmark::AddCustomContext("bf16_compute", std::string(bf16_mode));
   benchmark::AddCustomContext(
       "cpu_native_bf16", attn::core::MultiHeadAttention::CpuHasNativeBF16() ? "yes" : "no");

@@ -58,6 +58,8 @@ expect_in "$work/metrics.txt" '^attn_requests_total\{code="DEADLINE_EXCEEDED",mo
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="OK",model="default"\} 1$' "one OK request counted"
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="INVALID_ARGUMENT",model="default"\} 1$' "one INVALID_ARGUMENT counted"
 expect_in "$work/metrics.txt" '^attn_build_info\{.*onednn_version="2\.' "build info exported"
+expect_in "$work/metrics.txt" '^attn_build_info\{.*kernel_target="(AVX3_DL|AVX3|AVX2|SSE4|SSSE3|NEON|SCALAR|EMU128)"' "kernel target exported"
+expect_in "$work/server.log" 'event=model_loaded .*kernel_target=(AVX3_DL|AVX3|AVX2|SSE4|SSSE3|NEON|SCALAR|EMU128)' "kernel target logged at model load"
 
 # Attention heatmap: one cell per (query, key) pair, token labels, the mask visible as white cells.
 cli attend --tokens "The cat sat on the mat" --causal --heatmap="$work/cat.svg" >"$work/heatmap.out" \
