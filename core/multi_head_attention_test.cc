@@ -388,15 +388,19 @@ void ExpectJitOnlyAndNoPrimitivePerRequest(const MultiHeadAttention& mha) {
   const std::vector<std::string> names = mha.ImplementationNames();
   ASSERT_FALSE(names.empty());
   for (const std::string& name : names) EXPECT_EQ(name.find("ref"), std::string::npos) << name;
-  const char* isa_limit = std::getenv("ONEDNN_MAX_CPU_ISA");
   // The kernels' Highway target, capped as oneDNN is.
   EXPECT_EQ(names.back(), std::string("attention:") + kernels::TargetName());
+#if defined(__x86_64__)
+  const char* isa_limit = std::getenv("ONEDNN_MAX_CPU_ISA");
   if (__builtin_cpu_supports("avx512f") && isa_limit == nullptr) {
     EXPECT_EQ(names.back().rfind("attention:AVX3", 0), 0u) << names.back();
   } else if (isa_limit != nullptr && std::string(isa_limit) == "AVX2" &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     EXPECT_EQ(names.back(), "attention:AVX2");
   }
+#elif defined(__aarch64__)
+  EXPECT_EQ(names.back(), "attention:NEON");
+#endif
   // Every request shape after Create(): oneDNN's verbose log must show
   // executions only, no primitive creation, and no reference kernels.
   std::mt19937_64 rng(3);
