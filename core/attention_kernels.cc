@@ -7,6 +7,12 @@
 #ifndef HWY_DISABLED_TARGETS
 #define HWY_DISABLED_TARGETS (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128)
 #endif
+// The portable target (EMU128) on every architecture, so its code is tested
+// everywhere: by default Highway leaves it out where the baseline already has
+// SIMD (NEON on aarch64). On x86 the set is the same either way.
+#ifndef HWY_COMPILE_ALL_ATTAINABLE
+#define HWY_COMPILE_ALL_ATTAINABLE
+#endif
 // AVX3_DL (Ice Lake and later, AMD Zen 4) is what AVX-512 servers of today
 // dispatch to; Highway leaves it out unless asked.
 #ifndef HWY_WANT_AVX3_DL
