@@ -102,12 +102,13 @@ cmake -S "$src" -B "$build" -G Ninja --log-level=WARNING \
   -DATTN_ARM_SYSROOT="$sysroot" -DATTN_CORE_ONLY=ON -DCMAKE_BUILD_TYPE=Release ||
   die "cmake could not configure the cross build"
 # Every package must have come from the sysroot, none from the host.
-while IFS= read -r line; do
-  case "${line#*=}" in
+for pkg in absl dnnl GTest hwy nlohmann_json; do
+  dir=$(sed -n "s/^${pkg}_DIR:PATH=//p" "$build/CMakeCache.txt")
+  case "$dir" in
     "$sysroot"/*) ;;
-    *) die "found outside the arm64 sysroot: $line" ;;
+    *) die "${pkg}_DIR is '$dir', not in the arm64 sysroot" ;;
   esac
-done < <(grep -E '^(absl|dnnl|GTest|hwy|nlohmann_json)_DIR:' "$build/CMakeCache.txt")
+done
 say "building (-j2)"
 cmake --build "$build" -j2 || die "the cross build failed"
 
