@@ -10,10 +10,15 @@ build_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libhwy-dev
-  g++-aarch64-linux-gnu qemu-user-static
   python3-grpcio python3-numpy python3-yaml prometheus
   podman buildah debootstrap docker-compose uidmap
 )
+# The aarch64 cross compiler and qemu for tests/arm/run.sh, on hosts that are
+# not arm64 themselves (Debian's arm64 archive has no aarch64 cross compiler;
+# there the build is native).
+if [ "$(dpkg --print-architecture)" != arm64 ]; then
+  build_packages+=(g++-aarch64-linux-gnu qemu-user-static)
+fi
 # kubectl for the k8s render test, unless one is installed (Debian's
 # kubernetes-client conflicts with other kubectl packages).
 if ! command -v kubectl >/dev/null 2>&1; then
