@@ -1,4 +1,4 @@
-#include "client/tensor_codec.h"
+#include "proto/wire/tensor_codec.h"
 
 #include <cmath>
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
-namespace attn::client {
+namespace attn::wire {
 namespace {
 
 using attention::v1::Tensor;
@@ -101,23 +101,23 @@ TEST(TensorCodecTest, EncodeRejectsPackedNonFloat32) {
   options.dtype = attention::v1::BFLOAT16;
   options.packed = true;
   ExpectInvalid(EncodeTensor({1}, {1.0f}, options).status(),
-                "tensor: float_data (packed) carries FLOAT32 only, got BFLOAT16");
+                "tensor.float_data: only for dtype FLOAT32; send BFLOAT16 as raw_data");
 }
 
 TEST(TensorCodecTest, EncodeRejectsValueCountThatDisagreesWithShape) {
   ExpectInvalid(EncodeTensor({2, 3}, std::vector<float>(5)).status(),
-                "tensor: shape [2, 3] needs 6 values, got 5");
+                "tensor: expected 6 values for shape [2, 3], got 5");
 }
 
 TEST(TensorCodecTest, EncodeRejectsUnspecifiedDtype) {
   EncodeOptions options;
   options.dtype = attention::v1::DATA_TYPE_UNSPECIFIED;
   ExpectInvalid(EncodeTensor({1}, {1.0f}, options).status(),
-                "tensor: dtype must be FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
+                "tensor.dtype: expected FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
 }
 
 TEST(TensorCodecTest, EncodeRejectsNegativeDimension) {
-  ExpectInvalid(EncodeTensor({-1, 2}, {}).status(), "tensor: negative dimension in shape [-1, 2]");
+  ExpectInvalid(EncodeTensor({-1, 2}, {}).status(), "tensor.shape[0]: expected a non-negative size, got -1");
 }
 
 TEST(TensorCodecTest, DecodeRejectsRawDataShorterThanShape) {
@@ -127,7 +127,7 @@ TEST(TensorCodecTest, DecodeRejectsRawDataShorterThanShape) {
   t.add_shape(3);
   t.set_raw_data(std::string(10, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
-                "output: raw_data has 10 bytes, expected 12 (shape [1, 3] of FLOAT32)");
+                "output.raw_data: expected 12 bytes (shape [1, 3] x 4-byte FLOAT32), got 10");
 }
 
 TEST(TensorCodecTest, DecodeRejectsRawDataLongerThanShape) {
@@ -136,7 +136,7 @@ TEST(TensorCodecTest, DecodeRejectsRawDataLongerThanShape) {
   t.add_shape(2);
   t.set_raw_data(std::string(8, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
-                "output: raw_data has 8 bytes, expected 4 (shape [2] of BFLOAT16)");
+                "output.raw_data: expected 4 bytes (shape [2] x 2-byte BFLOAT16), got 8");
 }
 
 TEST(TensorCodecTest, DecodeRejectsMissingData) {
@@ -144,7 +144,7 @@ TEST(TensorCodecTest, DecodeRejectsMissingData) {
   t.set_dtype(attention::v1::FLOAT32);
   t.add_shape(2);
   ExpectInvalid(DecodeTensor(t, "output").status(),
-                "output: raw_data has 0 bytes, expected 8 (shape [2] of FLOAT32)");
+                "output: expected exactly one of raw_data or float_data, got neither");
 }
 
 TEST(TensorCodecTest, DecodeRejectsFloatDataCountMismatch) {
@@ -153,7 +153,7 @@ TEST(TensorCodecTest, DecodeRejectsFloatDataCountMismatch) {
   t.add_shape(3);
   t.add_float_data(1.0f);
   ExpectInvalid(DecodeTensor(t, "output").status(),
-                "output: float_data has 1 values, expected 3 (shape [3])");
+                "output.float_data: expected 3 values for shape [3], got 1");
 }
 
 TEST(TensorCodecTest, DecodeRejectsBothRawAndFloatData) {
@@ -163,7 +163,7 @@ TEST(TensorCodecTest, DecodeRejectsBothRawAndFloatData) {
   t.add_float_data(1.0f);
   t.set_raw_data(std::string(4, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
-                "output: both raw_data and float_data are set; expected exactly one");
+                "output: expected exactly one of raw_data or float_data, got both");
 }
 
 TEST(TensorCodecTest, DecodeRejectsFloatDataForBFloat16) {
@@ -172,7 +172,7 @@ TEST(TensorCodecTest, DecodeRejectsFloatDataForBFloat16) {
   t.add_shape(1);
   t.add_float_data(1.0f);
   ExpectInvalid(DecodeTensor(t, "attention_probs").status(),
-                "attention_probs: float_data carries FLOAT32 only, but dtype is BFLOAT16");
+                "attention_probs.float_data: only for dtype FLOAT32; send BFLOAT16 as raw_data");
 }
 
 TEST(TensorCodecTest, DecodeRejectsUnspecifiedDtype) {
@@ -180,7 +180,7 @@ TEST(TensorCodecTest, DecodeRejectsUnspecifiedDtype) {
   t.add_shape(1);
   t.set_raw_data(std::string(4, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
-                "output: dtype must be FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
+                "output.dtype: expected FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
 }
 
 TEST(TensorCodecTest, DecodeRejectsNegativeAndHugeShapes) {
@@ -188,13 +188,14 @@ TEST(TensorCodecTest, DecodeRejectsNegativeAndHugeShapes) {
   t.set_dtype(attention::v1::FLOAT32);
   t.add_shape(4);
   t.add_shape(-2);
-  ExpectInvalid(DecodeTensor(t, "output").status(), "output: negative dimension in shape [4, -2]");
+  ExpectInvalid(DecodeTensor(t, "output").status(),
+                "output.shape[1]: expected a non-negative size, got -2");
   Tensor huge;
   huge.set_dtype(attention::v1::FLOAT32);
   huge.add_shape(int64_t{1} << 32);
   huge.add_shape(int64_t{1} << 32);
   ExpectInvalid(DecodeTensor(huge, "output").status(),
-                "output: shape [4294967296, 4294967296] is too large");
+                "output.shape: [4294967296, 4294967296] has too many elements (at most 1099511627776)");
 }
 
 TEST(TensorCodecTest, DecodesEmptyTensor) {
@@ -224,5 +225,88 @@ TEST(TensorCodecTest, FormatsShapesAndSizes) {
   EXPECT_EQ(DataTypeSize(attention::v1::DATA_TYPE_UNSPECIFIED), 0u);
 }
 
+// The server's rule for request tensors: FLOAT32 or BFLOAT16, every
+// dimension positive, an int32 element count.
+constexpr attention::v1::DataType kServed[] = {attention::v1::FLOAT32, attention::v1::BFLOAT16};
+constexpr TensorRule kRequestRule{
+    .dtypes = kServed, .allow_empty = false, .max_elements = int64_t{1} << 31};
+
+Tensor Floats(std::vector<int64_t> shape, std::vector<float> values) {
+  EncodeOptions options;
+  options.packed = true;
+  return *EncodeTensor(shape, values, options);
+}
+
+TEST(TensorCodecTest, RuleRefusesADtypeItDoesNotList) {
+  Tensor t = *EncodeTensor({1}, {1.0f}, {.dtype = attention::v1::FLOAT16});
+  ExpectInvalid(ValidateTensor(t, "query", kRequestRule).status(),
+                "query.dtype: expected FLOAT32 or BFLOAT16, got FLOAT16");
+  t.set_dtype(static_cast<attention::v1::DataType>(9));
+  ExpectInvalid(ValidateTensor(t, "query", kRequestRule).status(),
+                "query.dtype: expected FLOAT32 or BFLOAT16, got value 9");
+}
+
+TEST(TensorCodecTest, RuleWithoutEmptyTensorsRefusesAZeroDimension) {
+  Tensor t;
+  t.set_dtype(attention::v1::FLOAT32);
+  t.add_shape(2);
+  t.add_shape(0);
+  t.add_shape(8);
+  ExpectInvalid(ValidateTensor(t, "query", kRequestRule).status(),
+                "query.shape[1]: expected a positive size, got 0");
+  // The default rule takes it: a tensor with no elements needs no payload.
+  absl::StatusOr<int64_t> count = ValidateTensor(t, "query");
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, 0);
+}
+
+TEST(TensorCodecTest, RuleBoundsTheElementCountBeforeThePayload) {
+  EXPECT_EQ(*CheckShape({1 << 16, 1 << 15}, "query", kRequestRule), int64_t{1} << 31);
+  ExpectInvalid(CheckShape({1 << 16, (1 << 15) + 1}, "query", kRequestRule).status(),
+                "query.shape: [65536, 32769] has too many elements (at most 2147483648)");
+}
+
+TEST(TensorCodecTest, CheckPayloadCountsElementsOfTheTensorsDtype) {
+  Tensor t = *EncodeTensor({2, 3}, std::vector<float>(6), {.dtype = attention::v1::BFLOAT16});
+  EXPECT_TRUE(CheckPayload(t, "key", 6).ok());
+  ExpectInvalid(CheckPayload(t, "key", 5),
+                "key.raw_data: expected 10 bytes (shape [2, 3] x 2-byte BFLOAT16), got 12");
+  Tensor f = Floats({2}, {1.0f, 2.0f});
+  ExpectInvalid(CheckPayload(f, "value", 3),
+                "value.float_data: expected 3 values for shape [2], got 2");
+}
+
+TEST(TensorCodecTest, DecodeElementsReadsARangeOfEitherPayload) {
+  const std::vector<float> values = {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
+  for (const EncodeOptions& options :
+       {EncodeOptions{}, EncodeOptions{.packed = true},
+        EncodeOptions{.dtype = attention::v1::BFLOAT16},
+        EncodeOptions{.dtype = attention::v1::FLOAT16}}) {
+    const Tensor t = *EncodeTensor({2, 3}, values, options);
+    std::vector<float> out(2, -1.0f);
+    DecodeElements(t, 3, 2, out.data());
+    EXPECT_EQ(out, (std::vector<float>{3.0f, 4.0f})) << DataTypeName(options.dtype);
+    DecodeElements(t, 6, 0, nullptr);  // an empty range reads nothing
+  }
+}
+
+TEST(TensorCodecTest, InitTensorZeroFillsAndEncodeElementsPlacesRows) {
+  for (const EncodeOptions& options :
+       {EncodeOptions{}, EncodeOptions{.packed = true},
+        EncodeOptions{.dtype = attention::v1::BFLOAT16}}) {
+    Tensor t;
+    InitTensor({2, 2, 2}, options, &t);
+    EXPECT_EQ(t.dtype(), options.dtype);
+    EXPECT_EQ(ShapeToString(ShapeOf(t)), "[2, 2, 2]");
+    // Row 0 of sequence 0 and row 0 of sequence 1; the padding rows stay zero.
+    EncodeElements(std::vector<float>{1.0f, 2.0f}, 0, &t);
+    EncodeElements(std::vector<float>{3.0f, 4.0f}, 4, &t);
+    EncodeElements({}, 8, &t);  // an empty range writes nothing
+    absl::StatusOr<std::vector<float>> back = DecodeTensor(t, "output");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, (std::vector<float>{1, 2, 0, 0, 3, 4, 0, 0})) << DataTypeName(options.dtype);
+  }
+}
+
 }  // namespace
-}  // namespace attn::client
+}  // namespace attn::wire
