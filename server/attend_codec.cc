@@ -28,28 +28,30 @@ bool IsSet(const Tensor& t) {
          t.dtype() != attention::v1::DATA_TYPE_UNSPECIFIED;
 }
 
-// The element types requests may carry: those the core computes in.
+// What the wire codec checks of a request tensor: the element types the core
+// computes in, every dimension positive, and an element count that fits the
+// int32 a repeated field's size is.
 constexpr attention::v1::DataType kRequestDataTypes[] = {attention::v1::FLOAT32,
                                                          attention::v1::BFLOAT16};
+constexpr wire::TensorRule kRequestTensorRule{.dtypes = kRequestDataTypes,
+                                              .allow_empty = false,
+                                              .max_elements = std::numeric_limits<int32_t>::max()};
 
-// Checks one input tensor: the wire rules (dtype, positive dimensions, the
-// payload against the shape), then the request's: its rank, the last
-// dimension (`width`, named `width_name`) and the sequence length.
+// Checks one input tensor, in this order: dtype, rank, dimensions (wire
+// rule; then the last is `width`, named `width_name`, and the sequence at
+// most `max_seq_len`), and the payload against the shape.
 absl::Status CheckTensor(const char* field, const Tensor& t, int rank, int64_t width,
                          const char* width_name, int64_t max_seq_len) {
-  ATTN_RETURN_IF_ERROR(
-      wire::CheckDataType(t.dtype(), absl::StrCat(field, ".dtype"), kRequestDataTypes));
+  ATTN_RETURN_IF_ERROR(wire::CheckDataType(t.dtype(), absl::StrCat(field, ".dtype"),
+                                           kRequestTensorRule.dtypes));
   if (t.shape_size() != rank) {
     return Invalid(field, ".shape: expected ",
                    rank == 3 ? absl::StrCat("[batch, seq, ", width, "]")
                              : absl::StrCat("[seq, ", width, "]"),
                    " (rank ", rank, "), got ", ShapeString(t));
   }
-  // Element counts fit an int32 (protobuf's repeated-field limit).
-  const wire::TensorRule rule{.dtypes = kRequestDataTypes,
-                              .allow_empty = false,
-                              .max_elements = std::numeric_limits<int32_t>::max()};
-  ATTN_ASSIGN_OR_RETURN(const int64_t count, wire::CheckShape(wire::ShapeOf(t), field, rule));
+  ATTN_ASSIGN_OR_RETURN(const int64_t count,
+                        wire::CheckShape(wire::ShapeOf(t), field, kRequestTensorRule));
   if (t.shape(rank - 1) != width) {
     return Invalid(field, ".shape[", rank - 1, "]: expected ", width, " (", width_name, "), got ",
                    t.shape(rank - 1));
