@@ -1,31 +1,31 @@
 #!/usr/bin/env bash
 # Proves that a program that only calls the server carries no engine:
-#   no_engine_test.sh ATTENTION_CLI ARCHIVE...
-# ATTENTION_CLI must need neither libdnnl nor libgomp (ldd and readelf -d),
-# and neither it nor any ARCHIVE (the client, wire and base libraries) may
-# define or refer to a oneDNN, OpenMP or engine (MultiHeadAttention,
-# attn::core::kernels) symbol. Exit 0 when clean, 1 naming what was found.
+#   no_engine_test.sh FILE...
+# Each FILE is a program or a static archive (.a). A program must need
+# neither libdnnl nor OpenMP (libgomp, libomp, libiomp5) by ldd and
+# readelf -d; no FILE may define or refer to a oneDNN, OpenMP or engine
+# (attn::core::MultiHeadAttention, attn::core::kernels) symbol (nm).
+# Exit 0 when clean, 1 naming what was found, 2 on usage errors.
 set -euo pipefail
-[ $# -ge 2 ] || { echo "usage: $0 ATTENTION_CLI ARCHIVE..." >&2; exit 2; }
-cli=$1
-shift
+[ $# -ge 1 ] || { echo "usage: $0 FILE..." >&2; exit 2; }
 status=0
 fail() { echo "FAIL: $*" >&2; status=1; }
+flat() { tr -s ' \t\n' ' '; }
 
-libs=$(ldd "$cli")
-if grep -qE 'libdnnl|libgomp|libomp|libiomp' <<<"$libs"; then
-  fail "ldd $cli: $(grep -E 'libdnnl|libgomp|libomp|libiomp' <<<"$libs" | tr -s ' \t' ' ')"
-fi
-needed=$(readelf -d "$cli" | grep NEEDED || true)
-if grep -qE 'dnnl|gomp|omp' <<<"$needed"; then
-  fail "readelf -d $cli: $(grep -E 'dnnl|gomp|omp' <<<"$needed" | tr -s ' \t' ' ')"
-fi
 # Mangled names: dnnl::... is _ZN4dnnl, attn::core::MultiHeadAttention is
-# ...4core18MultiHeadAttention; C symbols dnnl_* and GOMP_*/omp_*.
-pattern='(^| )(_ZN4dnnl|_ZNK4dnnl|dnnl_|GOMP_|omp_|__kmpc_)|4core18MultiHeadAttention|4core7kernels'
-for f in "$cli" "$@"; do
-  found=$(nm "$f" 2>/dev/null | grep -E "$pattern" | head -5 || true)
-  [ -z "$found" ] || fail "nm $f: $(tr '\n' ' ' <<<"$found")"
+# ...4core18MultiHeadAttention; C symbols dnnl_*, GOMP_*, omp_*, __kmpc_*.
+symbols='(^| )(_ZN4dnnl|_ZNK4dnnl|dnnl_|GOMP_|omp_|__kmpc_)|4core18MultiHeadAttention|4core7kernels'
+for f in "$@"; do
+  [ -e "$f" ] || { echo "no such file: $f" >&2; exit 2; }
+  if [[ "$f" != *.a ]]; then
+    libs=$(ldd "$f")
+    found=$(grep -E 'libdnnl|libgomp|libomp|libiomp' <<<"$libs" || true)
+    [ -z "$found" ] || fail "ldd $f: $(flat <<<"$found")"
+    found=$(readelf -d "$f" | grep NEEDED | grep -E 'dnnl|gomp|omp' || true)
+    [ -z "$found" ] || fail "readelf -d $f: $(flat <<<"$found")"
+  fi
+  found=$(nm "$f" 2>/dev/null | grep -E "$symbols" | head -5 || true)
+  [ -z "$found" ] || fail "nm $f: $(flat <<<"$found")"
 done
-[ "$status" -eq 0 ] && echo "ok: $cli and $# libraries carry no oneDNN, OpenMP or engine code"
+[ "$status" -eq 0 ] && echo "ok: $# files carry no oneDNN, OpenMP or engine code"
 exit "$status"
