@@ -42,7 +42,8 @@ TEST(DataTypeTest, CheckDataTypeNamesTheFieldAndEveryAllowedType) {
   EXPECT_TRUE(CheckDataType(attention::v1::FLOAT16, "x.dtype").ok());
   const absl::Status all = CheckDataType(attention::v1::DATA_TYPE_UNSPECIFIED, "x.dtype");
   EXPECT_EQ(all.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(all.message(), "x.dtype: expected FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
+  EXPECT_EQ(all.message(),
+            "x.dtype: expected FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
   constexpr attention::v1::DataType kTwo[] = {attention::v1::FLOAT32, attention::v1::BFLOAT16};
   EXPECT_EQ(CheckDataType(attention::v1::FLOAT16, "dtype", kTwo).message(),
             "dtype: expected FLOAT32 or BFLOAT16, got FLOAT16");

@@ -117,93 +117,75 @@ TEST(TensorCodecTest, EncodeRejectsUnspecifiedDtype) {
 }
 
 TEST(TensorCodecTest, EncodeRejectsNegativeDimension) {
-  ExpectInvalid(EncodeTensor({-1, 2}, {}).status(), "tensor.shape[0]: expected a non-negative size, got -1");
+  ExpectInvalid(EncodeTensor({-1, 2}, {}).status(),
+                "tensor.shape[0]: expected a non-negative size, got -1");
+}
+
+// A Tensor message put together field by field, not by the codec under test.
+Tensor Message(attention::v1::DataType dtype, std::vector<int64_t> shape, std::string raw = "",
+               std::vector<float> floats = {}) {
+  Tensor t;
+  t.set_dtype(dtype);
+  t.mutable_shape()->Assign(shape.begin(), shape.end());
+  t.set_raw_data(std::move(raw));
+  t.mutable_float_data()->Assign(floats.begin(), floats.end());
+  return t;
 }
 
 TEST(TensorCodecTest, DecodeRejectsRawDataShorterThanShape) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(1);
-  t.add_shape(3);
-  t.set_raw_data(std::string(10, '\0'));
+  const Tensor t = Message(attention::v1::FLOAT32, {1, 3}, std::string(10, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
                 "output.raw_data: expected 12 bytes (shape [1, 3] x 4-byte FLOAT32), got 10");
 }
 
 TEST(TensorCodecTest, DecodeRejectsRawDataLongerThanShape) {
-  Tensor t;
-  t.set_dtype(attention::v1::BFLOAT16);
-  t.add_shape(2);
-  t.set_raw_data(std::string(8, '\0'));
+  const Tensor t = Message(attention::v1::BFLOAT16, {2}, std::string(8, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
                 "output.raw_data: expected 4 bytes (shape [2] x 2-byte BFLOAT16), got 8");
 }
 
 TEST(TensorCodecTest, DecodeRejectsMissingData) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(2);
+  const Tensor t = Message(attention::v1::FLOAT32, {2});
   ExpectInvalid(DecodeTensor(t, "output").status(),
                 "output: expected exactly one of raw_data or float_data, got neither");
 }
 
 TEST(TensorCodecTest, DecodeRejectsFloatDataCountMismatch) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(3);
-  t.add_float_data(1.0f);
+  const Tensor t = Message(attention::v1::FLOAT32, {3}, "", {1.0f});
   ExpectInvalid(DecodeTensor(t, "output").status(),
                 "output.float_data: expected 3 values for shape [3], got 1");
 }
 
 TEST(TensorCodecTest, DecodeRejectsBothRawAndFloatData) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(1);
-  t.add_float_data(1.0f);
-  t.set_raw_data(std::string(4, '\0'));
+  const Tensor t = Message(attention::v1::FLOAT32, {1}, std::string(4, '\0'), {1.0f});
   ExpectInvalid(DecodeTensor(t, "output").status(),
                 "output: expected exactly one of raw_data or float_data, got both");
 }
 
 TEST(TensorCodecTest, DecodeRejectsFloatDataForBFloat16) {
-  Tensor t;
-  t.set_dtype(attention::v1::BFLOAT16);
-  t.add_shape(1);
-  t.add_float_data(1.0f);
+  const Tensor t = Message(attention::v1::BFLOAT16, {1}, "", {1.0f});
   ExpectInvalid(DecodeTensor(t, "attention_probs").status(),
                 "attention_probs.float_data: only for dtype FLOAT32; send BFLOAT16 as raw_data");
 }
 
 TEST(TensorCodecTest, DecodeRejectsUnspecifiedDtype) {
-  Tensor t;
-  t.add_shape(1);
-  t.set_raw_data(std::string(4, '\0'));
+  const Tensor t = Message(attention::v1::DATA_TYPE_UNSPECIFIED, {1}, std::string(4, '\0'));
   ExpectInvalid(DecodeTensor(t, "output").status(),
                 "output.dtype: expected FLOAT32, BFLOAT16 or FLOAT16, got DATA_TYPE_UNSPECIFIED");
 }
 
 TEST(TensorCodecTest, DecodeRejectsNegativeAndHugeShapes) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(4);
-  t.add_shape(-2);
-  ExpectInvalid(DecodeTensor(t, "output").status(),
+  ExpectInvalid(DecodeTensor(Message(attention::v1::FLOAT32, {4, -2}), "output").status(),
                 "output.shape[1]: expected a non-negative size, got -2");
-  Tensor huge;
-  huge.set_dtype(attention::v1::FLOAT32);
-  huge.add_shape(int64_t{1} << 32);
-  huge.add_shape(int64_t{1} << 32);
+  const Tensor huge = Message(attention::v1::FLOAT32, {int64_t{1} << 32, int64_t{1} << 32});
   ExpectInvalid(DecodeTensor(huge, "output").status(),
-                "output.shape: [4294967296, 4294967296] has too many elements (at most 1099511627776)");
+                "output.shape: [4294967296, 4294967296] has too many elements (at most "
+                "1099511627776)");
 }
 
 TEST(TensorCodecTest, DecodesEmptyTensor) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(0);
-  t.add_shape(4);
-  absl::StatusOr<std::vector<float>> back = DecodeTensor(t, "output");
+  absl::StatusOr<std::vector<float>> back =
+      DecodeTensor(Message(attention::v1::FLOAT32, {0, 4}), "output");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_TRUE(back->empty());
 }
@@ -247,11 +229,7 @@ TEST(TensorCodecTest, RuleRefusesADtypeItDoesNotList) {
 }
 
 TEST(TensorCodecTest, RuleWithoutEmptyTensorsRefusesAZeroDimension) {
-  Tensor t;
-  t.set_dtype(attention::v1::FLOAT32);
-  t.add_shape(2);
-  t.add_shape(0);
-  t.add_shape(8);
+  const Tensor t = Message(attention::v1::FLOAT32, {2, 0, 8});
   ExpectInvalid(ValidateTensor(t, "query", kRequestRule).status(),
                 "query.shape[1]: expected a positive size, got 0");
   // The default rule takes it: a tensor with no elements needs no payload.
