@@ -55,11 +55,13 @@
 #include "core/attention_batch.h"
 #include "core/attention_config.h"
 #include "core/attention_weights.h"
-#include "core/dtype.h"
 #include "core/multi_head_attention.h"
 #include "core/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
+#include "proto/wire/data_type.h"
+#include "proto/wire/model_info.h"
+#include "proto/wire/tensor_codec.h"
 
 ABSL_FLAG(std::string, target, "localhost:50051", "Server HOST:PORT, or a comma-separated list "
           "(balanced round-robin)");
@@ -212,30 +214,24 @@ struct Workload {
   bool causal = false;
 };
 
-core::AttentionConfig ConfigOf(const attention::v1::ModelInfo& info) {
-  core::AttentionConfig c;
-  c.embed_dim = info.embed_dim();
-  c.num_heads = info.num_heads();
-  c.num_kv_heads = info.num_kv_heads();
-  c.kdim = info.kdim();
-  c.vdim = info.vdim();
-  c.bias = info.bias();
-  c.dtype = info.dtype() == attention::v1::BFLOAT16 ? core::DType::kBF16 : core::DType::kF32;
-  return c;
-}
-
 absl::StatusOr<Workload> BuildWorkload(const attention::v1::ModelInfo& info) {
   Workload w;
-  w.config = ConfigOf(info);
+  absl::StatusOr<core::AttentionConfig> config = wire::ConfigFromModelInfo(info);
+  if (!config.ok()) return config.status();
+  w.config = *config;
   w.causal = absl::GetFlag(FLAGS_causal);
   auto sampler = ParseLengths(absl::GetFlag(FLAGS_seq_len));
   if (!sampler.ok()) return sampler.status();
   const int batch = absl::GetFlag(FLAGS_batch);
   if (batch < 1) return absl::InvalidArgumentError("--batch: expected >= 1");
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "float32" && dtype != "bfloat16") {
-    return absl::InvalidArgumentError(absl::StrCat("--dtype: expected float32 or bfloat16, got '", dtype, "'"));
-  }
+  // The server computes in FLOAT32 and BFLOAT16 only.
+  static constexpr attention::v1::DataType kServed[] = {attention::v1::FLOAT32,
+                                                        attention::v1::BFLOAT16};
+  wire::EncodeOptions encode;
+  absl::StatusOr<attention::v1::DataType> dtype = wire::ParseDataType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message()));
+  if (absl::Status s = wire::CheckDataType(*dtype, "--dtype", kServed); !s.ok()) return s;
+  encode.dtype = *dtype;
   if (sampler->max() > info.max_seq_len()) {
     return absl::InvalidArgumentError(absl::StrCat("--seq_len: at most ", info.max_seq_len(),
                                                    " (the model's max_seq_len)"));
@@ -252,22 +248,21 @@ absl::StatusOr<Workload> BuildWorkload(const attention::v1::ModelInfo& info) {
     r.set_model_name(info.name());
     r.set_causal(w.causal);
     r.set_return_attention_probs(absl::GetFlag(FLAGS_probs));
-    auto fill = [&](attention::v1::Tensor* t, int width) {
+    auto fill = [&](attention::v1::Tensor* t, int width, absl::string_view field) {
       std::vector<float> v(static_cast<size_t>(batch * seq * width));
       for (float& x : v) x = normal(rng);
-      t->add_shape(batch);
-      t->add_shape(seq);
-      t->add_shape(width);
-      const core::DType dt = dtype == "float32" ? core::DType::kF32 : core::DType::kBF16;
-      t->set_dtype(dtype == "float32" ? attention::v1::FLOAT32 : attention::v1::BFLOAT16);
-      std::string raw(v.size() * core::DTypeSize(dt), '\0');
-      core::EncodeFromFloat(dt, v, reinterpret_cast<uint8_t*>(raw.data()));
-      t->set_raw_data(std::move(raw));
+      absl::StatusOr<attention::v1::Tensor> encoded =
+          wire::EncodeTensor({batch, seq, width}, v, encode, field);
+      if (!encoded.ok()) return encoded.status();
+      *t = *std::move(encoded);
+      return absl::OkStatus();
     };
-    fill(r.mutable_query(), e);
+    if (absl::Status s = fill(r.mutable_query(), e, "query"); !s.ok()) return s;
     if (cross) {
-      fill(r.mutable_key(), w.config.key_dim());
-      fill(r.mutable_value(), w.config.value_dim());
+      if (absl::Status s = fill(r.mutable_key(), w.config.key_dim(), "key"); !s.ok()) return s;
+      if (absl::Status s = fill(r.mutable_value(), w.config.value_dim(), "value"); !s.ok()) {
+        return s;
+      }
     }
     int64_t tokens = 0;
     double flops = 0;
@@ -705,11 +700,9 @@ absl::StatusOr<double> CoreGflops(const Workload& w, int batch) {
   for (size_t i = 0; i < w.requests.size(); ++i) {
     const AttendRequest& r = w.requests[i];
     const int64_t seq = r.query().shape(1);
-    std::vector<float> padded(static_cast<size_t>(r.query().shape(0) * seq * e));
-    core::DecodeToFloat(
-        r.query().dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16,
-        reinterpret_cast<const uint8_t*>(r.query().raw_data().data()), padded.size(), padded.data());
-    packed.push_back(core::PackRows(padded, seq, e, w.lengths[i]));
+    absl::StatusOr<std::vector<float>> padded = wire::DecodeTensor(r.query(), "query");
+    if (!padded.ok()) return padded.status();
+    packed.push_back(core::PackRows(*padded, seq, e, w.lengths[i]));
   }
   if (w.config.key_dim() != e || w.config.value_dim() != e) {
     return absl::UnimplementedError("--core: cross-attention models are not supported yet");

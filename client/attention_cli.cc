@@ -47,8 +47,10 @@
 #include "client/attention_client.h"
 #include "client/heatmap.h"
 #include "client/npy.h"
-#include "client/tensor_codec.h"
 #include "core/safetensors.h"
+#include "proto/wire/data_type.h"
+#include "proto/wire/model_info.h"
+#include "proto/wire/tensor_codec.h"
 
 ABSL_FLAG(std::string, target, "localhost:50051",
           "Server address, HOST:PORT; several, comma-separated, are balanced round-robin "
@@ -106,6 +108,10 @@ using attention::v1::AttendRequest;
 using attention::v1::AttendResponse;
 using attention::v1::ModelInfo;
 using attention::v1::Tensor;
+using wire::DataTypeName;
+using wire::DecodeTensor;
+using wire::EncodeOptions;
+using wire::ShapeToString;
 
 constexpr int kExitOk = 0;
 constexpr int kExitNotServing = 1;
@@ -406,7 +412,7 @@ class Cli {
 
   int Attend() {
     const std::string model = absl::GetFlag(FLAGS_model);
-    absl::StatusOr<attention::v1::DataType> dtype = ParseDataType(absl::GetFlag(FLAGS_dtype));
+    absl::StatusOr<attention::v1::DataType> dtype = wire::ParseDataType(absl::GetFlag(FLAGS_dtype));
     if (!dtype.ok()) {
       return Fail(absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message())));
     }
@@ -456,9 +462,11 @@ class Cli {
       }
       absl::StatusOr<ModelInfo> info = GetModel(model);
       if (!info.ok()) return FailModel(info.status());
-      const int64_t embed_dim = info->embed_dim();
-      const int64_t kdim = info->kdim() > 0 ? info->kdim() : embed_dim;
-      const int64_t vdim = info->vdim() > 0 ? info->vdim() : embed_dim;
+      absl::StatusOr<core::AttentionConfig> config = wire::ConfigFromModelInfo(*info);
+      if (!config.ok()) return Fail(config.status());
+      const int64_t embed_dim = config->embed_dim;
+      const int64_t kdim = config->key_dim();
+      const int64_t vdim = config->value_dim();
       const int64_t kv_len = kv_flag > 0 ? kv_flag : seq_len;
       std::mt19937_64 gen(absl::GetFlag(FLAGS_seed));
       inputs.query = RandomNormal({batch, seq_len, embed_dim}, gen);
@@ -472,11 +480,8 @@ class Cli {
     request.set_model_name(model);
     request.set_request_id("attention-cli");
     auto encode_into = [&](const HostTensor& t, Tensor* out, absl::string_view label) {
-      absl::StatusOr<Tensor> encoded = EncodeTensor(t.shape, t.values, encode);
-      if (!encoded.ok()) {
-        return absl::Status(encoded.status().code(),
-                            absl::StrCat(label, ": ", encoded.status().message()));
-      }
+      absl::StatusOr<Tensor> encoded = wire::EncodeTensor(t.shape, t.values, encode, label);
+      if (!encoded.ok()) return encoded.status();
       *out = *std::move(encoded);
       return absl::OkStatus();
     };

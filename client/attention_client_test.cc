@@ -30,6 +30,7 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "proto/wire/tensor_codec.h"
 #include "server/attention_server.h"
 
 namespace attn::client {
@@ -58,12 +59,7 @@ AttendRequest MakeRequest(int batch, int seq, const std::string& id = "r") {
   AttendRequest req;
   req.set_model_name("small");
   req.set_request_id(id);
-  auto* q = req.mutable_query();
-  q->set_dtype(attention::v1::FLOAT32);
-  q->add_shape(batch);
-  q->add_shape(seq);
-  q->add_shape(kEmbed);
-  q->set_raw_data(v.data(), v.size() * sizeof(float));
+  *req.mutable_query() = *wire::EncodeTensor({batch, seq, kEmbed}, v);
   return req;
 }
 

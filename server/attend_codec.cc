@@ -8,8 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "core/dtype.h"
 #include "core/status_macros.h"
+#include "proto/wire/data_type.h"
+#include "proto/wire/tensor_codec.h"
 
 namespace attn::server {
 namespace {
@@ -20,77 +21,46 @@ absl::Status Invalid(auto&&... parts) {
   return absl::InvalidArgumentError(absl::StrCat(parts...));
 }
 
-std::string ShapeString(const Tensor& t) {
-  return absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]");
-}
-
-// An enum's name, or "value N" for a number the enum does not define (an
-// open proto3 enum carries any int32).
-std::string EnumName(const google::protobuf::EnumDescriptor* type, int value) {
-  const google::protobuf::EnumValueDescriptor* v = type->FindValueByNumber(value);
-  return v != nullptr ? v->name() : absl::StrCat("value ", value);
-}
+std::string ShapeString(const Tensor& t) { return wire::ShapeToString(wire::ShapeOf(t)); }
 
 bool IsSet(const Tensor& t) {
   return t.shape_size() > 0 || !t.raw_data().empty() || t.float_data_size() > 0 ||
          t.dtype() != attention::v1::DATA_TYPE_UNSPECIFIED;
 }
 
-// Checks dtype, rank, the last dimension and the payload of one input tensor.
-// `width_name` names the expected last dimension.
+// What the wire codec checks of a request tensor: the element types the core
+// computes in, every dimension positive, and an element count that fits the
+// int32 a repeated field's size is.
+constexpr attention::v1::DataType kRequestDataTypes[] = {attention::v1::FLOAT32,
+                                                         attention::v1::BFLOAT16};
+constexpr wire::TensorRule kRequestTensorRule{.dtypes = kRequestDataTypes,
+                                              .allow_empty = false,
+                                              .max_elements = std::numeric_limits<int32_t>::max()};
+
+// Checks one input tensor, in this order: dtype, rank, dimensions (wire
+// rule; then the last is `width`, named `width_name`, and the sequence at
+// most `max_seq_len`), and the payload against the shape.
 absl::Status CheckTensor(const char* field, const Tensor& t, int rank, int64_t width,
                          const char* width_name, int64_t max_seq_len) {
-  if (t.dtype() != attention::v1::FLOAT32 && t.dtype() != attention::v1::BFLOAT16) {
-    return Invalid(field, ".dtype: expected FLOAT32 or BFLOAT16, got ",
-                   EnumName(attention::v1::DataType_descriptor(), t.dtype()));
-  }
+  ATTN_RETURN_IF_ERROR(wire::CheckDataType(t.dtype(), absl::StrCat(field, ".dtype"),
+                                           kRequestTensorRule.dtypes));
   if (t.shape_size() != rank) {
     return Invalid(field, ".shape: expected ",
                    rank == 3 ? absl::StrCat("[batch, seq, ", width, "]")
                              : absl::StrCat("[seq, ", width, "]"),
                    " (rank ", rank, "), got ", ShapeString(t));
   }
-  int64_t count = 1;
-  for (int i = 0; i < rank; ++i) {
-    const int64_t d = t.shape(i);
-    if (d <= 0) return Invalid(field, ".shape[", i, "]: expected a positive size, got ", d);
-    if (i == rank - 1 && d != width) {
-      return Invalid(field, ".shape[", i, "]: expected ", width, " (", width_name, "), got ", d);
-    }
-    if (i == rank - 2 && d > max_seq_len) {
-      return Invalid(field, ".shape[", i, "]: expected at most ", max_seq_len,
-                     " (the model's max_seq_len), got ", d);
-    }
-    if (d > std::numeric_limits<int32_t>::max() / count) {
-      return Invalid(field, ".shape: ", ShapeString(t), " has too many elements");
-    }
-    count *= d;
+  ATTN_ASSIGN_OR_RETURN(const int64_t count,
+                        wire::CheckShape(wire::ShapeOf(t), field, kRequestTensorRule));
+  if (t.shape(rank - 1) != width) {
+    return Invalid(field, ".shape[", rank - 1, "]: expected ", width, " (", width_name, "), got ",
+                   t.shape(rank - 1));
   }
-  const bool has_raw = !t.raw_data().empty();
-  const bool has_floats = t.float_data_size() > 0;
-  if (has_raw == has_floats) {
-    return Invalid(field, ": expected exactly one of raw_data or float_data, got ",
-                   has_raw ? "both" : "neither");
+  if (t.shape(rank - 2) > max_seq_len) {
+    return Invalid(field, ".shape[", rank - 2, "]: expected at most ", max_seq_len,
+                   " (the model's max_seq_len), got ", t.shape(rank - 2));
   }
-  if (has_floats) {
-    if (t.dtype() != attention::v1::FLOAT32) {
-      return Invalid(field, ".float_data: only for dtype FLOAT32; send ",
-                     attention::v1::DataType_Name(t.dtype()), " as raw_data");
-    }
-    if (t.float_data_size() != count) {
-      return Invalid(field, ".float_data: expected ", count, " values for shape ", ShapeString(t),
-                     ", got ", t.float_data_size());
-    }
-    return absl::OkStatus();
-  }
-  const core::DType dt = t.dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16;
-  const size_t want = static_cast<size_t>(count) * core::DTypeSize(dt);
-  if (t.raw_data().size() != want) {
-    return Invalid(field, ".raw_data: expected ", want, " bytes (shape ", ShapeString(t), " x ",
-                   core::DTypeSize(dt), "-byte ", attention::v1::DataType_Name(t.dtype()),
-                   "), got ", t.raw_data().size());
-  }
-  return absl::OkStatus();
+  return wire::CheckPayload(t, field, count);
 }
 
 // Decodes the valid rows of a checked [batch, seq, width] tensor straight
@@ -100,20 +70,10 @@ std::vector<float> DecodeRows(const Tensor& t, int64_t seq, int64_t width,
   int64_t rows = 0;
   for (int64_t len : lengths) rows += len;
   std::vector<float> out(static_cast<size_t>(rows * width));
-  const bool floats = t.float_data_size() > 0;
-  const core::DType dt = t.dtype() == attention::v1::FLOAT32 ? core::DType::kF32 : core::DType::kBF16;
-  const size_t esize = core::DTypeSize(dt);
-  const auto* raw = reinterpret_cast<const uint8_t*>(t.raw_data().data());
   float* dst = out.data();
   for (size_t b = 0; b < lengths.size(); ++b) {
     const size_t n = static_cast<size_t>(lengths[b] * width);
-    const size_t src = static_cast<size_t>(static_cast<int64_t>(b) * seq * width);
-    if (floats) {
-      // Guarded: with every length 0, `out` is empty and dst null (memcpy to null is undefined).
-      if (n > 0) std::memcpy(dst, t.float_data().data() + src, n * sizeof(float));
-    } else {
-      core::DecodeToFloat(dt, raw + src * esize, n, dst);
-    }
+    wire::DecodeElements(t, static_cast<size_t>(static_cast<int64_t>(b) * seq * width), n, dst);
     dst += n;
   }
   return out;
@@ -251,8 +211,8 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   d.need_probs = request.return_attention_probs();
   if (!attention::v1::ProbsLayout_IsValid(request.attention_probs_layout())) {
     return Invalid("attention_probs_layout: expected PROBS_LAYOUT_PADDED or PROBS_LAYOUT_PACKED, "
-                   "got ", EnumName(attention::v1::ProbsLayout_descriptor(),
-                                    request.attention_probs_layout()));
+                   "got ", wire::EnumName(attention::v1::ProbsLayout_descriptor(),
+                                          request.attention_probs_layout()));
   }
   d.packed_probs = request.attention_probs_layout() == attention::v1::PROBS_LAYOUT_PACKED;
 
@@ -342,7 +302,7 @@ int64_t BoundWithProbs(const DecodedRequest& d, const Model& model, size_t reque
   // Each field's tag, length and the tensors' dtype and shape take a few
   // bytes; kFraming covers all of them (tensors, names, timing) many times.
   constexpr int64_t kFraming = 512;
-  const int64_t out_esize = d.dtype == attention::v1::BFLOAT16 ? 2 : 4;
+  const int64_t out_esize = static_cast<int64_t>(wire::DataTypeSize(d.dtype));
   return kFraming + static_cast<int64_t>(request_id_bytes + model.name.size()) +
          d.batch * d.seq_q * model.config.embed_dim * out_esize + probs_values * 4;
 }
@@ -360,61 +320,42 @@ void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> outpu
   const int64_t e = model.config.embed_dim;
   const int heads = model.config.num_heads;
   Tensor* out = response->mutable_output();
-  out->set_dtype(d.dtype);
-  if (!d.rank2) out->add_shape(d.batch);
-  out->add_shape(d.seq_q);
-  out->add_shape(e);
+  std::vector<int64_t> shape = {d.batch, d.seq_q, e};
+  if (d.rank2) shape.erase(shape.begin());
+  wire::InitTensor(shape, {.dtype = d.dtype, .packed = d.packed_floats}, out);
   // Each sequence's rows go straight to their place in the padded layout;
   // padding rows stay zero.
-  const size_t total = static_cast<size_t>(d.batch * d.seq_q * e);
-  const auto rows_of = [&](int64_t b) {
-    return output.subspan(static_cast<size_t>(d.q_offsets[b] * e),
-                          static_cast<size_t>((d.q_offsets[b + 1] - d.q_offsets[b]) * e));
-  };
-  if (d.packed_floats) {
-    google::protobuf::RepeatedField<float>* f = out->mutable_float_data();
-    f->Resize(static_cast<int>(total), 0.0f);
-    for (int64_t b = 0; b < d.batch; ++b) {
-      const absl::Span<const float> rows = rows_of(b);
-      if (rows.empty()) continue;  // `output` may be empty, its data() null
-      std::memcpy(f->mutable_data() + b * d.seq_q * e, rows.data(), rows.size() * sizeof(float));
-    }
-  } else {
-    const core::DType dt = d.dtype == attention::v1::BFLOAT16 ? core::DType::kBF16 : core::DType::kF32;
-    const size_t esize = core::DTypeSize(dt);
-    std::string* raw = out->mutable_raw_data();
-    raw->resize(total * esize);
-    for (int64_t b = 0; b < d.batch; ++b) {
-      core::EncodeFromFloat(dt, rows_of(b),
-                            reinterpret_cast<uint8_t*>(raw->data()) + b * d.seq_q * e * esize);
-    }
+  for (int64_t b = 0; b < d.batch; ++b) {
+    wire::EncodeElements(
+        output.subspan(static_cast<size_t>(d.q_offsets[b] * e),
+                       static_cast<size_t>((d.q_offsets[b + 1] - d.q_offsets[b]) * e)),
+        static_cast<size_t>(b * d.seq_q * e), out);
   }
   if (d.need_probs) {
     Tensor* p = response->mutable_attention_probs();
-    p->set_dtype(attention::v1::FLOAT32);
-    std::string* raw = p->mutable_raw_data();
     const int64_t values = ProbsValues(d, heads);
-    raw->resize(static_cast<size_t>(values) * sizeof(float));
-    float* dst = reinterpret_cast<float*>(raw->data());
     if (d.packed_probs) {
       // The core's layout already: this request's blocks, one after another.
-      p->add_shape(values);
+      wire::InitTensor({values}, {.dtype = attention::v1::FLOAT32}, p);
       if (values > 0) {
-        std::memcpy(dst, probs.data() + probs_offsets[0], static_cast<size_t>(values) * sizeof(float));
+        wire::EncodeElements(probs.subspan(static_cast<size_t>(probs_offsets[0]),
+                                           static_cast<size_t>(values)),
+                             0, p);
       }
       return;
     }
+    wire::InitTensor({d.batch, heads, d.seq_q, d.seq_k}, {.dtype = attention::v1::FLOAT32}, p);
     const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
-    for (int64_t dim : {d.batch, static_cast<int64_t>(heads), d.seq_q, d.seq_k}) p->add_shape(dim);
     for (int64_t b = 0; b < d.batch; ++b) {
       const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
       const int64_t lk = ko[b + 1] - ko[b];
       if (lk == 0) continue;  // no keys, nothing to copy (probs may be empty: null)
-      const float* src = probs.data() + probs_offsets[b];
       for (int h = 0; h < heads; ++h) {
         for (int64_t i = 0; i < lq; ++i) {
-          std::memcpy(dst + ((b * heads + h) * d.seq_q + i) * d.seq_k, src + (h * lq + i) * lk,
-                      static_cast<size_t>(lk) * sizeof(float));
+          wire::EncodeElements(
+              probs.subspan(static_cast<size_t>(probs_offsets[b] + (h * lq + i) * lk),
+                            static_cast<size_t>(lk)),
+              static_cast<size_t>(((b * heads + h) * d.seq_q + i) * d.seq_k), p);
         }
       }
     }

@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "server/attend_codec.h"
 #include "core/mutex.h"
+#include "proto/wire/model_info.h"
 #include "server/status_util.h"
 
 namespace attn::server {
@@ -17,18 +18,7 @@ using attention::v1::AttendRequest;
 using attention::v1::AttendResponse;
 
 void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
-  const core::AttentionConfig& c = model.config;
-  info->set_name(model.name);
-  info->set_embed_dim(c.embed_dim);
-  info->set_num_heads(c.num_heads);
-  info->set_num_kv_heads(c.kv_heads());
-  info->set_kdim(c.key_dim());
-  info->set_vdim(c.value_dim());
-  info->set_head_dim(c.head_dim());
-  info->set_dtype(c.dtype == core::DType::kBF16 ? attention::v1::BFLOAT16 : attention::v1::FLOAT32);
-  info->set_bias(c.bias);
-  info->set_max_seq_len(model.max_seq_len);
-  info->set_max_request_tokens(static_cast<int32_t>(model.max_request_tokens));
+  *info = wire::ToModelInfo(model.name, model.config, model.max_seq_len, model.max_request_tokens);
 }
 
 AttentionService::AttentionService(const ModelRepository* repository,

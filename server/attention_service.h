@@ -81,7 +81,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   std::unordered_map<const Model*, ModelMetrics*> model_metrics_;
 };
 
-// Fills `info` from a loaded model.
+// Fills `info` from a loaded model (wire::ToModelInfo).
 void FillModelInfo(const Model& model, attention::v1::ModelInfo* info);
 
 }  // namespace attn::server

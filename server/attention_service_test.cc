@@ -23,6 +23,7 @@
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "prometheus/text_serializer.h"
+#include "proto/wire/tensor_codec.h"
 #include "server/attend_codec.h"
 #include "server/attention_server.h"
 
@@ -102,12 +103,7 @@ class AttentionServiceTest : public ::testing::Test {
     AttendRequest req;
     req.set_model_name("small");
     req.set_request_id("r1");
-    auto* q = req.mutable_query();
-    q->set_dtype(attention::v1::FLOAT32);
-    q->add_shape(batch);
-    q->add_shape(seq);
-    q->add_shape(kEmbed);
-    q->set_raw_data(v.data(), v.size() * sizeof(float));
+    *req.mutable_query() = *wire::EncodeTensor({batch, seq, kEmbed}, v);
     if (values != nullptr) *values = v;
     return req;
   }

@@ -11,6 +11,7 @@
 #include "core/status_macros.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
+#include "proto/wire/data_type.h"
 
 namespace attn::server {
 namespace {
@@ -56,18 +57,15 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
   c.kdim = pb.kdim();
   c.vdim = pb.vdim();
   c.bias = pb.has_bias() ? pb.bias() : true;
-  switch (pb.dtype()) {
-    case attention::v1::DATA_TYPE_UNSPECIFIED:
-    case attention::v1::FLOAT32:
-      c.dtype = core::DType::kF32;
-      break;
-    case attention::v1::BFLOAT16:
-      c.dtype = core::DType::kBF16;
-      break;
-    default:
-      return bad("dtype: expected FLOAT32 or BFLOAT16, got ",
-                 attention::v1::DataType_Name(pb.dtype()));
+  // Unset means FLOAT32; the core computes in FLOAT32 and BFLOAT16.
+  static constexpr attention::v1::DataType kComputeTypes[] = {attention::v1::FLOAT32,
+                                                              attention::v1::BFLOAT16};
+  const attention::v1::DataType dtype =
+      pb.dtype() == attention::v1::DATA_TYPE_UNSPECIFIED ? attention::v1::FLOAT32 : pb.dtype();
+  if (absl::Status s = wire::CheckDataType(dtype, "dtype", kComputeTypes); !s.ok()) {
+    return bad(s.message());
   }
+  c.dtype = *wire::ToCoreDType(dtype);
   if (absl::Status s = core::ValidateAttentionConfig(c); !s.ok()) return bad(s.message());
   if (pb.max_seq_len() < 0) return bad("max_seq_len: expected a positive integer, got ", pb.max_seq_len());
   model.max_seq_len = pb.max_seq_len() > 0 ? pb.max_seq_len() : ModelRepository::kDefaultMaxSeqLen;
