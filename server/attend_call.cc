@@ -72,7 +72,7 @@ void CallOutcome::Record(bool delivered) const {
            {"message", std::string(final_status.message())}});
 }
 
-AttendUnaryReactor::AttendUnaryReactor(core::Batcher<AttendCall>* batcher) {
+AttendUnaryReactor::AttendUnaryReactor(AttendBatcher* batcher) {
   MutexLock lock(&mu_);
   batcher_ = batcher;
 }
@@ -87,7 +87,7 @@ void AttendUnaryReactor::FinishCall(CallOutcome outcome) {
 }
 
 void AttendUnaryReactor::OnCancel() {
-  core::Batcher<AttendCall>* batcher;
+  AttendBatcher* batcher;
   {
     MutexLock lock(&mu_);
     cancelled_ = true;

@@ -24,6 +24,7 @@
 namespace attn::server {
 
 struct AttendCall;
+class AttendUnaryReactor;
 
 // Bytes of responses that accepted calls may still produce: admission takes
 // a call's response bound (ResponseBytesBound), and the call gives it back
@@ -104,31 +105,7 @@ class AttendResponder {
                        CallOutcome outcome) = 0;
 };
 
-// The reactor of one unary Attend. Finishing records the call's outcome when
-// gRPC is done with it (OnDone), by whether the status reached the client; a
-// cancellation (client, deadline or shutdown) sweeps the batcher so this
-// call's queue slot frees at once, even while a long batch computes.
-class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
- public:
-  explicit AttendUnaryReactor(core::Batcher<AttendCall>* batcher);
-  // Finishes the RPC with `outcome.status`. Call once.
-  void FinishCall(CallOutcome outcome);
-  void OnCancel() override;
-  void OnDone() override;
-  // Whether gRPC has reported this call cancelled (OnCancel ran).
-  bool cancelled() const;
-
- private:
-  // The reactions run on gRPC threads whose hand-offs go through gRPC's own
-  // (uninstrumented) locks: state shared with them is published under mu_
-  // so TSan sees the ordering too.
-  mutable Mutex mu_;
-  core::Batcher<AttendCall>* batcher_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
-};
-
-// Satisfies the Task contract of core::Batcher.
+// A core::BatchTask.
 struct AttendCall {
   const CallObservers* observers = nullptr;  // required
   // Null until the request's model is known (NOT_FOUND leaves it null).
@@ -153,13 +130,40 @@ struct AttendCall {
   absl::Time deadline() const { return deadline_at; }
   // The client gave up: OnCancel ran (unary), or the context says so (a
   // stream's, or a unary one before its OnCancel has run).
-  bool cancelled() const {
-    return (reactor != nullptr && reactor->cancelled()) ||
-           (context != nullptr && context->IsCancelled());
-  }
+  bool cancelled() const;
 };
+static_assert(core::BatchTask<AttendCall>);
 
 using AttendBatcher = core::Batcher<AttendCall>;
+
+// The reactor of one unary Attend. Finishing records the call's outcome when
+// gRPC is done with it (OnDone), by whether the status reached the client; a
+// cancellation (client, deadline or shutdown) sweeps the batcher so this
+// call's queue slot frees at once, even while a long batch computes.
+class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit AttendUnaryReactor(AttendBatcher* batcher);
+  // Finishes the RPC with `outcome.status`. Call once.
+  void FinishCall(CallOutcome outcome);
+  void OnCancel() override;
+  void OnDone() override;
+  // Whether gRPC has reported this call cancelled (OnCancel ran).
+  bool cancelled() const;
+
+ private:
+  // The reactions run on gRPC threads whose hand-offs go through gRPC's own
+  // (uninstrumented) locks: state shared with them is published under mu_
+  // so TSan sees the ordering too.
+  mutable Mutex mu_;
+  AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
+};
+
+inline bool AttendCall::cancelled() const {
+  return (reactor != nullptr && reactor->cancelled()) ||
+         (context != nullptr && context->IsCancelled());
+}
 
 // Requests that may share a batch: same model and the same batch-wide
 // options (causal, cross-attention, probabilities). Starts with the model

@@ -23,6 +23,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
+#include "prometheus/exposer.h"
 
 namespace attn::server {
 

@@ -24,7 +24,6 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
-#include "prometheus/exposer.h"
 #include "server/attention_service.h"
 #include "server/health_service.h"
 #include "server/log.h"
@@ -32,6 +31,12 @@
 #include "server/model_repository.h"
 #include "core/batching/batch_policy.h"
 #include "server/attend_call.h"
+
+// Only a pointer to it here, so code that includes this header needs none of
+// prometheus-cpp's pull library (civetweb): it is a private dependency.
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
 
 namespace attn::server {
 

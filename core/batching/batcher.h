@@ -1,11 +1,7 @@
 // A dynamic batcher: queues tasks per key (tasks that may share a batch),
 // cuts batches by BatchPolicy, and runs them one at a time on its own
-// executor thread. It knows nothing about tensors.
-//
-// A Task type provides:
-//   int64_t tokens() const;      // cost against the token budgets
-//   absl::Time deadline() const; // absl::InfiniteFuture() for none
-//   bool cancelled() const;      // the client gave up
+// executor thread. It knows nothing about tensors: a task is anything that
+// satisfies BatchTask (below).
 //
 // Admission is bounded (requests and tokens over all keys): a full batcher
 // refuses at once with RESOURCE_EXHAUSTED, so accepted work is never dropped.
@@ -25,6 +21,7 @@
 #define ATTN_CORE_BATCHING_BATCHER_H_
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -47,7 +44,28 @@
 
 namespace attn::core {
 
-template <typename Task>
+// What the batcher needs of a task. Each may be called under the batcher's lock,
+// possibly many times while the task waits, so each must be cheap, must not
+// block and must not call back into the batcher.
+template <typename T>
+concept BatchTask = requires(const T& task) {
+  // The task's cost against the token budgets (the policy's
+  // max_batch_tokens and the admission bound max_queue_tokens); >= 0, and
+  // the same for as long as the task is queued (the batcher keeps running
+  // sums of it).
+  { task.tokens() } -> std::convertible_to<int64_t>;
+  // When the task stops being worth running, on the batcher's Clock
+  // (absl::InfiniteFuture() for never); the same for as long as it is
+  // queued. A task at or past it is rejected with DEADLINE_EXCEEDED instead
+  // of running.
+  { task.deadline() } -> std::same_as<absl::Time>;
+  // Whether whoever is waiting for the task gave up; a task that says so is
+  // rejected with CANCELLED instead of running. May turn true at any time,
+  // on any thread (so it must be safe to read concurrently), never back.
+  { task.cancelled() } -> std::convertible_to<bool>;
+};
+
+template <BatchTask Task>
 class Batcher {
  public:
   struct Options {

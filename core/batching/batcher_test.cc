@@ -23,6 +23,20 @@ struct FakeTask {
   bool cancelled() const { return gave_up || (cancel_later != nullptr && cancel_later->load()); }
 };
 
+static_assert(BatchTask<FakeTask>);
+// The contract is checked where the batcher is named, not deep inside it.
+struct NoDeadline {
+  int64_t tokens() const { return 1; }
+  bool cancelled() const { return false; }
+};
+static_assert(!BatchTask<NoDeadline>);
+struct DeadlineNotATime {
+  int64_t tokens() const { return 1; }
+  int64_t deadline() const { return 0; }
+  bool cancelled() const { return false; }
+};
+static_assert(!BatchTask<DeadlineNotATime>);
+
 // Records what the batcher does; Next() blocks until the next batch arrives.
 // Optionally holds the executor inside its first batch until Release().
 class Recorder {
