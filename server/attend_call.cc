@@ -27,7 +27,7 @@ void CallOutcome::Record(bool delivered) const {
   // Given back before the call is counted: whoever sees the count may rely
   // on them.
   if (budget != nullptr) budget->Release(budget_bytes);
-  if (admitted) observers->metrics->InflightChanged(-1);
+  if (admitted) observer->OnInflightChanged(-1);
   absl::Status final_status = status;
   if (!delivered) {
     // A client whose deadline passes cancels the stream (HTTP/2 has no
@@ -44,12 +44,16 @@ void CallOutcome::Record(bool delivered) const {
                              "cancelled before the response was sent (server status: ",
                              absl::StatusCodeToString(status.code()), ")"));
   }
-  model_metrics->RequestFinished(final_status.code());
+  core::RequestObservation seen;
+  seen.code = final_status.code();
   if (final_status.ok()) {
-    model_metrics->RequestSucceeded(server_time, absl::Microseconds(timing.queue_us()), tokens);
+    seen.server_time = server_time;
+    seen.queue_time = absl::Microseconds(timing.queue_us());
+    seen.tokens = tokens;
   }
+  observer->OnRequest(seen);
 
-  Logger& log = *observers->logger;
+  Logger& log = *env->logger;
   if (final_status.ok()) {
     if (!log.access_log()) return;
     log.Log(LogLevel::kInfo, "request",
@@ -113,13 +117,13 @@ void AttendUnaryReactor::OnDone() {
 }
 
 void LeftQueue(const AttendCall& call) {
-  call.model_metrics->QueueChanged(-1, -call.request.num_tokens());
+  call.observer->OnQueueChanged(-1, -call.request.num_tokens());
 }
 
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
   CallOutcome outcome;
-  outcome.observers = call->observers;
-  outcome.model_metrics = call->model_metrics;
+  outcome.env = call->env;
+  outcome.observer = call->observer;
   outcome.admitted = call->admitted;
   outcome.budget = call->budget;
   outcome.budget_bytes = call->budget_bytes;
@@ -140,7 +144,7 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   if (status.code() == absl::StatusCode::kResourceExhausted) {
     // gRPC's retry policy honours this hint.
     call->context->AddTrailingMetadata("grpc-retry-pushback-ms",
-                                       absl::StrCat(call->observers->retry_pushback_ms));
+                                       absl::StrCat(call->env->retry_pushback_ms));
   }
   AttendUnaryReactor* reactor = call->reactor;
   call.reset();  // before Finish: OnDone may follow at once
@@ -195,7 +199,10 @@ void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const Ba
   if (!status.ok()) return;
   double flops = 0;
   for (const auto& call : calls) flops += CallFlops(*call);
-  calls.front()->model_metrics->BatchRan(run.size, run.tokens, run.end - run.start, flops);
+  calls.front()->observer->OnBatch({.requests = run.size,
+                                    .tokens = run.tokens,
+                                    .compute = run.end - run.start,
+                                    .flops = flops});
 }
 
 // Bytes of the probabilities the core computes for `call` (its valid rows

@@ -12,13 +12,13 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "attention/v1/attention.pb.h"
+#include "core/batching/batch_observer.h"
 #include "core/batching/batcher.h"
 #include "core/mutex.h"
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/server_context.h"
 #include "server/attend_codec.h"
 #include "server/log.h"
-#include "server/metrics.h"
 #include "server/model_repository.h"
 
 namespace attn::server {
@@ -52,10 +52,12 @@ class ResponseBudget {
   std::atomic<int64_t> held_{0};
 };
 
-// Where every finished call is counted and logged. Outlives every call.
-struct CallObservers {
-  ServerMetrics* metrics = nullptr;
-  Logger* logger = nullptr;
+// What every call reports to. Outlives every call.
+struct CallEnv {
+  // Every model's observer: queue, batches, finished requests (the server's
+  // metrics, or a fake in tests). Asked once per model (AttentionService).
+  core::BatchObservers* observers = core::BatchObservers::Noop();
+  Logger* logger = nullptr;  // required
   // How long a shed client should wait before retrying (the
   // grpc-retry-pushback-ms trailer of a unary RESOURCE_EXHAUSTED).
   int retry_pushback_ms = 50;
@@ -66,8 +68,8 @@ struct CallObservers {
 // unary call (AttendUnaryReactor::OnDone) and when a streamed response has
 // been written or dropped. Copyable; holds no call state.
 struct CallOutcome {
-  const CallObservers* observers = nullptr;
-  ModelMetrics* model_metrics = nullptr;
+  const CallEnv* env = nullptr;
+  core::BatchObserver* observer = nullptr;  // the model's (or the unknown model's)
   bool admitted = false;  // counted in flight
   // Given back to `budget` when recorded (0: nothing was taken).
   ResponseBudget* budget = nullptr;
@@ -81,13 +83,13 @@ struct CallOutcome {
   attention::v1::Timing timing;
   int64_t tokens = 0;
 
-  // Counts (requests by code; for OK also latency, queue time and tokens;
-  // in flight for an admitted call) and logs (access log; failures at info
-  // for the client's own mistakes, warning otherwise). `delivered` false: the
-  // call was cancelled before its status reached the client (the client
-  // cancelled, its deadline passed, or the shutdown grace ran out), so it
-  // counts as the client saw it: DEADLINE_EXCEEDED past (or within 100 ms
-  // of) the deadline, else
+  // Tells the observer (the request, by code; for OK also latency, queue
+  // time and tokens; out of flight for an admitted call) and logs (access
+  // log; failures at info for the client's own mistakes, warning
+  // otherwise). `delivered` false: the call was cancelled before its status
+  // reached the client (the client cancelled, its deadline passed, or the
+  // shutdown grace ran out), so it counts as the client saw it:
+  // DEADLINE_EXCEEDED past (or within 100 ms of) the deadline, else
   // CANCELLED. Call once.
   void Record(bool delivered) const;
 };
@@ -107,10 +109,10 @@ class AttendResponder {
 
 // A core::BatchTask.
 struct AttendCall {
-  const CallObservers* observers = nullptr;  // required
+  const CallEnv* env = nullptr;  // required
   // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
-  ModelMetrics* model_metrics = nullptr;  // the model's series, or unknown_model()
+  core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s
   bool admitted = false;                  // in the batcher: counted in flight and queued
   ResponseBudget* budget = nullptr;       // set once budget_bytes are taken from it
   int64_t budget_bytes = 0;
@@ -185,7 +187,7 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls, int64_t max_
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status);
 
 // The batcher's bookkeeping for an admitted call leaving the queue (run or
-// rejected): the queue gauges.
+// rejected): tells its observer.
 void LeftQueue(const AttendCall& call);
 
 // Runs a few small batches through `model` so oneDNN's kernels exist and

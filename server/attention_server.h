@@ -29,6 +29,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
+#include "core/batching/batch_observer.h"
 #include "core/batching/batch_policy.h"
 #include "server/attend_call.h"
 
@@ -80,7 +81,12 @@ class AttentionServer {
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
-    // Test seam: runs on the executor before each batch computes, with the
+    // Test seams.
+    // Also told of every queue change, batch and finished request, after
+    // the server's metrics (so a test that waits on a fake here may then
+    // read the metrics). Must outlive the server.
+    core::BatchObservers* observers = core::BatchObservers::Noop();
+    // Runs on the executor before each batch computes, with the
     // batch's calls (e.g. to hold it while a test cancels a call that is
     // already in the batch).
     BeforeBatch before_batch_for_test;
@@ -116,7 +122,8 @@ class AttentionServer {
   std::unique_ptr<ModelRepository> repository_;
   std::shared_ptr<Logger> logger_;
   std::unique_ptr<ServerMetrics> metrics_;
-  CallObservers observers_;
+  std::unique_ptr<core::TeeBatchObservers> tee_;  // metrics_, then options_.observers
+  CallEnv env_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;

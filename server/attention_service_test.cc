@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "core/batching/fake_batch_observer.h"
 #include "core/reference_attention.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -58,7 +59,11 @@ class AttentionServiceTest : public ::testing::Test {
 
   void StartServer(AttentionServer::Options options, bool with_gqa = false,
                    std::optional<core::BatchPolicy> small_batching = std::nullopt) {
-    if (server_ != nullptr) server_->Shutdown();
+    if (server_ != nullptr) {
+      server_->Shutdown();
+      server_.reset();  // before its observers go
+    }
+    seen_ = std::make_unique<core::FakeBatchObservers>();
     std::vector<Model> models;
     if (with_gqa) {
       Model g;
@@ -79,6 +84,7 @@ class AttentionServiceTest : public ::testing::Test {
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
+    options.observers = seen_.get();
     auto server = AttentionServer::Start(ModelRepository::FromModels(std::move(models)), options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -128,18 +134,43 @@ class AttentionServiceTest : public ::testing::Test {
   }
 
   // A call is counted when gRPC is done with it, which can be just after
-  // the client has its response: waits (bounded) until the counter reads
-  // `want`, and returns what it reads.
+  // the client has its response: waits (bounded) until `want` calls have
+  // been recorded with `code`, and returns what the counter reads then (the
+  // metrics are told before seen_).
   double WaitCounter(const std::string& model, const std::string& code, double want) {
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    double got = Counter(model, code);
-    while (got != want && std::chrono::steady_clock::now() < give_up) {
-      std::this_thread::yield();
-      got = Counter(model, code);
-    }
-    return got;
+    seen_->WaitForRequests(
+        model, static_cast<int>(want),
+        [&code](const core::RequestObservation& r) {
+          return absl::StatusCodeToString(r.code) == code;
+        },
+        absl::Seconds(10));
+    return Counter(model, code);
   }
 
+  // Waits (bounded) until `model` has seen `n` requests that finished
+  // DEADLINE_EXCEEDED or CANCELLED.
+  int WaitDropped(const std::string& model, int n) {
+    return seen_->WaitForRequests(model, n, [](const core::RequestObservation& r) {
+      return r.code == absl::StatusCode::kDeadlineExceeded ||
+             r.code == absl::StatusCode::kCancelled;
+    });
+  }
+
+  // Waits until the batcher holds `n` requests (or more). Polled, bounded:
+  // admission happens on a gRPC thread and the batcher announces nothing
+  // (the observers hear of a request before it is in the queue, so they
+  // cannot tell).
+  bool WaitQueued(int n) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (server_->queued_requests() < n) {
+      if (absl::Now() > give_up) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  }
+
+  // Declared first: the server, which reports to it, goes before it.
+  std::unique_ptr<core::FakeBatchObservers> seen_;
   std::unique_ptr<AttentionServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
@@ -602,7 +633,7 @@ TEST_F(AttentionServiceTest, FullQueueShedsWithRetryHintAndShutdownFinishesAccep
   AttendResponse first_response;
   grpc::Status first_status;
   std::thread first([&] { first_status = Attend(MakeRequest(1, 3), &first_response); });
-  while (server_->queued_requests() < 1) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(1));
 
   grpc::ClientContext ctx;
   AttendResponse shed;
@@ -634,11 +665,7 @@ TEST_F(AttentionServiceTest, RequestPastItsDeadlineIsNotComputed) {
   // When its batch is cut (after the 300 ms delay) the batcher drops it:
   // counted as expired (or cancelled, if gRPC reported the client's deadline
   // first), never computed.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED") < 1 &&
-         std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  WaitDropped("small", 1);
   EXPECT_EQ(Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED"), 1);
   EXPECT_EQ(Counter("small", "OK"), 0);
   EXPECT_EQ(server_->queued_requests(), 0);
@@ -742,9 +769,7 @@ TEST_F(AttentionServiceTest, StreamStopsReadingAtItsInflightLimitAndShutdownAnsw
       if (!stream->Write(req)) break;
     }
   });
-  while (server_->queued_requests() < AttentionService::kMaxStreamInflight) {
-    std::this_thread::yield();
-  }
+  EXPECT_TRUE(WaitQueued(AttentionService::kMaxStreamInflight));
   // Reading is paused: exactly the limit was admitted. Shutdown runs those;
   // the stream then reads on, and the rest are refused one by one.
   std::thread stopper([&] { server_->Shutdown(); });
@@ -771,15 +796,12 @@ TEST_F(AttentionServiceTest, CancelledStreamDropsItsQueuedRequestsAtOnce) {
   grpc::ClientContext ctx;
   auto stream = stub_->AttendStream(&ctx);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(MakeRequest(1, 2)));
-  while (server_->queued_requests() < 3) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(3));
   ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   // When the server sees the cancellation it drops the queued requests at
   // once, long before their 60 s batching delay.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (Counter("small", "CANCELLED") < 3 && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  seen_->WaitForRequests("small", 3, absl::StatusCode::kCancelled);
   EXPECT_EQ(Counter("small", "CANCELLED"), 3);
   EXPECT_EQ(server_->queued_requests(), 0);
   const auto start = std::chrono::steady_clock::now();
@@ -982,7 +1004,7 @@ TEST_F(AttentionServiceTest, ProbabilityBatchesRunInPartsOfAtMostOneMessage) {
       EXPECT_TRUE(s.ok()) << s.error_message();
     });
   }
-  while (server_->queued_requests() < 3) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(3));
   gate.Release();
   for (auto& t : threads) t.join();
   first.join();
@@ -1007,6 +1029,8 @@ TEST_F(AttentionServiceTest, CallComputedAfterItsClientCancelledCountsAsCancelle
   // as the server can know, delivered).
   options.before_batch_for_test = [&entered](const auto& calls) {
     entered.set_value();
+    // Polled, bounded: the cancellation arrives on a gRPC thread (OnCancel)
+    // and nothing announces it to this one.
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (!calls.front()->cancelled() && std::chrono::steady_clock::now() < give_up) {
       std::this_thread::yield();
@@ -1058,7 +1082,7 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
       statuses[i] = stub_->Attend(contexts[i].get(), MakeRequest(1, 2), &r);
     });
   }
-  while (server_->queued_requests() < 4) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(4));
   AttendResponse shed;
   EXPECT_EQ(Attend(MakeRequest(1, 2), &shed).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   contexts[2]->TryCancel();
@@ -1066,11 +1090,10 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   for (auto& t : waiting) t.join();
   EXPECT_EQ(statuses[0].error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_EQ(statuses[2].error_code(), grpc::StatusCode::CANCELLED);
-  // Their slots are free although the executor is still busy.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (server_->queued_requests() > 0 && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::yield();
-  }
+  // Their slots are free although the executor is still busy. The queue
+  // is told after the batcher has let a call go, so when it reads 0 the
+  // batcher's queue is empty too.
+  seen_->WaitUntil("small", [](const auto& seen) { return seen.queued_requests == 0; });
   EXPECT_EQ(server_->queued_requests(), 0);
   // Two expired, two cancelled; a client's expiry reaches the server as a
   // cancel, which is told from one only by the time left (CallOutcome), so
@@ -1078,13 +1101,13 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   const auto dropped = [&] {
     return Counter("small", "CANCELLED") + Counter("small", "DEADLINE_EXCEEDED");
   };
-  while (dropped() < 4 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  WaitDropped("small", 4);
   EXPECT_EQ(dropped(), 4);
   EXPECT_GE(Counter("small", "CANCELLED"), 2);
   AttendResponse later;
   grpc::Status later_status;
   std::thread admitted([&] { later_status = Attend(MakeRequest(1, 2), &later); });
-  while (server_->queued_requests() < 1) std::this_thread::yield();  // admitted, not shed
+  EXPECT_TRUE(WaitQueued(1));  // admitted, not shed
   gate.Release();
   admitted.join();
   running.join();
