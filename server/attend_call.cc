@@ -36,7 +36,7 @@ void CallOutcome::Record(bool delivered) const {
     // a cancel within kDeadlineSlack of the deadline is taken as the
     // deadline's.
     constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(100);
-    final_status = absl::Now() + kDeadlineSlack >= deadline_at
+    final_status = env->clock->Now() + kDeadlineSlack >= deadline_at
                        ? absl::DeadlineExceededError(absl::StrCat(
                              "deadline passed before the response was sent (server status: ",
                              absl::StatusCodeToString(status.code()), ")"))
@@ -132,7 +132,7 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   outcome.model = call->model != nullptr ? call->model->name : "";
   outcome.request_id = call->response->request_id();
   if (status.ok()) {
-    outcome.server_time = absl::Now() - call->enqueued;
+    outcome.server_time = call->env->clock->Now() - call->enqueued;
     outcome.timing = call->response->timing();
     outcome.tokens = call->request.num_tokens();
   }
@@ -242,16 +242,17 @@ namespace {
 
 void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
   const Model& model = *calls.front()->model;
+  const Clock& clock = *calls.front()->env->clock;
   const DecodedRequest& first = calls.front()->request;
   const int e = model.config.embed_dim;
 
   if (calls.size() == 1) {
     // A lone request: its own packed buffers are the batch, no copy.
     const DecodedRequest& r = calls.front()->request;
-    const absl::Time start = absl::Now();
+    const absl::Time start = clock.Now();
     core::AttentionResult result;
     const absl::Status status = model.mha->Forward(r.batch_view(), &result);
-    const BatchRun run{start, absl::Now(), 1, r.num_tokens()};
+    const BatchRun run{start, clock.Now(), 1, r.num_tokens()};
     RecordBatch(calls, run, status);
     Respond(std::move(calls.front()), status, {result.output, result.probs, result.probs_offsets},
             run);
@@ -288,10 +289,10 @@ void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
   batch.causal = first.causal;
   batch.need_probs = first.need_probs;
 
-  const absl::Time start = absl::Now();
+  const absl::Time start = clock.Now();
   core::AttentionResult all;
   const absl::Status status = model.mha->Forward(batch, &all);
-  const BatchRun run{start, absl::Now(), static_cast<int>(calls.size()), tokens};
+  const BatchRun run{start, clock.Now(), static_cast<int>(calls.size()), tokens};
   RecordBatch(calls, run, status);
 
   // Each call answers from its own rows of the batch's result (no copy

@@ -14,6 +14,7 @@
 #include "attention/v1/attention.pb.h"
 #include "core/batching/batch_observer.h"
 #include "core/batching/batcher.h"
+#include "core/clock.h"
 #include "core/mutex.h"
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/server_context.h"
@@ -52,12 +53,16 @@ class ResponseBudget {
   std::atomic<int64_t> held_{0};
 };
 
-// What every call reports to. Outlives every call.
+// What every call reports to and takes its time from. Outlives every call.
 struct CallEnv {
   // Every model's observer: queue, batches, finished requests (the server's
   // metrics, or a fake in tests). Asked once per model (AttentionService).
   core::BatchObservers* observers = core::BatchObservers::Noop();
   Logger* logger = nullptr;  // required
+  // Every timestamp of a call: arrival, deadline, queue and compute times,
+  // and the deadline-or-cancelled judgement of an undelivered call. The
+  // batcher must use the same clock.
+  Clock* clock = Clock::Real();
   // How long a shed client should wait before retrying (the
   // grpc-retry-pushback-ms trailer of a unary RESOURCE_EXHAUSTED).
   int retry_pushback_ms = 50;
@@ -89,8 +94,8 @@ struct CallOutcome {
   // otherwise). `delivered` false: the call was cancelled before its status
   // reached the client (the client cancelled, its deadline passed, or the
   // shutdown grace ran out), so it counts as the client saw it:
-  // DEADLINE_EXCEEDED past (or within 100 ms of) the deadline, else
-  // CANCELLED. Call once.
+  // DEADLINE_EXCEEDED past (or within 100 ms of) the deadline by
+  // env->clock, else CANCELLED. Call once.
   void Record(bool delivered) const;
 };
 
@@ -117,7 +122,7 @@ struct AttendCall {
   ResponseBudget* budget = nullptr;       // set once budget_bytes are taken from it
   int64_t budget_bytes = 0;
   DecodedRequest request;
-  absl::Time enqueued;
+  absl::Time enqueued;  // on env->clock, as every time of the call
   absl::Time deadline_at = absl::InfiniteFuture();
   // The client call: the batch runner fills `response`, then finishes the
   // unary `reactor`, or hands the call to `responder` (a stream; `response`

@@ -202,6 +202,9 @@ const char* Version() { return ATTN_VERSION; }
 
 absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     std::unique_ptr<ModelRepository> repository, const Options& options) {
+  if (options.clock == nullptr) {
+    return absl::InvalidArgumentError("clock: required (the default is Clock::Real())");
+  }
   if (options.observers == nullptr) {
     return absl::InvalidArgumentError("observers: required (the default ignores everything)");
   }
@@ -228,6 +231,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     s->env_.observers = s->tee_.get();
   }
   s->env_.logger = s->logger_.get();
+  s->env_.clock = options.clock;
   s->env_.retry_pushback_ms = AttentionService::kRetryPushbackMs;
   if (options.metrics_threads < 1) {
     return absl::InvalidArgumentError(
@@ -279,6 +283,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   };
   batcher_options.max_queue_requests = options.max_queue_size;
   batcher_options.max_queue_tokens = options.max_queue_tokens;
+  batcher_options.clock = options.clock;
   auto batcher = AttendBatcher::Create(
       batcher_options,
       [max_bytes = options.max_message_bytes, before = options.before_batch_for_test](
@@ -340,6 +345,8 @@ AttentionServer::~AttentionServer() { Shutdown(); }
 int AttentionServer::calls_in_progress() const { return calls_->calls(); }
 
 void AttentionServer::ShutdownGrpc() {
+  // The real clock, not options_.clock: gRPC takes a system-clock deadline,
+  // and shutdown never waits on a clock a test may hold still.
   const absl::Time deadline = absl::Now() + options_.shutdown_grace;
   // gRPC's Shutdown() returns only once every connection is gone, and it
   // closes an idle one gracefully: GOAWAY and a ping, then a final GOAWAY

@@ -31,6 +31,7 @@
 #include "server/model_repository.h"
 #include "core/batching/batch_observer.h"
 #include "core/batching/batch_policy.h"
+#include "core/clock.h"
 #include "server/attend_call.h"
 
 // Only a pointer to it here, so code that includes this header needs none of
@@ -82,6 +83,15 @@ class AttentionServer {
     // (info, stderr).
     std::shared_ptr<Logger> logger;
     // Test seams.
+    // The time of the batcher and of every call: arrival, queue and compute
+    // times, batching delays and request deadlines (a client's gRPC
+    // deadline becomes the time it has left, counted on this clock from the
+    // call's arrival: AttentionService). Shutdown and its grace, gRPC's own
+    // deadlines and log timestamps stay on the real clock. A FakeClock
+    // stands still until advanced: the batcher rechecks delays when a
+    // request arrives or its real-time wait ends, so with one, drive cuts
+    // with batch sizes or Shutdown(). Must outlive the server.
+    Clock* clock = Clock::Real();
     // Also told of every queue change, batch and finished request, after
     // the server's metrics (so a test that waits on a fake here may then
     // read the metrics). Must outlive the server.

@@ -70,9 +70,13 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   }
   c.budget = &response_budget_;  // given back when the call is recorded
   c.budget_bytes = response_bytes;
-  c.enqueued = absl::Now();
+  c.enqueued = env_->clock->Now();
   if (c.context->deadline() != std::chrono::system_clock::time_point::max()) {
-    c.deadline_at = absl::FromChrono(c.context->deadline());
+    // The time left, read off the system clock (gRPC's), counted from the
+    // arrival on ours (see the header): with the real clock the deadline
+    // itself (to the nanoseconds between the two reads); with a FakeClock,
+    // the fake time decides when it has passed.
+    c.deadline_at = c.enqueued + (absl::FromChrono(c.context->deadline()) - absl::Now());
   }
   // Counted before Submit: once submitted, the executor may finish the
   // call (and undo these) at any moment.

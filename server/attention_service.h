@@ -13,6 +13,16 @@
 // so a client that sends faster than it reads is slowed, not buffered
 // without bound.
 //
+// Time: every timestamp of a call is read from CallEnv::clock (the batcher
+// uses the same one). A client's deadline arrives as a point on the system
+// clock (grpc::ServerContext::deadline()); at admission the service reads
+// the time left on the system clock and counts it from the call's arrival on
+// CallEnv::clock, so with a FakeClock a call expires (DEADLINE_EXCEEDED when
+// its batch is cut or swept) when the fake time has advanced that far, and
+// with the real clock that is the deadline itself. gRPC still cancels the
+// call at the real deadline on its own; the batcher then drops it as
+// cancelled.
+//
 // Thread-safe. The repository, env (and its observers) and batcher must
 // outlive the service (and the grpc::Server it is registered with).
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_

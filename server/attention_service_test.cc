@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,6 +44,33 @@ core::AttentionConfig SmallConfig() {
   c.num_heads = kHeads;
   return c;
 }
+
+// Holds the executor inside its first batch until Release(): what is queued
+// meanwhile stays queued, and a call in that batch is computed only after
+// the test has acted on it.
+class ExecutorGate {
+ public:
+  AttentionServer::BeforeBatch Hook() {
+    return [this](const auto& /*calls*/) {
+      if (batches_.fetch_add(1) == 0) {
+        entered_.set_value();
+        released_.wait();
+      }
+    };
+  }
+  void WaitEntered() { entered_.get_future().wait(); }
+  void Release() {
+    if (!released_flag_.exchange(true)) release_.set_value();
+  }
+  int batches() const { return batches_.load(); }
+  ~ExecutorGate() { Release(); }
+
+ private:
+  std::atomic<int> batches_{0};
+  std::promise<void> entered_, release_;
+  std::shared_future<void> released_ = release_.get_future().share();
+  std::atomic<bool> released_flag_{false};
+};
 
 class AttentionServiceTest : public ::testing::Test {
  protected:
@@ -156,6 +184,18 @@ class AttentionServiceTest : public ::testing::Test {
     });
   }
 
+  // Starts a one-token call (which must succeed) on a thread and returns
+  // once the executor holds its batch in `gate`: nothing more is cut until
+  // gate->Release(). The caller joins the thread.
+  std::thread HoldExecutor(ExecutorGate* gate) {
+    std::thread running([this] {
+      AttendResponse r;
+      EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
+    });
+    gate->WaitEntered();
+    return running;
+  }
+
   // Waits until the batcher holds `n` requests (or more). Polled, bounded:
   // admission happens on a gRPC thread and the batcher announces nothing
   // (the observers hear of a request before it is in the queue, so they
@@ -169,7 +209,9 @@ class AttentionServiceTest : public ::testing::Test {
     return true;
   }
 
-  // Declared first: the server, which reports to it, goes before it.
+  // Declared first: the server, which reads them, goes before them. The
+  // clock is the server's only where a test sets options.clock to it.
+  FakeClock clock_;
   std::unique_ptr<core::FakeBatchObservers> seen_;
   std::unique_ptr<AttentionServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -828,33 +870,6 @@ TEST_F(AttentionServiceTest, HealthWatchSeesNotServingWhenShutdownBegins) {
   stopper.join();
 }
 
-// Holds the executor inside its first batch until Release(): what is queued
-// meanwhile stays queued, and a call in that batch is computed only after
-// the test has acted on it.
-class ExecutorGate {
- public:
-  AttentionServer::BeforeBatch Hook() {
-    return [this](const auto& /*calls*/) {
-      if (batches_.fetch_add(1) == 0) {
-        entered_.set_value();
-        released_.wait();
-      }
-    };
-  }
-  void WaitEntered() { entered_.get_future().wait(); }
-  void Release() {
-    if (!released_flag_.exchange(true)) release_.set_value();
-  }
-  int batches() const { return batches_.load(); }
-  ~ExecutorGate() { Release(); }
-
- private:
-  std::atomic<int> batches_{0};
-  std::promise<void> entered_, release_;
-  std::shared_future<void> released_ = release_.get_future().share();
-  std::atomic<bool> released_flag_{false};
-};
-
 AttendRequest ToBF16(AttendRequest req) {
   const std::vector<float> v = RawFloats(req.query());
   std::string raw(v.size() * 2, '\0');
@@ -989,11 +1004,7 @@ TEST_F(AttentionServiceTest, ProbabilityBatchesRunInPartsOfAtMostOneMessage) {
   // The hook refers to this test's locals: stop (and join) the executor
   // before they go, whichever way the test ends.
   const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
-  std::thread first([&] {
-    AttendResponse r;
-    EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
-  });
-  gate.WaitEntered();
+  std::thread first = HoldExecutor(&gate);
   std::vector<AttendResponse> responses(3);
   std::vector<std::thread> threads;
   for (int i = 0; i < 3; ++i) {
@@ -1064,11 +1075,7 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   // The hook refers to this test's locals: stop (and join) the executor
   // before they go, whichever way the test ends.
   const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
-  std::thread running([&] {
-    AttendResponse r;
-    EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
-  });
-  gate.WaitEntered();  // a long batch: nothing more is cut until Release()
+  std::thread running = HoldExecutor(&gate);  // a long batch: nothing more is cut
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   for (int i = 0; i < 4; ++i) contexts.push_back(std::make_unique<grpc::ClientContext>());
   std::vector<grpc::Status> statuses(4);
@@ -1167,6 +1174,114 @@ TEST_F(AttentionServiceTest, ResponsesNotYetSentAreBoundedAndTheBudgetIsGivenBac
   AttendResponse again;
   const grpc::Status later = Attend(MakeRequest(1, 4), &again);
   EXPECT_TRUE(later.ok()) << later.error_message();
+}
+
+TEST_F(AttentionServiceTest, QueueAndServerTimesAreReadFromTheServersClock) {
+  AttentionServer::Options options;
+  options.clock = &clock_;
+  // 7 ms of the server's time pass between admission and compute; the
+  // compute takes none (the fake clock stands still meanwhile).
+  options.before_batch_for_test = [this](const auto& /*calls*/) {
+    clock_.Advance(absl::Milliseconds(7));
+  };
+  StartServer(options);
+  // The hook refers to this test's fixture: stop (and join) the executor
+  // first, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
+  AttendResponse resp;
+  ASSERT_TRUE(Attend(MakeRequest(1, 4), &resp).ok());
+  EXPECT_EQ(resp.timing().queue_us(), 7000);
+  EXPECT_EQ(resp.timing().compute_us(), 0);
+  EXPECT_EQ(WaitCounter("small", "OK", 1), 1);
+  const core::FakeBatchObservers::Seen seen = seen_->seen("small");
+  ASSERT_EQ(seen.requests.size(), 1u);
+  EXPECT_EQ(seen.requests[0].queue_time, absl::Milliseconds(7));
+  EXPECT_EQ(seen.requests[0].server_time, absl::Milliseconds(7));
+  EXPECT_EQ(seen.requests[0].tokens, 4);
+  ASSERT_EQ(seen.batches.size(), 1u);
+  EXPECT_EQ(seen.batches[0].compute, absl::ZeroDuration());
+  EXPECT_EQ(seen.batches[0].requests, 1);
+  // And the metrics say the same.
+  for (const auto& family : server_->metrics().registry()->Collect()) {
+    if (family.name != "attn_queue_duration_seconds" &&
+        family.name != "attn_request_duration_seconds") {
+      continue;
+    }
+    ASSERT_EQ(family.metric.size(), 1u) << family.name;
+    EXPECT_EQ(family.metric[0].histogram.sample_count, 1u) << family.name;
+    EXPECT_DOUBLE_EQ(family.metric[0].histogram.sample_sum, 0.007) << family.name;
+  }
+}
+
+TEST_F(AttentionServiceTest, QueuedCallExpiresWhenTheServersClockPassesItsDeadline) {
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.clock = &clock_;
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
+  std::thread running = HoldExecutor(&gate);  // nothing more is cut until Release()
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  grpc::Status status;
+  std::thread waiting([&] {
+    AttendResponse r;
+    status = stub_->Attend(&ctx, MakeRequest(1, 2), &r);
+  });
+  EXPECT_TRUE(WaitQueued(1));
+  // Past its deadline on the server's clock; gRPC's is a minute away.
+  clock_.Advance(absl::Seconds(61));
+  gate.Release();
+  waiting.join();
+  running.join();
+  // Dropped when its batch is cut, and the client is told why (it is still
+  // there: this is the server's DEADLINE_EXCEEDED, not gRPC's).
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "deadline passed while queued"))
+      << status.error_message();
+  EXPECT_EQ(WaitCounter("small", "DEADLINE_EXCEEDED", 1), 1);
+  EXPECT_EQ(WaitCounter("small", "OK", 1), 1);  // the held call only
+  EXPECT_EQ(gate.batches(), 1);                 // the expired call was never computed
+  EXPECT_EQ(server_->queued_requests(), 0);
+}
+
+// A call whose status could not reach its client counts as the client saw
+// it, judged on the server's clock: its deadline's (within the slack) or a
+// cancellation.
+TEST(CallOutcomeTest, UndeliveredCallCountsByTheServersClock) {
+  FakeClock clock;
+  core::FakeBatchObservers seen;
+  std::ostringstream log_lines;
+  Logger logger(Logger::Options{.level = LogLevel::kInfo, .out = &log_lines});
+  CallEnv env;
+  env.observers = &seen;
+  env.logger = &logger;
+  env.clock = &clock;
+  CallOutcome outcome;
+  outcome.env = &env;
+  outcome.observer = seen.For("m");
+  outcome.model = "m";
+  outcome.status = absl::OkStatus();
+  outcome.deadline_at = clock.Now() + absl::Milliseconds(250);
+  // Each call's outcome is recorded once: one copy per call.
+  const auto record = [&outcome](bool delivered) { CallOutcome(outcome).Record(delivered); };
+  record(/*delivered=*/false);  // 250 ms before the deadline
+  clock.Advance(absl::Milliseconds(160));
+  record(/*delivered=*/false);  // 90 ms before: within the slack
+  clock.Advance(absl::Milliseconds(200));
+  record(/*delivered=*/false);  // past it
+  record(/*delivered=*/true);   // delivered: as the server said
+  const core::FakeBatchObservers::Seen s = seen.seen("m");
+  ASSERT_EQ(s.requests.size(), 4u);
+  EXPECT_EQ(s.requests[0].code, absl::StatusCode::kCancelled);
+  EXPECT_EQ(s.requests[1].code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(s.requests[2].code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(s.requests[3].code, absl::StatusCode::kOk);
+  EXPECT_EQ(s.inflight, 0);  // never admitted: never counted in flight
+  EXPECT_TRUE(absl::StrContains(log_lines.str(), "deadline passed before the response was sent"))
+      << log_lines.str();
 }
 
 }  // namespace
