@@ -88,9 +88,8 @@ class AttentionServer {
     // deadline becomes the time it has left, counted on this clock from the
     // call's arrival: AttentionService). Shutdown and its grace, gRPC's own
     // deadlines and log timestamps stay on the real clock. A FakeClock
-    // stands still until advanced: the batcher rechecks delays when a
-    // request arrives or its real-time wait ends, so with one, drive cuts
-    // with batch sizes or Shutdown(). Must outlive the server.
+    // stands still until advanced, and each Advance wakes the batcher to
+    // look at its delays and deadlines again. Must outlive the server.
     Clock* clock = Clock::Real();
     // Also told of every queue change, batch and finished request, after
     // the server's metrics (so a test that waits on a fake here may then

@@ -1247,6 +1247,36 @@ TEST_F(AttentionServiceTest, QueuedCallExpiresWhenTheServersClockPassesItsDeadli
   EXPECT_EQ(server_->queued_requests(), 0);
 }
 
+TEST_F(AttentionServiceTest, PartialBatchIsCutWhenTheServersClockPassesTheDelay) {
+  AttentionServer::Options options;
+  options.clock = &clock_;
+  options.batching.max_queue_delay = absl::Seconds(60);  // passes only when the test says
+  StartServer(options);
+  std::vector<AttendResponse> responses(2);
+  std::vector<grpc::Status> statuses(2);
+  const auto attend = [&](int i) {
+    grpc::ClientContext ctx;  // a deadline far beyond the minute the test advances
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    statuses[i] = stub_->Attend(&ctx, MakeRequest(1, 2 + i), &responses[i]);
+  };
+  std::thread first(attend, 0);
+  EXPECT_TRUE(WaitQueued(1));
+  clock_.Advance(absl::Seconds(20));
+  std::thread second(attend, 1);
+  EXPECT_TRUE(WaitQueued(2));
+  EXPECT_TRUE(seen_->seen("small").batches.empty());  // the oldest has waited 20 s of 60
+  clock_.Advance(absl::Seconds(40));  // wakes the batcher: the delay has passed
+  first.join();
+  second.join();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].timing().batch_size(), 2);
+    EXPECT_EQ(responses[i].timing().compute_us(), 0);  // the fake clock stood still
+  }
+  EXPECT_EQ(responses[0].timing().queue_us(), 60'000'000);
+  EXPECT_EQ(responses[1].timing().queue_us(), 40'000'000);
+}
+
 // A call whose status could not reach its client counts as the client saw
 // it, judged on the server's clock: its deadline's (within the slack) or a
 // cancellation.

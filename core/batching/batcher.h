@@ -12,7 +12,8 @@
 // (so dead tasks never shed live ones, even while the executor is busy). Among keys ready to cut, the one holding the oldest task goes
 // first. Drain()/Stop() refuse new tasks (UNAVAILABLE) and run everything
 // queued without waiting for delays; Stop() then joins. Neither waits on the
-// clock.
+// clock. Delays and deadlines are on Options::clock; when it jumps (a
+// FakeClock's Advance) the executor looks again at once.
 //
 // Thread-safe. `run` is called on the executor thread only; `reject` on the
 // executor thread or on a thread inside Submit() or Sweep(), never under the
@@ -93,7 +94,10 @@ class Batcher {
     return std::unique_ptr<Batcher>(new Batcher(options, std::move(run), std::move(reject)));
   }
 
-  ~Batcher() { Stop(); }
+  ~Batcher() {
+    Stop();
+    options_.clock->RemoveWaker(waker_);
+  }
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
@@ -125,9 +129,6 @@ class Batcher {
     for (auto& [t, why] : rejected) reject_(std::move(t), why);
     return status;
   }
-
-  // Wakes the executor to look at the clock again (tests with a FakeClock).
-  void Poke() { cv_.Signal(); }
 
   // Rejects now, on the calling thread, every queued task that reports
   // cancelled() (CANCELLED) or whose deadline has passed
@@ -221,6 +222,14 @@ class Batcher {
 
   Batcher(const Options& options, RunBatch run, Reject reject)
       : options_(options), run_(std::move(run)), reject_(std::move(reject)) {
+    // A clock that jumps (a FakeClock) makes the executor look again at
+    // once instead of when its wait for the old time ends. Taking mu_ first
+    // means the executor is either before reading the time or already
+    // waiting: the signal is never lost in between.
+    waker_ = options_.clock->AddWaker([this] {
+      { MutexLock lock(&mu_); }
+      cv_.SignalAll();
+    });
     thread_ = std::thread([this] { Loop(); });
   }
 
@@ -349,6 +358,7 @@ class Batcher {
   // No queued task's deadline is earlier (tasks that left since may make it
   // earlier than the true minimum: a sweep then finds nothing and fixes it).
   absl::Time earliest_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  int waker_ = 0;       // options_.clock's id for our wake-up; set before the thread starts
   std::thread thread_;  // last: starts after everything above exists
 };
 
