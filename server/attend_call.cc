@@ -27,7 +27,7 @@ void CallOutcome::Record(bool delivered) const {
   // Given back before the call is counted: whoever sees the count may rely
   // on them.
   if (budget != nullptr) budget->Release(budget_bytes);
-  if (admitted) observers->metrics->InflightChanged(-1);
+  if (admitted) observer->OnInflightChanged(-1);
   absl::Status final_status = status;
   if (!delivered) {
     // A client whose deadline passes cancels the stream (HTTP/2 has no
@@ -36,7 +36,7 @@ void CallOutcome::Record(bool delivered) const {
     // a cancel within kDeadlineSlack of the deadline is taken as the
     // deadline's.
     constexpr absl::Duration kDeadlineSlack = absl::Milliseconds(100);
-    final_status = absl::Now() + kDeadlineSlack >= deadline_at
+    final_status = env->clock->Now() + kDeadlineSlack >= deadline_at
                        ? absl::DeadlineExceededError(absl::StrCat(
                              "deadline passed before the response was sent (server status: ",
                              absl::StatusCodeToString(status.code()), ")"))
@@ -44,12 +44,16 @@ void CallOutcome::Record(bool delivered) const {
                              "cancelled before the response was sent (server status: ",
                              absl::StatusCodeToString(status.code()), ")"));
   }
-  model_metrics->RequestFinished(final_status.code());
+  core::RequestObservation seen;
+  seen.code = final_status.code();
   if (final_status.ok()) {
-    model_metrics->RequestSucceeded(server_time, absl::Microseconds(timing.queue_us()), tokens);
+    seen.server_time = server_time;
+    seen.queue_time = absl::Microseconds(timing.queue_us());
+    seen.tokens = tokens;
   }
+  observer->OnRequest(seen);
 
-  Logger& log = *observers->logger;
+  Logger& log = *env->logger;
   if (final_status.ok()) {
     if (!log.access_log()) return;
     log.Log(LogLevel::kInfo, "request",
@@ -72,7 +76,7 @@ void CallOutcome::Record(bool delivered) const {
            {"message", std::string(final_status.message())}});
 }
 
-AttendUnaryReactor::AttendUnaryReactor(core::Batcher<AttendCall>* batcher) {
+AttendUnaryReactor::AttendUnaryReactor(AttendBatcher* batcher) {
   MutexLock lock(&mu_);
   batcher_ = batcher;
 }
@@ -87,7 +91,7 @@ void AttendUnaryReactor::FinishCall(CallOutcome outcome) {
 }
 
 void AttendUnaryReactor::OnCancel() {
-  core::Batcher<AttendCall>* batcher;
+  AttendBatcher* batcher;
   {
     MutexLock lock(&mu_);
     cancelled_ = true;
@@ -113,13 +117,13 @@ void AttendUnaryReactor::OnDone() {
 }
 
 void LeftQueue(const AttendCall& call) {
-  call.model_metrics->QueueChanged(-1, -call.request.num_tokens());
+  call.observer->OnQueueChanged(-1, -call.request.num_tokens());
 }
 
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
   CallOutcome outcome;
-  outcome.observers = call->observers;
-  outcome.model_metrics = call->model_metrics;
+  outcome.env = call->env;
+  outcome.observer = call->observer;
   outcome.admitted = call->admitted;
   outcome.budget = call->budget;
   outcome.budget_bytes = call->budget_bytes;
@@ -128,7 +132,7 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   outcome.model = call->model != nullptr ? call->model->name : "";
   outcome.request_id = call->response->request_id();
   if (status.ok()) {
-    outcome.server_time = absl::Now() - call->enqueued;
+    outcome.server_time = call->env->clock->Now() - call->enqueued;
     outcome.timing = call->response->timing();
     outcome.tokens = call->request.num_tokens();
   }
@@ -140,7 +144,7 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   if (status.code() == absl::StatusCode::kResourceExhausted) {
     // gRPC's retry policy honours this hint.
     call->context->AddTrailingMetadata("grpc-retry-pushback-ms",
-                                       absl::StrCat(call->observers->retry_pushback_ms));
+                                       absl::StrCat(call->env->retry_pushback_ms));
   }
   AttendUnaryReactor* reactor = call->reactor;
   call.reset();  // before Finish: OnDone may follow at once
@@ -195,7 +199,10 @@ void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const Ba
   if (!status.ok()) return;
   double flops = 0;
   for (const auto& call : calls) flops += CallFlops(*call);
-  calls.front()->model_metrics->BatchRan(run.size, run.tokens, run.end - run.start, flops);
+  calls.front()->observer->OnBatch({.requests = run.size,
+                                    .tokens = run.tokens,
+                                    .compute = run.end - run.start,
+                                    .flops = flops});
 }
 
 // Bytes of the probabilities the core computes for `call` (its valid rows
@@ -235,16 +242,17 @@ namespace {
 
 void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
   const Model& model = *calls.front()->model;
+  const Clock& clock = *calls.front()->env->clock;
   const DecodedRequest& first = calls.front()->request;
   const int e = model.config.embed_dim;
 
   if (calls.size() == 1) {
     // A lone request: its own packed buffers are the batch, no copy.
     const DecodedRequest& r = calls.front()->request;
-    const absl::Time start = absl::Now();
+    const absl::Time start = clock.Now();
     core::AttentionResult result;
     const absl::Status status = model.mha->Forward(r.batch_view(), &result);
-    const BatchRun run{start, absl::Now(), 1, r.num_tokens()};
+    const BatchRun run{start, clock.Now(), 1, r.num_tokens()};
     RecordBatch(calls, run, status);
     Respond(std::move(calls.front()), status, {result.output, result.probs, result.probs_offsets},
             run);
@@ -281,10 +289,10 @@ void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
   batch.causal = first.causal;
   batch.need_probs = first.need_probs;
 
-  const absl::Time start = absl::Now();
+  const absl::Time start = clock.Now();
   core::AttentionResult all;
   const absl::Status status = model.mha->Forward(batch, &all);
-  const BatchRun run{start, absl::Now(), static_cast<int>(calls.size()), tokens};
+  const BatchRun run{start, clock.Now(), static_cast<int>(calls.size()), tokens};
   RecordBatch(calls, run, status);
 
   // Each call answers from its own rows of the batch's result (no copy

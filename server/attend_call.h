@@ -12,18 +12,20 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "attention/v1/attention.pb.h"
+#include "core/batching/batch_observer.h"
 #include "core/batching/batcher.h"
+#include "core/clock.h"
 #include "core/mutex.h"
 #include "grpcpp/support/server_callback.h"
 #include "grpcpp/server_context.h"
 #include "server/attend_codec.h"
 #include "server/log.h"
-#include "server/metrics.h"
 #include "server/model_repository.h"
 
 namespace attn::server {
 
 struct AttendCall;
+class AttendUnaryReactor;
 
 // Bytes of responses that accepted calls may still produce: admission takes
 // a call's response bound (ResponseBytesBound), and the call gives it back
@@ -51,10 +53,16 @@ class ResponseBudget {
   std::atomic<int64_t> held_{0};
 };
 
-// Where every finished call is counted and logged. Outlives every call.
-struct CallObservers {
-  ServerMetrics* metrics = nullptr;
-  Logger* logger = nullptr;
+// What every call reports to and takes its time from. Outlives every call.
+struct CallEnv {
+  // Every model's observer: queue, batches, finished requests (the server's
+  // metrics, or a fake in tests). Asked once per model (AttentionService).
+  core::BatchObservers* observers = core::BatchObservers::Noop();
+  Logger* logger = nullptr;  // required
+  // Every timestamp of a call: arrival, deadline, queue and compute times,
+  // and the deadline-or-cancelled judgement of an undelivered call. The
+  // batcher must use the same clock.
+  Clock* clock = Clock::Real();
   // How long a shed client should wait before retrying (the
   // grpc-retry-pushback-ms trailer of a unary RESOURCE_EXHAUSTED).
   int retry_pushback_ms = 50;
@@ -65,8 +73,8 @@ struct CallObservers {
 // unary call (AttendUnaryReactor::OnDone) and when a streamed response has
 // been written or dropped. Copyable; holds no call state.
 struct CallOutcome {
-  const CallObservers* observers = nullptr;
-  ModelMetrics* model_metrics = nullptr;
+  const CallEnv* env = nullptr;
+  core::BatchObserver* observer = nullptr;  // the model's (or the unknown model's)
   bool admitted = false;  // counted in flight
   // Given back to `budget` when recorded (0: nothing was taken).
   ResponseBudget* budget = nullptr;
@@ -80,14 +88,14 @@ struct CallOutcome {
   attention::v1::Timing timing;
   int64_t tokens = 0;
 
-  // Counts (requests by code; for OK also latency, queue time and tokens;
-  // in flight for an admitted call) and logs (access log; failures at info
-  // for the client's own mistakes, warning otherwise). `delivered` false: the
-  // call was cancelled before its status reached the client (the client
-  // cancelled, its deadline passed, or the shutdown grace ran out), so it
-  // counts as the client saw it: DEADLINE_EXCEEDED past (or within 100 ms
-  // of) the deadline, else
-  // CANCELLED. Call once.
+  // Tells the observer (the request, by code; for OK also latency, queue
+  // time and tokens; out of flight for an admitted call) and logs (access
+  // log; failures at info for the client's own mistakes, warning
+  // otherwise). `delivered` false: the call was cancelled before its status
+  // reached the client (the client cancelled, its deadline passed, or the
+  // shutdown grace ran out), so it counts as the client saw it:
+  // DEADLINE_EXCEEDED past (or within 100 ms of) the deadline by
+  // env->clock, else CANCELLED. Call once.
   void Record(bool delivered) const;
 };
 
@@ -104,41 +112,17 @@ class AttendResponder {
                        CallOutcome outcome) = 0;
 };
 
-// The reactor of one unary Attend. Finishing records the call's outcome when
-// gRPC is done with it (OnDone), by whether the status reached the client; a
-// cancellation (client, deadline or shutdown) sweeps the batcher so this
-// call's queue slot frees at once, even while a long batch computes.
-class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
- public:
-  explicit AttendUnaryReactor(core::Batcher<AttendCall>* batcher);
-  // Finishes the RPC with `outcome.status`. Call once.
-  void FinishCall(CallOutcome outcome);
-  void OnCancel() override;
-  void OnDone() override;
-  // Whether gRPC has reported this call cancelled (OnCancel ran).
-  bool cancelled() const;
-
- private:
-  // The reactions run on gRPC threads whose hand-offs go through gRPC's own
-  // (uninstrumented) locks: state shared with them is published under mu_
-  // so TSan sees the ordering too.
-  mutable Mutex mu_;
-  core::Batcher<AttendCall>* batcher_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
-};
-
-// Satisfies the Task contract of core::Batcher.
+// A core::BatchTask.
 struct AttendCall {
-  const CallObservers* observers = nullptr;  // required
+  const CallEnv* env = nullptr;  // required
   // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
-  ModelMetrics* model_metrics = nullptr;  // the model's series, or unknown_model()
+  core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s
   bool admitted = false;                  // in the batcher: counted in flight and queued
   ResponseBudget* budget = nullptr;       // set once budget_bytes are taken from it
   int64_t budget_bytes = 0;
   DecodedRequest request;
-  absl::Time enqueued;
+  absl::Time enqueued;  // on env->clock, as every time of the call
   absl::Time deadline_at = absl::InfiniteFuture();
   // The client call: the batch runner fills `response`, then finishes the
   // unary `reactor`, or hands the call to `responder` (a stream; `response`
@@ -153,13 +137,40 @@ struct AttendCall {
   absl::Time deadline() const { return deadline_at; }
   // The client gave up: OnCancel ran (unary), or the context says so (a
   // stream's, or a unary one before its OnCancel has run).
-  bool cancelled() const {
-    return (reactor != nullptr && reactor->cancelled()) ||
-           (context != nullptr && context->IsCancelled());
-  }
+  bool cancelled() const;
 };
+static_assert(core::BatchTask<AttendCall>);
 
 using AttendBatcher = core::Batcher<AttendCall>;
+
+// The reactor of one unary Attend. Finishing records the call's outcome when
+// gRPC is done with it (OnDone), by whether the status reached the client; a
+// cancellation (client, deadline or shutdown) sweeps the batcher so this
+// call's queue slot frees at once, even while a long batch computes.
+class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit AttendUnaryReactor(AttendBatcher* batcher);
+  // Finishes the RPC with `outcome.status`. Call once.
+  void FinishCall(CallOutcome outcome);
+  void OnCancel() override;
+  void OnDone() override;
+  // Whether gRPC has reported this call cancelled (OnCancel ran).
+  bool cancelled() const;
+
+ private:
+  // The reactions run on gRPC threads whose hand-offs go through gRPC's own
+  // (uninstrumented) locks: state shared with them is published under mu_
+  // so TSan sees the ordering too.
+  mutable Mutex mu_;
+  AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
+};
+
+inline bool AttendCall::cancelled() const {
+  return (reactor != nullptr && reactor->cancelled()) ||
+         (context != nullptr && context->IsCancelled());
+}
 
 // Requests that may share a batch: same model and the same batch-wide
 // options (causal, cross-attention, probabilities). Starts with the model
@@ -181,7 +192,7 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls, int64_t max_
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status);
 
 // The batcher's bookkeeping for an admitted call leaving the queue (run or
-// rejected): the queue gauges.
+// rejected): tells its observer.
 void LeftQueue(const AttendCall& call);
 
 // Runs a few small batches through `model` so oneDNN's kernels exist and

@@ -23,6 +23,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
+#include "prometheus/exposer.h"
 
 namespace attn::server {
 
@@ -201,6 +202,12 @@ const char* Version() { return ATTN_VERSION; }
 
 absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     std::unique_ptr<ModelRepository> repository, const Options& options) {
+  if (options.clock == nullptr) {
+    return absl::InvalidArgumentError("clock: required (the default is Clock::Real())");
+  }
+  if (options.observers == nullptr) {
+    return absl::InvalidArgumentError("observers: required (the default ignores everything)");
+  }
   if (options.max_response_bytes_in_flight < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_response_bytes_in_flight: expected >= 1, got ", options.max_response_bytes_in_flight));
@@ -218,9 +225,14 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   metrics_options.max_queue_requests = options.max_queue_size;
   metrics_options.max_queue_tokens = options.max_queue_tokens;
   s->metrics_ = std::make_unique<ServerMetrics>(metrics_options);
-  s->observers_.metrics = s->metrics_.get();
-  s->observers_.logger = s->logger_.get();
-  s->observers_.retry_pushback_ms = AttentionService::kRetryPushbackMs;
+  s->env_.observers = s->metrics_.get();
+  if (options.observers != core::BatchObservers::Noop()) {
+    s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), options.observers);
+    s->env_.observers = s->tee_.get();
+  }
+  s->env_.logger = s->logger_.get();
+  s->env_.clock = options.clock;
+  s->env_.retry_pushback_ms = AttentionService::kRetryPushbackMs;
   if (options.metrics_threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("metrics_threads: expected at least 1, got ", options.metrics_threads));
@@ -271,6 +283,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   };
   batcher_options.max_queue_requests = options.max_queue_size;
   batcher_options.max_queue_tokens = options.max_queue_tokens;
+  batcher_options.clock = options.clock;
   auto batcher = AttendBatcher::Create(
       batcher_options,
       [max_bytes = options.max_message_bytes, before = options.before_batch_for_test](
@@ -288,7 +301,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   AttentionService::Options service_options;
   service_options.max_response_bytes = options.max_message_bytes;
   service_options.max_response_bytes_in_flight = options.max_response_bytes_in_flight;
-  s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->observers_,
+  s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->env_,
                                                    s->batcher_.get(), service_options);
   // Warm every model up on the batcher's executor thread (the one that will
   // serve it) before reporting SERVING.
@@ -332,6 +345,8 @@ AttentionServer::~AttentionServer() { Shutdown(); }
 int AttentionServer::calls_in_progress() const { return calls_->calls(); }
 
 void AttentionServer::ShutdownGrpc() {
+  // The real clock, not options_.clock: gRPC takes a system-clock deadline,
+  // and shutdown never waits on a clock a test may hold still.
   const absl::Time deadline = absl::Now() + options_.shutdown_grace;
   // gRPC's Shutdown() returns only once every connection is gone, and it
   // closes an idle one gracefully: GOAWAY and a ping, then a final GOAWAY

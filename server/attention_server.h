@@ -24,14 +24,21 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
-#include "prometheus/exposer.h"
 #include "server/attention_service.h"
 #include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
+#include "core/batching/batch_observer.h"
 #include "core/batching/batch_policy.h"
+#include "core/clock.h"
 #include "server/attend_call.h"
+
+// Only a pointer to it here, so code that includes this header needs none of
+// prometheus-cpp's pull library (civetweb): it is a private dependency.
+namespace prometheus {
+class Exposer;
+}  // namespace prometheus
 
 namespace attn::server {
 
@@ -75,7 +82,20 @@ class AttentionServer {
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
-    // Test seam: runs on the executor before each batch computes, with the
+    // Test seams.
+    // The time of the batcher and of every call: arrival, queue and compute
+    // times, batching delays and request deadlines (a client's gRPC
+    // deadline becomes the time it has left, counted on this clock from the
+    // call's arrival: AttentionService). Shutdown and its grace, gRPC's own
+    // deadlines and log timestamps stay on the real clock. A FakeClock
+    // stands still until advanced, and each Advance wakes the batcher to
+    // look at its delays and deadlines again. Must outlive the server.
+    Clock* clock = Clock::Real();
+    // Also told of every queue change, batch and finished request, after
+    // the server's metrics (so a test that waits on a fake here may then
+    // read the metrics). Must outlive the server.
+    core::BatchObservers* observers = core::BatchObservers::Noop();
+    // Runs on the executor before each batch computes, with the
     // batch's calls (e.g. to hold it while a test cancels a call that is
     // already in the batch).
     BeforeBatch before_batch_for_test;
@@ -111,7 +131,8 @@ class AttentionServer {
   std::unique_ptr<ModelRepository> repository_;
   std::shared_ptr<Logger> logger_;
   std::unique_ptr<ServerMetrics> metrics_;
-  CallObservers observers_;
+  std::unique_ptr<core::TeeBatchObservers> tee_;  // metrics_, then options_.observers
+  CallEnv env_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;

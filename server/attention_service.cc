@@ -21,24 +21,24 @@ void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
   *info = wire::ToModelInfo(model.name, model.config, model.max_seq_len, model.max_request_tokens);
 }
 
-AttentionService::AttentionService(const ModelRepository* repository,
-                                   const CallObservers* observers, AttendBatcher* batcher,
-                                   const Options& options)
+AttentionService::AttentionService(const ModelRepository* repository, const CallEnv* env,
+                                   AttendBatcher* batcher, const Options& options)
     : repository_(repository),
-      observers_(observers),
+      env_(env),
       batcher_(batcher),
       decode_options_{.max_response_bytes = options.max_response_bytes},
-      response_budget_(options.max_response_bytes_in_flight) {
+      response_budget_(options.max_response_bytes_in_flight),
+      unknown_model_observer_(env->observers->For("")) {
   for (const Model* model : repository->models()) {
-    model_metrics_[model] = observers->metrics->AddModel(model->name);
+    model_observers_[model] = env->observers->For(model->name);
   }
 }
 
 absl::Status AttentionService::Admit(const AttendRequest& request,
                                      std::unique_ptr<AttendCall>* call) {
   AttendCall& c = **call;
-  c.observers = observers_;
-  c.model_metrics = observers_->metrics->unknown_model();
+  c.env = env_;
+  c.observer = unknown_model_observer_;
   c.response->set_request_id(request.request_id());
   const Model* model = repository_->Find(request.model_name());
   if (model == nullptr) {
@@ -47,7 +47,7 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   }
   c.response->set_model_name(model->name);
   c.model = model;
-  c.model_metrics = model_metrics_.at(model);
+  c.observer = model_observers_.at(model);
   absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
@@ -60,22 +60,26 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   }
   c.budget = &response_budget_;  // given back when the call is recorded
   c.budget_bytes = response_bytes;
-  c.enqueued = absl::Now();
+  c.enqueued = env_->clock->Now();
   if (c.context->deadline() != std::chrono::system_clock::time_point::max()) {
-    c.deadline_at = absl::FromChrono(c.context->deadline());
+    // The time left, read off the system clock (gRPC's), counted from the
+    // arrival on ours (see the header): with the real clock the deadline
+    // itself (to the nanoseconds between the two reads); with a FakeClock,
+    // the fake time decides when it has passed.
+    c.deadline_at = c.enqueued + (absl::FromChrono(c.context->deadline()) - absl::Now());
   }
   // Counted before Submit: once submitted, the executor may finish the
   // call (and undo these) at any moment.
   const int64_t tokens = c.request.num_tokens();
-  ModelMetrics* m = c.model_metrics;
+  core::BatchObserver* observer = c.observer;
   c.admitted = true;
-  observers_->metrics->InflightChanged(1);
-  m->QueueChanged(1, tokens);
+  observer->OnInflightChanged(1);
+  observer->OnQueueChanged(1, tokens);
   const absl::Status status = batcher_->Submit(BatchKey(*model, c.request), call);
   if (!status.ok()) {
     c.admitted = false;
-    observers_->metrics->InflightChanged(-1);
-    m->QueueChanged(-1, -tokens);
+    observer->OnInflightChanged(-1);
+    observer->OnQueueChanged(-1, -tokens);
   }
   return status;
 }

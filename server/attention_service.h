@@ -13,15 +13,24 @@
 // so a client that sends faster than it reads is slowed, not buffered
 // without bound.
 //
-// Thread-safe. The repository, metrics and batcher must outlive the service
-// (and the grpc::Server it is registered with).
+// Time: every timestamp of a call is read from CallEnv::clock (the batcher
+// uses the same one). A client's deadline arrives as a point on the system
+// clock (grpc::ServerContext::deadline()); at admission the service reads
+// the time left on the system clock and counts it from the call's arrival on
+// CallEnv::clock, so with a FakeClock a call expires (DEADLINE_EXCEEDED when
+// its batch is cut or swept) when the fake time has advanced that far, and
+// with the real clock that is the deadline itself. gRPC still cancels the
+// call at the real deadline on its own; the batcher then drops it as
+// cancelled.
+//
+// Thread-safe. The repository, env (and its observers) and batcher must
+// outlive the service (and the grpc::Server it is registered with).
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
 #define ATTN_SERVER_ATTENTION_SERVICE_H_
 
 #include <unordered_map>
 
 #include "attention/v1/attention.grpc.pb.h"
-#include "server/metrics.h"
 #include "server/model_repository.h"
 #include "server/attend_call.h"
 
@@ -29,7 +38,7 @@ namespace attn::server {
 
 class AttentionService final : public attention::v1::AttentionService::CallbackService {
  public:
-  // How long a shed client should wait before retrying (CallObservers).
+  // How long a shed client should wait before retrying (CallEnv).
   static constexpr int kRetryPushbackMs = 50;
   // Requests one AttendStream may have in flight before reading pauses.
   static constexpr int kMaxStreamInflight = 256;
@@ -46,9 +55,9 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
     int64_t max_response_bytes_in_flight = int64_t{2} << 30;
   };
 
-  // Adds every model's metric series to observers->metrics.
-  AttentionService(const ModelRepository* repository, const CallObservers* observers,
-                   AttendBatcher* batcher, const Options& options);
+  // Asks env->observers for every model's observer.
+  AttentionService(const ModelRepository* repository, const CallEnv* env, AttendBatcher* batcher,
+                   const Options& options);
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
                                    const attention::v1::AttendRequest* request,
@@ -73,12 +82,13 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
                      std::unique_ptr<AttendCall>* call);
 
   const ModelRepository* const repository_;
-  const CallObservers* const observers_;
+  const CallEnv* const env_;
   AttendBatcher* const batcher_;
   const DecodeOptions decode_options_;
   ResponseBudget response_budget_;
   // Filled in the constructor, read-only after: no lock on the hot path.
-  std::unordered_map<const Model*, ModelMetrics*> model_metrics_;
+  std::unordered_map<const Model*, core::BatchObserver*> model_observers_;
+  core::BatchObserver* const unknown_model_observer_;
 };
 
 // Fills `info` from a loaded model (wire::ToModelInfo).

@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "core/batching/fake_batch_observer.h"
 #include "core/reference_attention.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -44,6 +46,33 @@ core::AttentionConfig SmallConfig() {
   return c;
 }
 
+// Holds the executor inside its first batch until Release(): what is queued
+// meanwhile stays queued, and a call in that batch is computed only after
+// the test has acted on it.
+class ExecutorGate {
+ public:
+  AttentionServer::BeforeBatch Hook() {
+    return [this](const auto& /*calls*/) {
+      if (batches_.fetch_add(1) == 0) {
+        entered_.set_value();
+        released_.wait();
+      }
+    };
+  }
+  void WaitEntered() { entered_.get_future().wait(); }
+  void Release() {
+    if (!released_flag_.exchange(true)) release_.set_value();
+  }
+  int batches() const { return batches_.load(); }
+  ~ExecutorGate() { Release(); }
+
+ private:
+  std::atomic<int> batches_{0};
+  std::promise<void> entered_, release_;
+  std::shared_future<void> released_ = release_.get_future().share();
+  std::atomic<bool> released_flag_{false};
+};
+
 class AttentionServiceTest : public ::testing::Test {
  protected:
   void SetUp() override { StartServer(AttentionServer::Options()); }
@@ -59,7 +88,11 @@ class AttentionServiceTest : public ::testing::Test {
 
   void StartServer(AttentionServer::Options options, bool with_gqa = false,
                    std::optional<core::BatchPolicy> small_batching = std::nullopt) {
-    if (server_ != nullptr) server_->Shutdown();
+    if (server_ != nullptr) {
+      server_->Shutdown();
+      server_.reset();  // before its observers go
+    }
+    seen_ = std::make_unique<core::FakeBatchObservers>();
     std::vector<Model> models;
     if (with_gqa) {
       Model g;
@@ -80,6 +113,7 @@ class AttentionServiceTest : public ::testing::Test {
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
+    options.observers = seen_.get();
     auto server = AttentionServer::Start(ModelRepository::FromModels(std::move(models)), options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -124,18 +158,57 @@ class AttentionServiceTest : public ::testing::Test {
   }
 
   // A call is counted when gRPC is done with it, which can be just after
-  // the client has its response: waits (bounded) until the counter reads
-  // `want`, and returns what it reads.
+  // the client has its response: waits (bounded) until `want` calls have
+  // been recorded with `code`, and returns what the counter reads then (the
+  // metrics are told before seen_).
   double WaitCounter(const std::string& model, const std::string& code, double want) {
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    double got = Counter(model, code);
-    while (got != want && std::chrono::steady_clock::now() < give_up) {
-      std::this_thread::yield();
-      got = Counter(model, code);
-    }
-    return got;
+    seen_->WaitForRequests(
+        model, static_cast<int>(want),
+        [&code](const core::RequestObservation& r) {
+          return absl::StatusCodeToString(r.code) == code;
+        },
+        absl::Seconds(10));
+    return Counter(model, code);
   }
 
+  // Waits (bounded) until `model` has seen `n` requests that finished
+  // DEADLINE_EXCEEDED or CANCELLED.
+  int WaitDropped(const std::string& model, int n) {
+    return seen_->WaitForRequests(model, n, [](const core::RequestObservation& r) {
+      return r.code == absl::StatusCode::kDeadlineExceeded ||
+             r.code == absl::StatusCode::kCancelled;
+    });
+  }
+
+  // Starts a one-token call (which must succeed) on a thread and returns
+  // once the executor holds its batch in `gate`: nothing more is cut until
+  // gate->Release(). The caller joins the thread.
+  std::thread HoldExecutor(ExecutorGate* gate) {
+    std::thread running([this] {
+      AttendResponse r;
+      EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
+    });
+    gate->WaitEntered();
+    return running;
+  }
+
+  // Waits until the batcher holds `n` requests (or more). Polled, bounded:
+  // admission happens on a gRPC thread and the batcher announces nothing
+  // (the observers hear of a request before it is in the queue, so they
+  // cannot tell).
+  bool WaitQueued(int n) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (server_->queued_requests() < n) {
+      if (absl::Now() > give_up) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  }
+
+  // Declared first: the server, which reads them, goes before them. The
+  // clock is the server's only where a test sets options.clock to it.
+  FakeClock clock_;
+  std::unique_ptr<core::FakeBatchObservers> seen_;
   std::unique_ptr<AttentionServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
@@ -598,7 +671,7 @@ TEST_F(AttentionServiceTest, FullQueueShedsWithRetryHintAndShutdownFinishesAccep
   AttendResponse first_response;
   grpc::Status first_status;
   std::thread first([&] { first_status = Attend(MakeRequest(1, 3), &first_response); });
-  while (server_->queued_requests() < 1) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(1));
 
   grpc::ClientContext ctx;
   AttendResponse shed;
@@ -630,11 +703,7 @@ TEST_F(AttentionServiceTest, RequestPastItsDeadlineIsNotComputed) {
   // When its batch is cut (after the 300 ms delay) the batcher drops it:
   // counted as expired (or cancelled, if gRPC reported the client's deadline
   // first), never computed.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED") < 1 &&
-         std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  WaitDropped("small", 1);
   EXPECT_EQ(Counter("small", "DEADLINE_EXCEEDED") + Counter("small", "CANCELLED"), 1);
   EXPECT_EQ(Counter("small", "OK"), 0);
   EXPECT_EQ(server_->queued_requests(), 0);
@@ -738,9 +807,7 @@ TEST_F(AttentionServiceTest, StreamStopsReadingAtItsInflightLimitAndShutdownAnsw
       if (!stream->Write(req)) break;
     }
   });
-  while (server_->queued_requests() < AttentionService::kMaxStreamInflight) {
-    std::this_thread::yield();
-  }
+  EXPECT_TRUE(WaitQueued(AttentionService::kMaxStreamInflight));
   // Reading is paused: exactly the limit was admitted. Shutdown runs those;
   // the stream then reads on, and the rest are refused one by one.
   std::thread stopper([&] { server_->Shutdown(); });
@@ -767,15 +834,12 @@ TEST_F(AttentionServiceTest, CancelledStreamDropsItsQueuedRequestsAtOnce) {
   grpc::ClientContext ctx;
   auto stream = stub_->AttendStream(&ctx);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(MakeRequest(1, 2)));
-  while (server_->queued_requests() < 3) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(3));
   ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   // When the server sees the cancellation it drops the queued requests at
   // once, long before their 60 s batching delay.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (Counter("small", "CANCELLED") < 3 && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  seen_->WaitForRequests("small", 3, absl::StatusCode::kCancelled);
   EXPECT_EQ(Counter("small", "CANCELLED"), 3);
   EXPECT_EQ(server_->queued_requests(), 0);
   const auto start = std::chrono::steady_clock::now();
@@ -801,33 +865,6 @@ TEST_F(AttentionServiceTest, HealthWatchSeesNotServingWhenShutdownBegins) {
   watch->Finish();
   stopper.join();
 }
-
-// Holds the executor inside its first batch until Release(): what is queued
-// meanwhile stays queued, and a call in that batch is computed only after
-// the test has acted on it.
-class ExecutorGate {
- public:
-  AttentionServer::BeforeBatch Hook() {
-    return [this](const auto& /*calls*/) {
-      if (batches_.fetch_add(1) == 0) {
-        entered_.set_value();
-        released_.wait();
-      }
-    };
-  }
-  void WaitEntered() { entered_.get_future().wait(); }
-  void Release() {
-    if (!released_flag_.exchange(true)) release_.set_value();
-  }
-  int batches() const { return batches_.load(); }
-  ~ExecutorGate() { Release(); }
-
- private:
-  std::atomic<int> batches_{0};
-  std::promise<void> entered_, release_;
-  std::shared_future<void> released_ = release_.get_future().share();
-  std::atomic<bool> released_flag_{false};
-};
 
 AttendRequest ToBF16(AttendRequest req) {
   const std::vector<float> v = RawFloats(req.query());
@@ -963,11 +1000,7 @@ TEST_F(AttentionServiceTest, ProbabilityBatchesRunInPartsOfAtMostOneMessage) {
   // The hook refers to this test's locals: stop (and join) the executor
   // before they go, whichever way the test ends.
   const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
-  std::thread first([&] {
-    AttendResponse r;
-    EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
-  });
-  gate.WaitEntered();
+  std::thread first = HoldExecutor(&gate);
   std::vector<AttendResponse> responses(3);
   std::vector<std::thread> threads;
   for (int i = 0; i < 3; ++i) {
@@ -978,7 +1011,7 @@ TEST_F(AttentionServiceTest, ProbabilityBatchesRunInPartsOfAtMostOneMessage) {
       EXPECT_TRUE(s.ok()) << s.error_message();
     });
   }
-  while (server_->queued_requests() < 3) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(3));
   gate.Release();
   for (auto& t : threads) t.join();
   first.join();
@@ -1003,6 +1036,8 @@ TEST_F(AttentionServiceTest, CallComputedAfterItsClientCancelledCountsAsCancelle
   // as the server can know, delivered).
   options.before_batch_for_test = [&entered](const auto& calls) {
     entered.set_value();
+    // Polled, bounded: the cancellation arrives on a gRPC thread (OnCancel)
+    // and nothing announces it to this one.
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (!calls.front()->cancelled() && std::chrono::steady_clock::now() < give_up) {
       std::this_thread::yield();
@@ -1036,11 +1071,7 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   // The hook refers to this test's locals: stop (and join) the executor
   // before they go, whichever way the test ends.
   const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
-  std::thread running([&] {
-    AttendResponse r;
-    EXPECT_TRUE(Attend(MakeRequest(1, 1), &r).ok());
-  });
-  gate.WaitEntered();  // a long batch: nothing more is cut until Release()
+  std::thread running = HoldExecutor(&gate);  // a long batch: nothing more is cut
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   for (int i = 0; i < 4; ++i) contexts.push_back(std::make_unique<grpc::ClientContext>());
   std::vector<grpc::Status> statuses(4);
@@ -1054,7 +1085,7 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
       statuses[i] = stub_->Attend(contexts[i].get(), MakeRequest(1, 2), &r);
     });
   }
-  while (server_->queued_requests() < 4) std::this_thread::yield();
+  EXPECT_TRUE(WaitQueued(4));
   AttendResponse shed;
   EXPECT_EQ(Attend(MakeRequest(1, 2), &shed).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   contexts[2]->TryCancel();
@@ -1062,11 +1093,10 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   for (auto& t : waiting) t.join();
   EXPECT_EQ(statuses[0].error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_EQ(statuses[2].error_code(), grpc::StatusCode::CANCELLED);
-  // Their slots are free although the executor is still busy.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (server_->queued_requests() > 0 && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::yield();
-  }
+  // Their slots are free although the executor is still busy. The queue
+  // is told after the batcher has let a call go, so when it reads 0 the
+  // batcher's queue is empty too.
+  seen_->WaitUntil("small", [](const auto& seen) { return seen.queued_requests == 0; });
   EXPECT_EQ(server_->queued_requests(), 0);
   // Two expired, two cancelled; a client's expiry reaches the server as a
   // cancel, which is told from one only by the time left (CallOutcome), so
@@ -1074,13 +1104,13 @@ TEST_F(AttentionServiceTest, QueuedCallsThatExpireOrCancelFreeTheirSlotsWhileABa
   const auto dropped = [&] {
     return Counter("small", "CANCELLED") + Counter("small", "DEADLINE_EXCEEDED");
   };
-  while (dropped() < 4 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  WaitDropped("small", 4);
   EXPECT_EQ(dropped(), 4);
   EXPECT_GE(Counter("small", "CANCELLED"), 2);
   AttendResponse later;
   grpc::Status later_status;
   std::thread admitted([&] { later_status = Attend(MakeRequest(1, 2), &later); });
-  while (server_->queued_requests() < 1) std::this_thread::yield();  // admitted, not shed
+  EXPECT_TRUE(WaitQueued(1));  // admitted, not shed
   gate.Release();
   admitted.join();
   running.join();
@@ -1140,6 +1170,144 @@ TEST_F(AttentionServiceTest, ResponsesNotYetSentAreBoundedAndTheBudgetIsGivenBac
   AttendResponse again;
   const grpc::Status later = Attend(MakeRequest(1, 4), &again);
   EXPECT_TRUE(later.ok()) << later.error_message();
+}
+
+TEST_F(AttentionServiceTest, QueueAndServerTimesAreReadFromTheServersClock) {
+  AttentionServer::Options options;
+  options.clock = &clock_;
+  // 7 ms of the server's time pass between admission and compute; the
+  // compute takes none (the fake clock stands still meanwhile).
+  options.before_batch_for_test = [this](const auto& /*calls*/) {
+    clock_.Advance(absl::Milliseconds(7));
+  };
+  StartServer(options);
+  // The hook refers to this test's fixture: stop (and join) the executor
+  // first, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
+  AttendResponse resp;
+  ASSERT_TRUE(Attend(MakeRequest(1, 4), &resp).ok());
+  EXPECT_EQ(resp.timing().queue_us(), 7000);
+  EXPECT_EQ(resp.timing().compute_us(), 0);
+  EXPECT_EQ(WaitCounter("small", "OK", 1), 1);
+  const core::FakeBatchObservers::Seen seen = seen_->seen("small");
+  ASSERT_EQ(seen.requests.size(), 1u);
+  EXPECT_EQ(seen.requests[0].queue_time, absl::Milliseconds(7));
+  EXPECT_EQ(seen.requests[0].server_time, absl::Milliseconds(7));
+  EXPECT_EQ(seen.requests[0].tokens, 4);
+  ASSERT_EQ(seen.batches.size(), 1u);
+  EXPECT_EQ(seen.batches[0].compute, absl::ZeroDuration());
+  EXPECT_EQ(seen.batches[0].requests, 1);
+  // And the metrics say the same.
+  for (const auto& family : server_->metrics().registry()->Collect()) {
+    if (family.name != "attn_queue_duration_seconds" &&
+        family.name != "attn_request_duration_seconds") {
+      continue;
+    }
+    ASSERT_EQ(family.metric.size(), 1u) << family.name;
+    EXPECT_EQ(family.metric[0].histogram.sample_count, 1u) << family.name;
+    EXPECT_DOUBLE_EQ(family.metric[0].histogram.sample_sum, 0.007) << family.name;
+  }
+}
+
+TEST_F(AttentionServiceTest, QueuedCallExpiresWhenTheServersClockPassesItsDeadline) {
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.clock = &clock_;
+  options.before_batch_for_test = gate.Hook();
+  StartServer(options);
+  // The hook refers to this test's locals: stop (and join) the executor
+  // before they go, whichever way the test ends.
+  const absl::Cleanup stop_first = [this] { server_->Shutdown(); };
+  std::thread running = HoldExecutor(&gate);  // nothing more is cut until Release()
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  grpc::Status status;
+  std::thread waiting([&] {
+    AttendResponse r;
+    status = stub_->Attend(&ctx, MakeRequest(1, 2), &r);
+  });
+  EXPECT_TRUE(WaitQueued(1));
+  // Past its deadline on the server's clock; gRPC's is a minute away.
+  clock_.Advance(absl::Seconds(61));
+  gate.Release();
+  waiting.join();
+  running.join();
+  // Dropped when its batch is cut, and the client is told why (it is still
+  // there: this is the server's DEADLINE_EXCEEDED, not gRPC's).
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  EXPECT_TRUE(absl::StrContains(status.error_message(), "deadline passed while queued"))
+      << status.error_message();
+  EXPECT_EQ(WaitCounter("small", "DEADLINE_EXCEEDED", 1), 1);
+  EXPECT_EQ(WaitCounter("small", "OK", 1), 1);  // the held call only
+  EXPECT_EQ(gate.batches(), 1);                 // the expired call was never computed
+  EXPECT_EQ(server_->queued_requests(), 0);
+}
+
+TEST_F(AttentionServiceTest, PartialBatchIsCutWhenTheServersClockPassesTheDelay) {
+  AttentionServer::Options options;
+  options.clock = &clock_;
+  options.batching.max_queue_delay = absl::Seconds(60);  // passes only when the test says
+  StartServer(options);
+  std::vector<AttendResponse> responses(2);
+  std::vector<grpc::Status> statuses(2);
+  const auto attend = [&](int i) {
+    grpc::ClientContext ctx;  // a deadline far beyond the minute the test advances
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    statuses[i] = stub_->Attend(&ctx, MakeRequest(1, 2 + i), &responses[i]);
+  };
+  std::thread first(attend, 0);
+  EXPECT_TRUE(WaitQueued(1));
+  clock_.Advance(absl::Seconds(20));
+  std::thread second(attend, 1);
+  EXPECT_TRUE(WaitQueued(2));
+  EXPECT_TRUE(seen_->seen("small").batches.empty());  // the oldest has waited 20 s of 60
+  clock_.Advance(absl::Seconds(40));  // wakes the batcher: the delay has passed
+  first.join();
+  second.join();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].timing().batch_size(), 2);
+    EXPECT_EQ(responses[i].timing().compute_us(), 0);  // the fake clock stood still
+  }
+  EXPECT_EQ(responses[0].timing().queue_us(), 60'000'000);
+  EXPECT_EQ(responses[1].timing().queue_us(), 40'000'000);
+}
+
+// A call whose status could not reach its client counts as the client saw
+// it, judged on the server's clock: its deadline's (within the slack) or a
+// cancellation.
+TEST(CallOutcomeTest, UndeliveredCallCountsByTheServersClock) {
+  FakeClock clock;
+  core::FakeBatchObservers seen;
+  std::ostringstream log_lines;
+  Logger logger(Logger::Options{.level = LogLevel::kInfo, .out = &log_lines});
+  CallEnv env;
+  env.observers = &seen;
+  env.logger = &logger;
+  env.clock = &clock;
+  CallOutcome outcome;
+  outcome.env = &env;
+  outcome.observer = seen.For("m");
+  outcome.model = "m";
+  outcome.status = absl::OkStatus();
+  outcome.deadline_at = clock.Now() + absl::Milliseconds(250);
+  // Each call's outcome is recorded once: one copy per call.
+  const auto record = [&outcome](bool delivered) { CallOutcome(outcome).Record(delivered); };
+  record(/*delivered=*/false);  // 250 ms before the deadline
+  clock.Advance(absl::Milliseconds(160));
+  record(/*delivered=*/false);  // 90 ms before: within the slack
+  clock.Advance(absl::Milliseconds(200));
+  record(/*delivered=*/false);  // past it
+  record(/*delivered=*/true);   // delivered: as the server said
+  const core::FakeBatchObservers::Seen s = seen.seen("m");
+  ASSERT_EQ(s.requests.size(), 4u);
+  EXPECT_EQ(s.requests[0].code, absl::StatusCode::kCancelled);
+  EXPECT_EQ(s.requests[1].code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(s.requests[2].code, absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(s.requests[3].code, absl::StatusCode::kOk);
+  EXPECT_EQ(s.inflight, 0);  // never admitted: never counted in flight
+  EXPECT_TRUE(absl::StrContains(log_lines.str(), "deadline passed before the response was sent"))
+      << log_lines.str();
 }
 
 }  // namespace

@@ -96,6 +96,23 @@ void ModelMetrics::QueueChanged(int64_t requests_delta, int64_t tokens_delta) {
   queue_tokens_->Increment(static_cast<double>(tokens_delta));
 }
 
+void ModelMetrics::OnQueueChanged(int requests_delta, int64_t tokens_delta) {
+  QueueChanged(requests_delta, tokens_delta);
+}
+
+void ModelMetrics::OnInflightChanged(int delta) { server_->InflightChanged(delta); }
+
+void ModelMetrics::OnBatch(const core::BatchObservation& batch) {
+  BatchRan(batch.requests, batch.tokens, batch.compute, batch.flops);
+}
+
+void ModelMetrics::OnRequest(const core::RequestObservation& request) {
+  RequestFinished(request.code);
+  if (request.code == absl::StatusCode::kOk) {
+    RequestSucceeded(request.server_time, request.queue_time, request.tokens);
+  }
+}
+
 void ModelMetrics::SetReady(bool ready) {
   if (ready_ == nullptr) return;
   ready_->Set(ready ? 1 : 0);
@@ -221,6 +238,10 @@ ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
   if (m == unknown_) return m;  // NOT_FOUND only
   for (absl::StatusCode code : kModelCodes) m->CounterFor(code);  // takes mu_ itself
   return m;
+}
+
+core::BatchObserver* ServerMetrics::For(absl::string_view model) {
+  return model.empty() ? unknown_ : AddModel(model);
 }
 
 ModelMetrics* ServerMetrics::Find(absl::string_view model) const {

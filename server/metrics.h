@@ -1,5 +1,6 @@
 // The server's Prometheus metrics. Holds a registry that an Exposer serves
-// on /metrics, and tests read directly.
+// on /metrics, and tests read directly. It is the serving path's
+// core::BatchObservers: each model's ModelMetrics is its BatchObserver.
 //
 // Per-model series are resolved once (AddModel) into a ModelMetrics of
 // stable pointers, so recording on the hot path is a few atomic adds, never
@@ -57,6 +58,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "core/batching/batch_observer.h"
 #include "core/mutex.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
@@ -71,8 +73,17 @@ class ServerMetrics;
 
 // The series of one model. Pointers stay valid for the ServerMetrics'
 // lifetime. Thread-safe.
-class ModelMetrics {
+class ModelMetrics final : public core::BatchObserver {
  public:
+  // core::BatchObserver, onto the methods below: OnQueueChanged is
+  // QueueChanged, OnInflightChanged is ServerMetrics::InflightChanged,
+  // OnBatch is BatchRan, OnRequest is RequestFinished (and for OK,
+  // RequestSucceeded).
+  void OnQueueChanged(int requests_delta, int64_t tokens_delta) override;
+  void OnInflightChanged(int delta) override;
+  void OnBatch(const core::BatchObservation& batch) override;
+  void OnRequest(const core::RequestObservation& request) override;
+
   // attn_requests_total{model,code} += 1.
   void RequestFinished(absl::StatusCode code);
   // An OK request: its server time (admission to response), queue time and
@@ -108,7 +119,7 @@ class ModelMetrics {
   prometheus::Counter* flops_total_ = nullptr;
 };
 
-class ServerMetrics {
+class ServerMetrics final : public core::BatchObservers {
  public:
   struct Options {
     std::string version;         // attn_build_info{version}
@@ -120,7 +131,10 @@ class ServerMetrics {
     int64_t max_queue_tokens = 0;    // attn_queue_max_tokens
   };
   explicit ServerMetrics(const Options& options);
-  ~ServerMetrics();
+  ~ServerMetrics() override;
+
+  // core::BatchObservers: AddModel(model), or unknown_model() for "".
+  core::BatchObserver* For(absl::string_view model) override;
 
   // Creates (or returns) the series of `model`, all at zero, ready = 0,
   // with attn_requests_total at 0 for every code a model's requests end with

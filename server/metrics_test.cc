@@ -105,6 +105,44 @@ TEST_F(MetricsTest, CountsRequestsPerCode) {
   EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "DATA_LOSS"}}), 1);
 }
 
+TEST_F(MetricsTest, ObservationsLandOnTheModelsSeries) {
+  core::BatchObservers& observers = metrics_;
+  core::BatchObserver* m = observers.For("m");
+  EXPECT_EQ(m, metrics_.AddModel("m"));  // the same series
+  EXPECT_EQ(observers.For(""), metrics_.unknown_model());
+  m->OnInflightChanged(2);
+  m->OnQueueChanged(2, 12);
+  m->OnQueueChanged(-1, -5);
+  m->OnBatch({.requests = 1, .tokens = 5, .compute = absl::Milliseconds(3), .flops = 1e6});
+  m->OnRequest({.code = absl::StatusCode::kOk,
+                .server_time = absl::Milliseconds(4),
+                .queue_time = absl::Milliseconds(1),
+                .tokens = 5});
+  // Only the code of a failed request counts.
+  m->OnRequest({.code = absl::StatusCode::kCancelled,
+                .server_time = absl::Milliseconds(4),
+                .queue_time = absl::Milliseconds(1),
+                .tokens = 7});
+  m->OnInflightChanged(-2);
+  observers.For("")->OnRequest({.code = absl::StatusCode::kNotFound});
+  Collect();
+  EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "OK"}}), 1);
+  EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "CANCELLED"}}), 1);
+  EXPECT_EQ(CounterValue("attn_requests_total", {{"model", ""}, {"code", "NOT_FOUND"}}), 1);
+  EXPECT_EQ(GaugeValue("attn_queue_depth", {{"model", "m"}}), 1);
+  EXPECT_EQ(GaugeValue("attn_queue_tokens", {{"model", "m"}}), 7);
+  EXPECT_EQ(GaugeValue("attn_inflight_requests", {}), 0);
+  EXPECT_EQ(CounterValue("attn_tokens_total", {{"model", "m"}}), 5);
+  EXPECT_EQ(CounterValue("attn_flops_total", {{"model", "m"}}), 1e6);
+  EXPECT_EQ(Hist("attn_request_duration_seconds", {{"model", "m"}}).sample_count, 1u);
+  EXPECT_DOUBLE_EQ(Hist("attn_request_duration_seconds", {{"model", "m"}}).sample_sum, 0.004);
+  EXPECT_DOUBLE_EQ(Hist("attn_queue_duration_seconds", {{"model", "m"}}).sample_sum, 0.001);
+  EXPECT_EQ(Hist("attn_request_tokens", {{"model", "m"}}).sample_count, 1u);
+  EXPECT_DOUBLE_EQ(Hist("attn_compute_duration_seconds", {{"model", "m"}}).sample_sum, 0.003);
+  EXPECT_EQ(Hist("attn_batch_size", {{"model", "m"}}).sample_count, 1u);
+  EXPECT_DOUBLE_EQ(Hist("attn_batch_tokens", {{"model", "m"}}).sample_sum, 5);
+}
+
 TEST_F(MetricsTest, RequestCountsByCodeSumsOverModels) {
   metrics_.AddModel("a")->RequestFinished(absl::StatusCode::kOk);
   metrics_.AddModel("b")->RequestFinished(absl::StatusCode::kOk);

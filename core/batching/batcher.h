@@ -1,11 +1,7 @@
 // A dynamic batcher: queues tasks per key (tasks that may share a batch),
 // cuts batches by BatchPolicy, and runs them one at a time on its own
-// executor thread. It knows nothing about tensors.
-//
-// A Task type provides:
-//   int64_t tokens() const;      // cost against the token budgets
-//   absl::Time deadline() const; // absl::InfiniteFuture() for none
-//   bool cancelled() const;      // the client gave up
+// executor thread. It knows nothing about tensors: a task is anything that
+// satisfies BatchTask (below).
 //
 // Admission is bounded (requests and tokens over all keys): a full batcher
 // refuses at once with RESOURCE_EXHAUSTED, so accepted work is never dropped.
@@ -16,7 +12,8 @@
 // (so dead tasks never shed live ones, even while the executor is busy). Among keys ready to cut, the one holding the oldest task goes
 // first. Drain()/Stop() refuse new tasks (UNAVAILABLE) and run everything
 // queued without waiting for delays; Stop() then joins. Neither waits on the
-// clock.
+// clock. Delays and deadlines are on Options::clock; when it jumps (a
+// FakeClock's Advance) the executor looks again at once.
 //
 // Thread-safe. `run` is called on the executor thread only; `reject` on the
 // executor thread or on a thread inside Submit() or Sweep(), never under the
@@ -25,6 +22,7 @@
 #define ATTN_CORE_BATCHING_BATCHER_H_
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -47,7 +45,28 @@
 
 namespace attn::core {
 
-template <typename Task>
+// What the batcher needs of a task. Each may be called under the batcher's lock,
+// possibly many times while the task waits, so each must be cheap, must not
+// block and must not call back into the batcher.
+template <typename T>
+concept BatchTask = requires(const T& task) {
+  // The task's cost against the token budgets (the policy's
+  // max_batch_tokens and the admission bound max_queue_tokens); >= 0, and
+  // the same for as long as the task is queued (the batcher keeps running
+  // sums of it).
+  { task.tokens() } -> std::convertible_to<int64_t>;
+  // When the task stops being worth running, on the batcher's Clock
+  // (absl::InfiniteFuture() for never); the same for as long as it is
+  // queued. A task at or past it is rejected with DEADLINE_EXCEEDED instead
+  // of running.
+  { task.deadline() } -> std::same_as<absl::Time>;
+  // Whether whoever is waiting for the task gave up; a task that says so is
+  // rejected with CANCELLED instead of running. May turn true at any time,
+  // on any thread (so it must be safe to read concurrently), never back.
+  { task.cancelled() } -> std::convertible_to<bool>;
+};
+
+template <BatchTask Task>
 class Batcher {
  public:
   struct Options {
@@ -75,7 +94,10 @@ class Batcher {
     return std::unique_ptr<Batcher>(new Batcher(options, std::move(run), std::move(reject)));
   }
 
-  ~Batcher() { Stop(); }
+  ~Batcher() {
+    Stop();
+    options_.clock->RemoveWaker(waker_);
+  }
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
@@ -107,9 +129,6 @@ class Batcher {
     for (auto& [t, why] : rejected) reject_(std::move(t), why);
     return status;
   }
-
-  // Wakes the executor to look at the clock again (tests with a FakeClock).
-  void Poke() { cv_.Signal(); }
 
   // Rejects now, on the calling thread, every queued task that reports
   // cancelled() (CANCELLED) or whose deadline has passed
@@ -203,6 +222,14 @@ class Batcher {
 
   Batcher(const Options& options, RunBatch run, Reject reject)
       : options_(options), run_(std::move(run)), reject_(std::move(reject)) {
+    // A clock that jumps (a FakeClock) makes the executor look again at
+    // once instead of when its wait for the old time ends. Taking mu_ first
+    // means the executor is either before reading the time or already
+    // waiting: the signal is never lost in between.
+    waker_ = options_.clock->AddWaker([this] {
+      { MutexLock lock(&mu_); }
+      cv_.SignalAll();
+    });
     thread_ = std::thread([this] { Loop(); });
   }
 
@@ -331,6 +358,7 @@ class Batcher {
   // No queued task's deadline is earlier (tasks that left since may make it
   // earlier than the true minimum: a sweep then finds nothing and fixes it).
   absl::Time earliest_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  int waker_ = 0;       // options_.clock's id for our wake-up; set before the thread starts
   std::thread thread_;  // last: starts after everything above exists
 };
 

@@ -23,6 +23,20 @@ struct FakeTask {
   bool cancelled() const { return gave_up || (cancel_later != nullptr && cancel_later->load()); }
 };
 
+static_assert(BatchTask<FakeTask>);
+// The contract is checked where the batcher is named, not deep inside it.
+struct NoDeadline {
+  int64_t tokens() const { return 1; }
+  bool cancelled() const { return false; }
+};
+static_assert(!BatchTask<NoDeadline>);
+struct DeadlineNotATime {
+  int64_t tokens() const { return 1; }
+  int64_t deadline() const { return 0; }
+  bool cancelled() const { return false; }
+};
+static_assert(!BatchTask<DeadlineNotATime>);
+
 // Records what the batcher does; Next() blocks until the next batch arrives.
 // Optionally holds the executor inside its first batch until Release().
 class Recorder {
@@ -118,10 +132,17 @@ TEST_F(BatcherTest, FlushesPartialBatchAtDeadline) {
   clock_.Advance(absl::Milliseconds(4));
   ASSERT_TRUE(Submit("m", 2).ok());
   // The fake clock stands still: nothing may be cut before the oldest
-  // request has waited 10 ms, so both must ride in the first batch.
+  // request has waited 10 ms, so both must ride in the first batch. The
+  // advance itself wakes the executor.
   clock_.Advance(absl::Milliseconds(6));
-  batcher_->Poke();
   EXPECT_EQ(rec_.Next().ids, (std::vector<int>{1, 2}));
+}
+
+TEST_F(BatcherTest, AdvancingTheClockWakesTheExecutorAtOnce) {
+  Start(8, 100, absl::Hours(1));
+  ASSERT_TRUE(Submit("m", 1).ok());
+  clock_.Advance(absl::Hours(1));  // unwoken, the executor would wait an hour of real time
+  EXPECT_EQ(rec_.Next().ids, std::vector<int>{1});
 }
 
 TEST_F(BatcherTest, FlushesAtBatchSizeWithoutWaitingForTheDelay) {
@@ -225,8 +246,7 @@ TEST_F(BatcherTest, SweepRejectsCancelledAndExpiredTasksWithoutWaitingForTheirBa
   EXPECT_EQ(rejected[2], std::make_pair(3, absl::StatusCode::kCancelled));
   EXPECT_EQ(batcher_->queued(), std::make_pair(2, int64_t{2}));  // tasks 2 and 5 still wait
   EXPECT_EQ(rec_.batches(), 0u);
-  clock_.Advance(absl::Seconds(59));
-  batcher_->Poke();
+  clock_.Advance(absl::Seconds(59));  // wakes the executor: no waiting a minute
   EXPECT_EQ(rec_.Next().ids, std::vector<int>{2});
 }
 
