@@ -582,7 +582,7 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
         OneDnnIsa(), "; use the emulated or auto mode"));
   }
   AttentionWeights w = weights;
-  if (config.dtype != DType::kF32) {
+  if (config.dtype == DType::kBF16) {
     for (auto* t : {&w.q_weight, &w.k_weight, &w.v_weight, &w.o_weight, &w.q_bias, &w.k_bias,
                     &w.v_bias, &w.o_bias}) {
       ParallelRoundToBF16(t->data(), t->size(), /*solo=*/true);
