@@ -19,6 +19,14 @@ absl::Status ValidateAttentionConfig(const AttentionConfig& c) {
   }
   if (c.kdim < 0) return bad("kdim: expected a positive integer (or 0 for embed_dim), got ", c.kdim);
   if (c.vdim < 0) return bad("vdim: expected a positive integer (or 0 for embed_dim), got ", c.vdim);
+  // The compute dtypes MultiHeadAttention implements. DType also names
+  // float16, a storage dtype only (weights, tensors on the wire): nothing
+  // computes in it, and Create used to take it for bf16 weights on float32
+  // activations.
+  if (c.dtype != DType::kF32 && c.dtype != DType::kBF16) {
+    return bad("dtype: expected ", DTypeName(DType::kF32), " or ", DTypeName(DType::kBF16),
+               ", got ", DTypeName(c.dtype));
+  }
   constexpr int kMaxDim = 1 << 16;
   if (c.embed_dim > kMaxDim || c.key_dim() > kMaxDim || c.value_dim() > kMaxDim) {
     return bad("embed_dim/kdim/vdim: expected at most ", kMaxDim);

@@ -20,7 +20,8 @@ struct AttentionConfig {
   int vdim = 0;
   // Projections have biases.
   bool bias = true;
-  // Compute dtype.
+  // Compute dtype: kF32 or kBF16 (bf16 values, float32 accumulation). kF16
+  // is a storage dtype only and ValidateAttentionConfig refuses it.
   DType dtype = DType::kF32;
 
   int head_dim() const { return num_heads > 0 ? embed_dim / num_heads : 0; }
@@ -31,7 +32,8 @@ struct AttentionConfig {
   int kv_proj_dim() const { return kv_heads() * head_dim(); }
 };
 
-// INVALID_ARGUMENT naming the field when the shape is impossible.
+// INVALID_ARGUMENT naming the field when the shape is impossible or the
+// dtype is not a compute dtype (kF32, kBF16).
 absl::Status ValidateAttentionConfig(const AttentionConfig& config);
 
 // Floating-point operations (multiply and add counted apart) of one

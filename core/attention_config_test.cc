@@ -50,5 +50,20 @@ TEST(ValidateAttentionConfigTest, NamesTheBadField) {
   EXPECT_TRUE(ValidateAttentionConfig(c).ok());
 }
 
+TEST(ValidateAttentionConfigTest, AcceptsOnlyTheComputeDtypes) {
+  AttentionConfig c;
+  c.embed_dim = 8;
+  c.num_heads = 2;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    c.dtype = dtype;
+    EXPECT_TRUE(ValidateAttentionConfig(c).ok()) << DTypeName(dtype);
+  }
+  // float16 is a storage dtype: MultiHeadAttention has no float16 compute.
+  c.dtype = DType::kF16;
+  const absl::Status s = ValidateAttentionConfig(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "dtype: expected float32 or bfloat16, got float16");
+}
+
 }  // namespace
 }  // namespace attn::core

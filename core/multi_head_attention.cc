@@ -163,7 +163,6 @@ void ParallelConvertToBF16(const float* in, size_t n, uint16_t* out, bool solo) 
   ForChunks(n, solo, [&](size_t b, size_t e) { kernels::ConvertToBF16(in + b, e - b, out + b); });
 }
 
-
 // Scratch buffers reused by every Forward() on the same thread. Growing
 // vectors keep their pages, so a steady stream of requests neither allocates
 // nor zero-fills (both cost as much as the attention itself on small shapes).
@@ -181,16 +180,371 @@ struct Scratch {
   }
 };
 
+// What the matmuls of a model read. Activations live in float32 buffers
+// throughout; a bf16 model rounds its inputs, the projected q/k/v and the
+// attention result to bf16 values before the next matmul reads them.
+enum class Activations {
+  kF32,          // float32 model: float32 as computed
+  kRoundedBF16,  // bf16 values in float32, for float32 matmuls (BF16Compute::kEmulated)
+  kBF16,         // bf16 bits, for bf16 matmuls (BF16Compute::kNative)
+};
+
+// The sizes one Forward() works with: the layer's from its config, the
+// batch's from its offsets (borrowed: the batch must outlive the shape).
+// Needs a batch that ValidateAttentionBatch accepted.
+struct ForwardShape {
+  ForwardShape(const AttentionConfig& config, const AttentionBatch& batch)
+      : e(config.embed_dim),
+        hd(config.head_dim()),
+        kvd(config.kv_proj_dim()),
+        heads(config.num_heads),
+        kv_heads(config.kv_heads()),
+        group(heads / kv_heads),
+        qo(batch.q_offsets),
+        ko(batch.kv()),
+        nq(qo.back()),
+        nk(ko.back()),
+        num_seqs(batch.num_sequences()) {}
+
+  int lq(int s) const { return static_cast<int>(qo[s + 1] - qo[s]); }
+  int lk(int s) const { return static_cast<int>(ko[s + 1] - ko[s]); }
+  size_t q_elems() const { return static_cast<size_t>(nq) * e; }
+
+  const int e;                     // embed_dim
+  const int hd;                    // head_dim
+  const int kvd;                   // projected key/value width (kv_proj_dim)
+  const int heads;                 // query heads
+  const int kv_heads;              // key/value heads
+  const int group;                 // query heads per key/value head
+  const std::vector<int64_t>& qo;  // query offsets, num_seqs + 1
+  const std::vector<int64_t>& ko;  // key/value offsets (qo for self-attention)
+  const int64_t nq;                // query rows
+  const int64_t nk;                // key/value rows
+  const int num_seqs;
+};
+
+// ValidateAttentionBatch, and a self-attention batch needs a model whose
+// keys and values are embed_dim wide. INVALID_ARGUMENT naming the field.
+absl::Status ValidateForwardBatch(const AttentionConfig& config, const AttentionBatch& batch) {
+  ATTN_RETURN_IF_ERROR(ValidateAttentionBatch(config, batch));
+  if (!batch.cross_attention &&
+      (config.key_dim() != config.embed_dim || config.value_dim() != config.embed_dim)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key: expected for this model (kdim ", config.key_dim(), ", vdim ", config.value_dim(),
+        " differ from embed_dim ", config.embed_dim, "), self-attention is not possible"));
+  }
+  return absl::OkStatus();
+}
+
+// True when the batch runs on the calling thread alone: at most kSoloRows
+// query and key rows and kSoloFlops FLOPs (see kSoloRows).
+bool RunsSolo(const AttentionConfig& config, const ForwardShape& shape, bool causal) {
+  double flops = 0;
+  for (int s = 0; s < shape.num_seqs && flops <= kSoloFlops; ++s) {
+    flops += ForwardFlops(config, shape.qo[s + 1] - shape.qo[s], shape.ko[s + 1] - shape.ko[s],
+                          causal);
+  }
+  return shape.nq <= kSoloRows && shape.nk <= kSoloRows && flops <= kSoloFlops;
+}
+
+// `in` (n floats) as a matmul under `activations` reads it: `in` itself
+// (kF32), or a copy rounded into `rounded` (kRoundedBF16) or converted into
+// `converted` (kBF16); only that buffer grows. `rounded` may be the buffer
+// that holds `in`: it is then rounded in place.
+const void* MatmulInput(const float* in, size_t n, Activations activations, bool solo,
+                        kernels::AlignedVector<float>& rounded,
+                        kernels::AlignedVector<uint16_t>& converted) {
+  switch (activations) {
+    case Activations::kF32:
+      break;
+    case Activations::kRoundedBF16: {
+      float* out = Scratch::Get(rounded, n);
+      ParallelRoundToBF16(in, n, out, solo);
+      return out;
+    }
+    case Activations::kBF16: {
+      uint16_t* out = Scratch::Get(converted, n);
+      ParallelConvertToBF16(in, n, out, solo);
+      return out;
+    }
+  }
+  return in;
+}
+
+// The rows the input projections read. Self-attention reads the query rows
+// for all three.
+struct ProjectionInputs {
+  const void* q;
+  const void* k;
+  const void* v;
+};
+
+// MatmulInput of the batch's query, key and value rows, in scratch's
+// xq/xk/xv (kRoundedBF16) or xq16/xk16/xv16 (kBF16).
+
+ProjectionInputs ConvertInputs(const AttentionBatch& batch, Activations activations, bool solo,
+                               Scratch& scratch) {
+  auto input = [&](absl::Span<const float> in, kernels::AlignedVector<float>& rounded,
+                   kernels::AlignedVector<uint16_t>& converted) {
+    return MatmulInput(in.data(), in.size(), activations, solo, rounded, converted);
+  };
+  ProjectionInputs inputs;
+  inputs.q = input(batch.query, scratch.xq, scratch.xq16);
+  inputs.k = batch.cross_attention ? input(batch.key, scratch.xk, scratch.xk16) : inputs.q;
+  inputs.v = batch.cross_attention ? input(batch.value, scratch.xv, scratch.xv16) : inputs.q;
+  return inputs;
+}
+
+// Sizes the output to [nq, E] and, when the batch asks for probabilities,
+// lays out every sequence's [heads, lq, lk] block, zeroed (AttendBlock
+// writes only the visible pairs); probs_offsets are zeros otherwise.
+void PrepareResult(const ForwardShape& shape, bool need_probs, AttentionResult* result) {
+  result->output.resize(shape.q_elems());
+  result->probs.clear();
+  result->probs_offsets.assign(shape.num_seqs, 0);
+  if (need_probs) {
+    int64_t total = 0;
+    for (int s = 0; s < shape.num_seqs; ++s) {
+      result->probs_offsets[s] = total;
+      total += static_cast<int64_t>(shape.heads) * (shape.qo[s + 1] - shape.qo[s]) *
+               (shape.ko[s + 1] - shape.ko[s]);
+    }
+    result->probs.assign(static_cast<size_t>(total), 0.0f);
+  }
+}
+
+// The projected queries (already scaled by 1/sqrt(head_dim)), keys and
+// values, borrowed from scratch: query row t at q + t * ldq, key and value
+// row t at k + t * ldk and v + t * ldk; head h in columns [h hd, (h+1) hd).
+struct ProjectedQkv {
+  const float* q;
+  const float* k;
+  const float* v;
+  ptrdiff_t ldq;
+  ptrdiff_t ldk;
+};
+
+// The attention step: softmax(Q Kᵀ + mask) V for every (sequence, head)
+// into the attention rows `attn` ([nq, E], head h in columns [h hd,
+// (h+1) hd)) and, when the batch asks, the probabilities into `result` (laid
+// out by PrepareResult). Keys are transposed into panels and values packed per
+// (sequence, kv head), so the microkernels stream contiguous memory; memory
+// grows with tokens, never with L². Borrows everything it is given.
+class AttentionStep {
+ public:
+  AttentionStep(const ForwardShape& shape, const ProjectedQkv& qkv, const AttentionBatch& batch,
+                float* attn, AttentionResult* result)
+      : shape_(shape),
+        qkv_(qkv),
+        causal_(batch.causal),
+        need_probs_(batch.need_probs),
+        attn_(attn),
+        result_(result) {}
+
+  // Runs on the OpenMP team of this thread (omp_get_max_threads() threads)
+  // with one of two schedules, chosen by the number of (sequence, kv head)
+  // units.
+  void Run(Scratch& scratch) const {
+    if (Units() >= 4 * static_cast<int64_t>(omp_get_max_threads())) {
+      RunPerUnit();
+    } else {
+      RunPackedTasks(scratch);
+    }
+  }
+
+ private:
+  int64_t Units() const { return static_cast<int64_t>(shape_.num_seqs) * shape_.kv_heads; }
+
+  // Floats that one (sequence, kv head) of lk keys takes packed.
+  size_t PackedKeysSize(int lk) const {
+    return static_cast<size_t>(shape_.hd) * kernels::RoundUpPanel(lk);
+  }
+  size_t PackedValuesSize(int lk) const { return static_cast<size_t>(lk) * value_stride_; }
+
+  // Packs kv head g of sequence s: its keys transposed into panels at kt
+  // (PackedKeysSize floats), its values at v (PackedValuesSize floats).
+  void Pack(int s, int g, float* kt, float* v) const {
+    const int lk = shape_.lk(s);
+    const ptrdiff_t ldk = qkv_.ldk;
+    const int hd = shape_.hd;
+    kernels::TransposeKeys(qkv_.k + shape_.ko[s] * ldk + g * hd, ldk, lk, hd, kt);
+    kernels::PackValues(qkv_.v + shape_.ko[s] * ldk + g * hd, ldk, lk, hd, v);
+  }
+
+  // Query head h of sequence s over its kv head's packed keys and values.
+  kernels::HeadView View(int s, int h, const float* kt, const float* v) const {
+    const int hd = shape_.hd;
+    kernels::HeadView view;
+    view.lq = shape_.lq(s);
+    view.lk = shape_.lk(s);
+    view.head_dim = hd;
+    view.causal = causal_;
+    view.q = qkv_.q + shape_.qo[s] * qkv_.ldq + h * hd;
+    view.ldq = qkv_.ldq;
+    view.kt = kt;
+    view.v = v;
+    view.ldv = value_stride_;
+    view.out = attn_ + shape_.qo[s] * shape_.e + h * hd;
+    view.ldo = shape_.e;
+    if (need_probs_) {
+      view.probs = result_->probs.data() + result_->probs_offsets[s] +
+                   static_cast<int64_t>(h) * view.lq * view.lk;
+    }
+    return view;
+  }
+
+  // Enough (sequence, kv head) units to share out: each thread packs one
+  // unit's keys and values into its own scratch and runs every query head of
+  // the group on them while they are hot in cache.
+  void RunPerUnit() const {
+    const int64_t units = Units();
+#pragma omp parallel
+    {
+      static thread_local kernels::AlignedVector<float> kt_buf, v_buf;
+      static thread_local kernels::Workspace ws;
+#pragma omp for schedule(dynamic)
+      for (int64_t t = 0; t < units; ++t) {
+        const int s = static_cast<int>(t / shape_.kv_heads);
+        const int g = static_cast<int>(t % shape_.kv_heads);
+        const int lk = shape_.lk(s);
+        const int lq = shape_.lq(s);
+        float* kt = Scratch::Get(kt_buf, PackedKeysSize(lk));
+        float* v = Scratch::Get(v_buf, PackedValuesSize(lk));
+        Pack(s, g, kt, v);
+        for (int h = g * shape_.group; h < (g + 1) * shape_.group; ++h) {
+          const kernels::HeadView view = View(s, h, kt, v);
+          for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) {
+            kernels::AttendBlock(view, i0, &ws);
+          }
+        }
+      }
+    }
+  }
+
+  // Few units (one long sequence, few kv heads): packs every unit first,
+  // then shares out (sequence, head, block of query rows) tasks.
+  void RunPackedTasks(Scratch& scratch) const {
+    const int num_seqs = shape_.num_seqs;
+    const int kv_heads = shape_.kv_heads;
+    std::vector<int64_t> kt_offset(num_seqs + 1, 0);
+    for (int s = 0; s < num_seqs; ++s) {
+      kt_offset[s + 1] =
+          kt_offset[s] + static_cast<int64_t>(kv_heads) * PackedKeysSize(shape_.lk(s));
+    }
+    float* kt = Scratch::Get(scratch.kt, kt_offset.back());
+    float* vp = Scratch::Get(scratch.vp, shape_.nk * kv_heads * value_stride_);
+    auto kt_of = [&](int s, int g) {
+      return kt + kt_offset[s] + static_cast<int64_t>(g) * PackedKeysSize(shape_.lk(s));
+    };
+    auto v_of = [&](int s, int g) {
+      return vp + shape_.ko[s] * kv_heads * value_stride_ + g * PackedValuesSize(shape_.lk(s));
+    };
+    const int64_t units = Units();
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < units; ++t) {
+      const int s = static_cast<int>(t / kv_heads);
+      const int g = static_cast<int>(t % kv_heads);
+      Pack(s, g, kt_of(s, g), v_of(s, g));
+    }
+    // Costs differ (ragged and causal), so threads take tasks dynamically.
+    struct Task {
+      int s, h, i0;
+    };
+    std::vector<Task> tasks;
+    for (int s = 0; s < num_seqs; ++s) {
+      const int lq = shape_.lq(s);
+      for (int h = 0; h < shape_.heads; ++h) {
+        for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) tasks.push_back({s, h, i0});
+      }
+    }
+#pragma omp parallel
+    {
+      static thread_local kernels::Workspace ws;
+#pragma omp for schedule(dynamic)
+      for (size_t t = 0; t < tasks.size(); ++t) {
+        const Task& task = tasks[t];
+        const int g = task.h / shape_.group;
+        kernels::AttendBlock(View(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)), task.i0,
+                             &ws);
+      }
+    }
+  }
+
+  const ForwardShape& shape_;
+  const ProjectedQkv qkv_;
+  const bool causal_;
+  const bool need_probs_;
+  float* const attn_;
+  AttentionResult* const result_;
+  // Row stride of the packed values (see kernels::ValueStride).
+  const int value_stride_ = kernels::ValueStride(shape_.hd);
+};
+
+using Clock = std::chrono::steady_clock;
+
+// Fills `timings` from the step boundaries of one Forward(): t0 its start,
+// t1 the end of the input projections, t2 the start of the output
+// projection, which ends now.
+void FillTimings(Clock::time_point t0, Clock::time_point t1, Clock::time_point t2,
+                 ForwardTimings* timings) {
+  const auto t3 = Clock::now();
+  timings->attention_seconds = std::chrono::duration<double>(t2 - t1).count();
+  timings->projections_seconds = std::chrono::duration<double>((t1 - t0) + (t3 - t2)).count();
+}
+
 }  // namespace
 
 struct MultiHeadAttention::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::string kernel_target;  // the Highway target of the attention kernels
   bool fused_qkv = false;  // self-attention: one matmul for q, k and v
-  bool native_bf16 = false;  // projections are bf16 matmuls (BF16Compute)
+  // What the matmuls read; kBF16: bf16 matmuls (BF16Compute, native_bf16()).
+  Activations activations = Activations::kF32;
   int threads = 1;         // the team size of a batch that is not solo
   Linear qkv;              // [E] -> [E + 2 * kv_proj_dim] (self-attention only)
   Linear q, k, v, o;       // q/k/v for cross-attention; o always
+
+  // The matmul steps of Forward(); both throw dnnl::error when oneDNN fails.
+
+  // The input projections of `inputs` into scratch (one [nq, E + 2 kvd]
+  // buffer for self-attention on the fused matmul, else three), rounded to
+  // bf16 values unless the model is float32.
+  ProjectedQkv Project(const ProjectionInputs& inputs, const ForwardShape& shape,
+                       bool cross_attention, bool solo, dnnl::stream& strm,
+                       Scratch& scratch) const {
+    const bool bf16 = activations != Activations::kF32;
+    const int64_t nq = shape.nq, nk = shape.nk;
+    const int e = shape.e, kvd = shape.kvd;
+    if (fused_qkv && !cross_attention) {
+      const ptrdiff_t ld = e + 2 * kvd;
+      float* out = Scratch::Get(scratch.qkv, nq * ld);
+      qkv.Run(engine, strm, inputs.q, nq, out, solo);
+      strm.wait();
+      if (bf16) ParallelRoundToBF16(out, nq * ld, solo);
+      return {out, out + e, out + e + kvd, ld, ld};
+    }
+    float* qb = Scratch::Get(scratch.qkv, shape.q_elems());
+    float* kb = Scratch::Get(scratch.k, nk * kvd);
+    float* vb = Scratch::Get(scratch.v, nk * kvd);
+    q.Run(engine, strm, inputs.q, nq, qb, solo);
+    k.Run(engine, strm, inputs.k, nk, kb, solo);
+    v.Run(engine, strm, inputs.v, nk, vb, solo);
+    strm.wait();
+    if (bf16) {
+      ParallelRoundToBF16(qb, shape.q_elems(), solo);
+      ParallelRoundToBF16(kb, nk * kvd, solo);
+      ParallelRoundToBF16(vb, nk * kvd, solo);
+    }
+    return {qb, kb, vb, e, kvd};
+  }
+
+  // out[nq, E] = attn Woᵀ + bo, where attn is the attention rows as
+  // MatmulInput gives them.
+  void OutputProject(const void* attn, int64_t nq, bool solo, dnnl::stream& strm,
+                     float* out) const {
+    o.Run(engine, strm, attn, nq, out, solo);
+    strm.wait();
+  }
 };
 
 MultiHeadAttention::MultiHeadAttention(const AttentionConfig& config, const Options& options,
@@ -221,7 +575,7 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
         OneDnnIsa(), "; use the emulated or auto mode"));
   }
   AttentionWeights w = weights;
-  if (config.dtype != DType::kF32) {
+  if (config.dtype == DType::kBF16) {
     for (auto* t : {&w.q_weight, &w.k_weight, &w.v_weight, &w.o_weight, &w.q_bias, &w.k_bias,
                     &w.v_bias, &w.o_bias}) {
       ParallelRoundToBF16(t->data(), t->size(), /*solo=*/true);
@@ -234,7 +588,9 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
 
   auto impl = std::make_unique<Impl>();
   impl->kernel_target = kernels::TargetName();
-  impl->native_bf16 = native_bf16;
+  impl->activations = native_bf16                     ? Activations::kBF16
+                      : config.dtype == DType::kBF16 ? Activations::kRoundedBF16
+                                                     : Activations::kF32;
   const Dt src_dt = native_bf16 ? Dt::bf16 : Dt::f32;
   try {
     const int e = config.embed_dim;
@@ -263,234 +619,35 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
 
 absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionResult* result,
                                          ForwardTimings* timings) const {
-  using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  ATTN_RETURN_IF_ERROR(ValidateAttentionBatch(config_, batch));
-  if (!batch.cross_attention && (config_.key_dim() != config_.embed_dim ||
-                                 config_.value_dim() != config_.embed_dim)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "key: expected for this model (kdim ", config_.key_dim(), ", vdim ", config_.value_dim(),
-        " differ from embed_dim ", config_.embed_dim, "), self-attention is not possible"));
-  }
-  const int e = config_.embed_dim;
-  const int hd = config_.head_dim();
-  const int kvd = config_.kv_proj_dim();
-  const int heads = config_.num_heads;
-  const int kv_heads = config_.kv_heads();
-  const int group = heads / kv_heads;
-  const std::vector<int64_t>& qo = batch.q_offsets;
-  const std::vector<int64_t>& ko = batch.kv();
-  const int64_t nq = qo.back();
-  const int64_t nk = ko.back();
-  const int num_seqs = batch.num_sequences();
-  const bool bf16 = config_.dtype == DType::kBF16;
-  const bool native_bf16 = impl_->native_bf16;
-
+  ATTN_RETURN_IF_ERROR(ValidateForwardBatch(config_, batch));
+  const ForwardShape shape(config_, batch);
   // A small batch runs on this thread alone (see kSoloRows); otherwise on
   // the team the options ask for.
-  double flops = 0;
-  for (int s = 0; s < num_seqs && flops <= kSoloFlops; ++s) {
-    flops += ForwardFlops(config_, qo[s + 1] - qo[s], ko[s + 1] - ko[s], batch.causal);
-  }
-  const bool solo = nq <= kSoloRows && nk <= kSoloRows && flops <= kSoloFlops;
+  const bool solo = RunsSolo(config_, shape, batch.causal);
   omp_set_num_threads(solo ? 1 : impl_->threads);
 
   static thread_local Scratch scratch;
-  const size_t q_elems = static_cast<size_t>(nq) * e;
-  // bf16 activations: the inputs, the projected q/k/v and the attention
-  // result are rounded to bfloat16 before each matmul reads them (native:
-  // converted to bf16 for the bf16 matmuls; emulated: rounded in float32).
-  const void* xq = batch.query.data();
-  const void* xk = batch.cross_attention ? batch.key.data() : xq;
-  const void* xv = batch.cross_attention ? batch.value.data() : xq;
-  if (native_bf16) {
-    auto converted = [&](absl::Span<const float> in, kernels::AlignedVector<uint16_t>& buffer) {
-      uint16_t* out = Scratch::Get(buffer, in.size());
-      ParallelConvertToBF16(in.data(), in.size(), out, solo);
-      return out;
-    };
-    xq = converted(batch.query, scratch.xq16);
-    xk = batch.cross_attention ? converted(batch.key, scratch.xk16) : xq;
-    xv = batch.cross_attention ? converted(batch.value, scratch.xv16) : xq;
-  } else if (bf16) {
-    auto rounded = [&](absl::Span<const float> in, kernels::AlignedVector<float>& buffer) {
-      float* out = Scratch::Get(buffer, in.size());
-      ParallelRoundToBF16(in.data(), in.size(), out, solo);
-      return out;
-    };
-    xq = rounded(batch.query, scratch.xq);
-    xk = batch.cross_attention ? rounded(batch.key, scratch.xk) : xq;
-    xv = batch.cross_attention ? rounded(batch.value, scratch.xv) : xq;
-  }
-
-  // Projected q, k, v: one [nq, E + 2 kvd] buffer (self) or three (cross).
-  const float *q, *k, *v;
-  ptrdiff_t ldq, ldk;
-  float* attn = Scratch::Get(scratch.attn, q_elems);
-  result->output.resize(q_elems);
-  result->probs.clear();
-  result->probs_offsets.assign(num_seqs, 0);
-  if (batch.need_probs) {
-    int64_t total = 0;
-    for (int s = 0; s < num_seqs; ++s) {
-      result->probs_offsets[s] = total;
-      total += static_cast<int64_t>(heads) * (qo[s + 1] - qo[s]) * (ko[s + 1] - ko[s]);
-    }
-    result->probs.assign(static_cast<size_t>(total), 0.0f);
-  }
-
+  const Activations activations = impl_->activations;
+  const ProjectionInputs inputs = ConvertInputs(batch, activations, solo, scratch);
+  float* attn = Scratch::Get(scratch.attn, shape.q_elems());
+  PrepareResult(shape, batch.need_probs, result);
   auto t1 = t0, t2 = t0;
   try {
     dnnl::stream strm(impl_->engine);
-    if (impl_->fused_qkv && !batch.cross_attention) {
-      const ptrdiff_t ld = e + 2 * kvd;
-      float* qkv = Scratch::Get(scratch.qkv, nq * ld);
-      impl_->qkv.Run(impl_->engine, strm, xq, nq, qkv, solo);
-      strm.wait();
-      if (bf16) ParallelRoundToBF16(qkv, nq * ld, solo);
-      q = qkv;
-      k = qkv + e;
-      v = qkv + e + kvd;
-      ldq = ldk = ld;
-    } else {
-      float* qb = Scratch::Get(scratch.qkv, q_elems);
-      float* kb = Scratch::Get(scratch.k, nk * kvd);
-      float* vb = Scratch::Get(scratch.v, nk * kvd);
-      impl_->q.Run(impl_->engine, strm, xq, nq, qb, solo);
-      impl_->k.Run(impl_->engine, strm, xk, nk, kb, solo);
-      impl_->v.Run(impl_->engine, strm, xv, nk, vb, solo);
-      strm.wait();
-      if (bf16) {
-        ParallelRoundToBF16(qb, q_elems, solo);
-        ParallelRoundToBF16(kb, nk * kvd, solo);
-        ParallelRoundToBF16(vb, nk * kvd, solo);
-      }
-      q = qb;
-      k = kb;
-      v = vb;
-      ldq = e;
-      ldk = kvd;
-    }
+    const ProjectedQkv qkv =
+        impl_->Project(inputs, shape, batch.cross_attention, solo, strm, scratch);
     t1 = Clock::now();
-
-    // Keys are transposed into panels and values packed per (sequence, kv
-    // head), so the microkernels stream contiguous memory; memory grows with
-    // tokens, never with L².
-    auto view_of = [&](int s, int h, const float* kt_sg, const float* v_sg) {
-      kernels::HeadView view;
-      view.lq = static_cast<int>(qo[s + 1] - qo[s]);
-      view.lk = static_cast<int>(ko[s + 1] - ko[s]);
-      view.head_dim = hd;
-      view.causal = batch.causal;
-      view.q = q + qo[s] * ldq + h * hd;
-      view.ldq = ldq;
-      view.kt = kt_sg;
-      view.v = v_sg;
-      view.ldv = kernels::ValueStride(hd);
-      view.out = attn + qo[s] * e + h * hd;
-      view.ldo = e;
-      if (batch.need_probs) {
-        view.probs = result->probs.data() + result->probs_offsets[s] +
-                     static_cast<int64_t>(h) * view.lq * view.lk;
-      }
-      return view;
-    };
-    auto pack = [&](int s, int g, float* kt_sg, float* v_sg) {
-      const int lk = static_cast<int>(ko[s + 1] - ko[s]);
-      kernels::TransposeKeys(k + ko[s] * ldk + g * hd, ldk, lk, hd, kt_sg);
-      kernels::PackValues(v + ko[s] * ldk + g * hd, ldk, lk, hd, v_sg);
-    };
-    const int64_t units = static_cast<int64_t>(num_seqs) * kv_heads;
-    if (units >= 4 * static_cast<int64_t>(omp_get_max_threads())) {
-      // Enough (sequence, kv head) units to share out: each thread packs one
-      // unit's keys and values into its own scratch and runs every query head
-      // of the group on them while they are hot in cache.
-#pragma omp parallel
-      {
-        static thread_local kernels::AlignedVector<float> kt_buf, v_buf;
-        static thread_local kernels::Workspace ws;
-#pragma omp for schedule(dynamic)
-        for (int64_t t = 0; t < units; ++t) {
-          const int s = static_cast<int>(t / kv_heads);
-          const int g = static_cast<int>(t % kv_heads);
-          const int lk = static_cast<int>(ko[s + 1] - ko[s]);
-          const int lq = static_cast<int>(qo[s + 1] - qo[s]);
-          float* kt_sg = Scratch::Get(kt_buf, static_cast<size_t>(hd) * kernels::RoundUpPanel(lk));
-          float* v_sg = Scratch::Get(v_buf, static_cast<size_t>(lk) * kernels::ValueStride(hd));
-          pack(s, g, kt_sg, v_sg);
-          for (int h = g * group; h < (g + 1) * group; ++h) {
-            const kernels::HeadView view = view_of(s, h, kt_sg, v_sg);
-            for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) {
-              kernels::AttendBlock(view, i0, &ws);
-            }
-          }
-        }
-      }
-    } else {
-      // Few units (one long sequence, few kv heads): pack everything first,
-      // then share out (sequence, head, block of query rows) tasks.
-      std::vector<int64_t> kt_offset(num_seqs + 1, 0);
-      for (int s = 0; s < num_seqs; ++s) {
-        kt_offset[s + 1] = kt_offset[s] + static_cast<int64_t>(kv_heads) * hd *
-                                              kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
-      }
-      float* kt = Scratch::Get(scratch.kt, kt_offset.back());
-      float* vp = Scratch::Get(scratch.vp, nk * kv_heads * kernels::ValueStride(hd));
-      auto kt_of = [&](int s, int g) {
-        return kt + kt_offset[s] +
-               static_cast<int64_t>(g) * hd * kernels::RoundUpPanel(static_cast<int>(ko[s + 1] - ko[s]));
-      };
-      auto v_of = [&](int s, int g) {
-        return vp + (ko[s] * kv_heads + g * (ko[s + 1] - ko[s])) * kernels::ValueStride(hd);
-      };
-#pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < units; ++t) {
-        const int s = static_cast<int>(t / kv_heads);
-        const int g = static_cast<int>(t % kv_heads);
-        pack(s, g, kt_of(s, g), v_of(s, g));
-      }
-      // Costs differ (ragged and causal), so threads take tasks dynamically.
-      struct Task {
-        int s, h, i0;
-      };
-      std::vector<Task> tasks;
-      for (int s = 0; s < num_seqs; ++s) {
-        const int lq = static_cast<int>(qo[s + 1] - qo[s]);
-        for (int h = 0; h < heads; ++h) {
-          for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) tasks.push_back({s, h, i0});
-        }
-      }
-#pragma omp parallel
-      {
-        static thread_local kernels::Workspace ws;
-#pragma omp for schedule(dynamic)
-        for (size_t t = 0; t < tasks.size(); ++t) {
-          const Task& task = tasks[t];
-          const int g = task.h / group;
-          kernels::AttendBlock(view_of(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)),
-                               task.i0, &ws);
-        }
-      }
-    }
-    const void* o_in = attn;
-    if (native_bf16) {
-      uint16_t* attn16 = Scratch::Get(scratch.attn16, q_elems);
-      ParallelConvertToBF16(attn, q_elems, attn16, solo);
-      o_in = attn16;
-    } else if (bf16) {
-      ParallelRoundToBF16(attn, q_elems, solo);
-    }
+    AttentionStep(shape, qkv, batch, attn, result).Run(scratch);
+    // Rounded in place, or converted into scratch.attn16.
+    const void* o_in =
+        MatmulInput(attn, shape.q_elems(), activations, solo, scratch.attn, scratch.attn16);
     t2 = Clock::now();
-    impl_->o.Run(impl_->engine, strm, o_in, nq, result->output.data(), solo);
-    strm.wait();
+    impl_->OutputProject(o_in, shape.nq, solo, strm, result->output.data());
   } catch (const dnnl::error& err) {
     return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
   }
-  if (timings != nullptr) {
-    const auto t3 = Clock::now();
-    timings->attention_seconds = std::chrono::duration<double>(t2 - t1).count();
-    timings->projections_seconds = std::chrono::duration<double>((t1 - t0) + (t3 - t2)).count();
-  }
+  if (timings != nullptr) FillTimings(t0, t1, t2, timings);
   return absl::OkStatus();
 }
 
@@ -502,7 +659,9 @@ std::vector<std::string> MultiHeadAttention::ImplementationNames() const {
   return names;
 }
 
-bool MultiHeadAttention::native_bf16() const { return impl_->native_bf16; }
+bool MultiHeadAttention::native_bf16() const {
+  return impl_->activations == Activations::kBF16;
+}
 
 bool MultiHeadAttention::CpuHasNativeBF16() {
   return OneDnnIsaIncludes(dnnl::cpu_isa::avx512_core_bf16);

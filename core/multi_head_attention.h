@@ -62,7 +62,8 @@ class MultiHeadAttention {
   // Validates config and weights, packs the weights and builds every oneDNN
   // primitive Forward() will use. dtype kBF16 rounds weights and activations
   // to bfloat16 (accumulation and softmax stay float32). INVALID_ARGUMENT for
-  // a bad config or weights, INTERNAL if oneDNN fails.
+  // a bad config (ValidateAttentionConfig: e.g. dtype kF16, which has no
+  // compute here) or weights, INTERNAL if oneDNN fails.
   static absl::StatusOr<std::unique_ptr<MultiHeadAttention>> Create(const AttentionConfig& config,
                                                                     const AttentionWeights& weights,
                                                                     const Options& options);

@@ -484,6 +484,16 @@ TEST(MultiHeadAttentionTest, CreateRejectsMismatchedWeights) {
   EXPECT_NE(mha.status().message().find("k_weight"), std::string::npos);
 }
 
+TEST(MultiHeadAttentionTest, CreateRefusesFloat16Compute) {
+  // It used to accept it, then rounded the weights to bf16 and computed the
+  // activations in float32.
+  AttentionConfig c = Config(16, 2);
+  c.dtype = DType::kF16;
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});
+  EXPECT_EQ(mha.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mha.status().message(), "dtype: expected float32 or bfloat16, got float16");
+}
+
 TEST(MultiHeadAttentionTest, ReportsOneDnnVersionAndIsa) {
   EXPECT_EQ(MultiHeadAttention::OneDnnVersion().rfind("2.", 0), 0u);
   EXPECT_FALSE(MultiHeadAttention::OneDnnIsa().empty());

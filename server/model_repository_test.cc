@@ -132,7 +132,12 @@ TEST_F(ModelRepositoryTest, Bfloat16ComputeIsAcceptedAndFloat16Refused) {
   WriteQkvoModel("half", "dtype: FLOAT16\n");
   repo = Load();
   ASSERT_FALSE(repo.ok());
-  EXPECT_TRUE(absl::StrContains(repo.status().message(), "dtype: expected FLOAT32 or BFLOAT16"))
+  EXPECT_EQ(repo.status().code(), absl::StatusCode::kInvalidArgument) << repo.status();
+  // The config's own enum names; ValidateAttentionConfig (core) would refuse
+  // DType::kF16 too, in core's names.
+  EXPECT_TRUE(absl::StrContains(repo.status().message(),
+                                "half/config.pbtxt: dtype: expected FLOAT32 or BFLOAT16, "
+                                "got FLOAT16"))
       << repo.status();
 }
 
