@@ -111,7 +111,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"CausalLqGtLkHasMaskedRows", Config(32, 2), {6}, {3}, true},
         Case{"NoBias", Config(48, 4, 2, 0, 0, false), {10}, {}},
         Case{"GqaCrossCausal", Config(128, 4, 2, 32, 48), {5, 1, 7}, {5, 9, 2}, true},
-        // Block edges: 64-row query blocks, 128-key blocks, 6x64 register tiles.
+        // Past the kernels' block edges (core/attention_kernels.h: kBlockQ = 128 query rows,
+        // kBlockK = 256 keys, kPanel = 64-key panels) through the whole layer; every edge on
+        // every SIMD target is in attention_kernels_test.cc.
         Case{"HeadDim32ManyBlocks", Config(64, 2), {200}, {}},
         Case{"HeadDim64CausalManyBlocks", Config(128, 2), {300, 65}, {}, true},
         Case{"HeadDim80Cross", Config(160, 2), {70}, {129}},
