@@ -25,8 +25,8 @@ using attention::v1::AttendRequest;
 using attention::v1::AttendResponse;
 
 // Closed loop over unary AttendAsync: `slots` requests always in flight. A
-// client whose request failed waits --error_backoff before its next one (on
-// a timer thread: gRPC's callback threads must not sleep).
+// slot whose request failed waits `error_backoff` before its next one (on a
+// timer thread: gRPC's callback threads must not sleep).
 class ClosedLoop final : public LoadManager {
  public:
   ClosedLoop(client::AttentionClient* client, const Workload* w, Recorder* rec, int slots,
