@@ -118,18 +118,17 @@ constexpr int kExitNotServing = 1;
 constexpr int kExitError = 2;
 
 // One sequence's probabilities ([batch, heads, seq_q, seq_k] from the
-// server), cropped to its valid rows and keys, one head or the mean.
+// server), cropped to its valid rows and keys: sequence `b`
+// (--heatmap_sequence), head `head` (--head; -1 for the mean over heads).
 absl::Status WriteHeatmap(const std::string& path, const AttendRequest& request,
                           const std::vector<float>& probs, const std::vector<int64_t>& shape,
-                          const std::vector<std::string>& tokens) {
+                          const std::vector<std::string>& tokens, int b, int head) {
   if (shape.size() != 4) return absl::DataLossError("attention_probs: expected rank 4");
   const int64_t batch = shape[0], heads = shape[1], seq_q = shape[2], seq_k = shape[3];
-  const int b = absl::GetFlag(FLAGS_heatmap_sequence);
   if (b < 0 || b >= batch) {
     return absl::InvalidArgumentError(
         absl::StrCat("--heatmap_sequence: expected 0..", batch - 1, ", got ", b));
   }
-  const int head = absl::GetFlag(FLAGS_head);
   if (head < -1 || head >= heads) {
     return absl::InvalidArgumentError(absl::StrCat("--head: expected -1 (mean) or 0..", heads - 1,
                                                    ", got ", head));
@@ -359,6 +358,242 @@ absl::Status WriteOutput(const std::string& path, const std::vector<int64_t>& sh
       absl::StrCat("--output: expected a .npy or .safetensors file, got '", path, "'"));
 }
 
+// attend's flags, read and checked before anything is sent.
+struct AttendFlags {
+  std::string model;
+  EncodeOptions encode;  // --dtype, --packed
+  std::vector<int32_t> lengths, key_lengths;
+  std::string output_path;   // "" or .npy / .safetensors
+  std::string heatmap_path;  // "" or .svg
+  std::vector<std::string> tokens;  // --tokens, split at spaces
+  std::string input_path, input_tensor;
+  // The random batch (no --input): seq_len is the number of --tokens when
+  // there are any; kv_len 0 means seq_len.
+  int64_t batch = 0, seq_len = 0, kv_len = 0;
+  uint64_t seed = 0;
+  bool causal = false, probs = false;
+  std::string probs_layout;
+  int32_t show = 0, head = -1, heatmap_sequence = 0;
+};
+
+absl::StatusOr<AttendFlags> ReadAttendFlags() {
+  AttendFlags f;
+  f.model = absl::GetFlag(FLAGS_model);
+  absl::StatusOr<attention::v1::DataType> dtype = wire::ParseDataType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message()));
+  }
+  f.encode.dtype = *dtype;
+  f.encode.packed = absl::GetFlag(FLAGS_packed);
+  if (f.encode.packed && f.encode.dtype != attention::v1::FLOAT32) {
+    return absl::InvalidArgumentError(
+        "--packed sends float_data, which carries float32 only; use --dtype=float32");
+  }
+  absl::StatusOr<std::vector<int32_t>> lengths =
+      ParseLengths(absl::GetFlag(FLAGS_lengths), "lengths");
+  if (!lengths.ok()) return lengths.status();
+  f.lengths = *std::move(lengths);
+  absl::StatusOr<std::vector<int32_t>> key_lengths =
+      ParseLengths(absl::GetFlag(FLAGS_key_lengths), "key_lengths");
+  if (!key_lengths.ok()) return key_lengths.status();
+  f.key_lengths = *std::move(key_lengths);
+  f.output_path = absl::GetFlag(FLAGS_output);
+  if (!f.output_path.empty() && !absl::EndsWith(f.output_path, ".npy") &&
+      !absl::EndsWith(f.output_path, ".safetensors")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--output: expected a .npy or .safetensors file, got '", f.output_path, "'"));
+  }
+  f.heatmap_path = absl::GetFlag(FLAGS_heatmap);
+  if (!f.heatmap_path.empty() && !absl::EndsWith(f.heatmap_path, ".svg")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--heatmap: expected an .svg file, got '", f.heatmap_path, "'"));
+  }
+  f.tokens = absl::StrSplit(absl::GetFlag(FLAGS_tokens), ' ', absl::SkipWhitespace());
+  f.input_path = absl::GetFlag(FLAGS_input);
+  f.input_tensor = absl::GetFlag(FLAGS_input_tensor);
+  f.batch = absl::GetFlag(FLAGS_batch);
+  f.seq_len =
+      f.tokens.empty() ? absl::GetFlag(FLAGS_seq_len) : static_cast<int64_t>(f.tokens.size());
+  f.kv_len = absl::GetFlag(FLAGS_kv_len);
+  f.seed = absl::GetFlag(FLAGS_seed);
+  f.causal = absl::GetFlag(FLAGS_causal);
+  f.probs = absl::GetFlag(FLAGS_probs);
+  f.probs_layout = absl::GetFlag(FLAGS_probs_layout);
+  f.show = absl::GetFlag(FLAGS_show);
+  f.head = absl::GetFlag(FLAGS_head);
+  f.heatmap_sequence = absl::GetFlag(FLAGS_heatmap_sequence);
+  return f;
+}
+
+// The random batch's sizes, before the model is asked for.
+absl::Status CheckRandomShape(const AttendFlags& f) {
+  if (f.batch <= 0 || f.seq_len <= 0 || f.kv_len < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batch and --seq_len must be positive and --kv_len non-negative, got "
+                     "batch=", f.batch, " seq_len=", f.seq_len, " kv_len=", f.kv_len));
+  }
+  return absl::OkStatus();
+}
+
+// Random normal inputs of the model's widths; key and value for a
+// cross-attention model or when --kv_len is set.
+absl::StatusOr<Inputs> RandomInputs(const AttendFlags& f, const ModelInfo& info) {
+  absl::StatusOr<core::AttentionConfig> config = wire::ConfigFromModelInfo(info);
+  if (!config.ok()) return config.status();
+  const int64_t embed_dim = config->embed_dim;
+  const int64_t kdim = config->key_dim();
+  const int64_t vdim = config->value_dim();
+  const int64_t kv_len = f.kv_len > 0 ? f.kv_len : f.seq_len;
+  std::mt19937_64 gen(f.seed);
+  Inputs inputs;
+  inputs.query = RandomNormal({f.batch, f.seq_len, embed_dim}, gen);
+  if (kdim != embed_dim || vdim != embed_dim || f.kv_len > 0) {
+    inputs.key = RandomNormal({f.batch, kv_len, kdim}, gen);
+    inputs.value = RandomNormal({f.batch, kv_len, vdim}, gen);
+  }
+  return inputs;
+}
+
+// The request: the inputs encoded as --dtype/--packed say, the lengths,
+// the mask and what to return.
+absl::StatusOr<AttendRequest> BuildRequest(const AttendFlags& f, const Inputs& inputs) {
+  AttendRequest request;
+  request.set_model_name(f.model);
+  request.set_request_id("attention-cli");
+  auto encode_into = [&](const HostTensor& t, Tensor* out, absl::string_view label) {
+    absl::StatusOr<Tensor> encoded = wire::EncodeTensor(t.shape, t.values, f.encode, label);
+    if (!encoded.ok()) return encoded.status();
+    *out = *std::move(encoded);
+    return absl::OkStatus();
+  };
+  if (absl::Status s = encode_into(inputs.query, request.mutable_query(), "query"); !s.ok()) {
+    return s;
+  }
+  if (inputs.key) {
+    if (absl::Status s = encode_into(*inputs.key, request.mutable_key(), "key"); !s.ok()) return s;
+    if (absl::Status s = encode_into(*inputs.value, request.mutable_value(), "value"); !s.ok()) {
+      return s;
+    }
+  }
+  request.mutable_query_lengths()->Assign(f.lengths.begin(), f.lengths.end());
+  request.mutable_key_lengths()->Assign(f.key_lengths.begin(), f.key_lengths.end());
+  request.set_causal(f.causal);
+  request.set_return_attention_probs(f.probs || !f.heatmap_path.empty());
+  if (f.probs_layout == "packed") {
+    if (!f.heatmap_path.empty()) {
+      return absl::InvalidArgumentError("--heatmap: needs --probs_layout=padded");
+    }
+    request.set_attention_probs_layout(attention::v1::PROBS_LAYOUT_PACKED);
+  } else if (f.probs_layout != "padded") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--probs_layout: expected padded or packed, got '", f.probs_layout, "'"));
+  }
+  return request;
+}
+
+// "output stats: min=… max=… mean=…" over the non-NaN values, and how many
+// were NaN.
+void PrintOutputStats(const std::vector<float>& values) {
+  float lo = std::numeric_limits<float>::infinity();
+  float hi = -std::numeric_limits<float>::infinity();
+  double sum = 0;
+  int64_t nan = 0;
+  for (float v : values) {
+    if (std::isnan(v)) {
+      ++nan;
+      continue;
+    }
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+    sum += v;
+  }
+  const int64_t finite = static_cast<int64_t>(values.size()) - nan;
+  std::printf("output stats: min=%s max=%s mean=%s%s\n", FormatValue(lo).c_str(),
+              FormatValue(hi).c_str(),
+              FormatValue(finite > 0 ? static_cast<float>(sum / finite) : NAN).c_str(),
+              nan > 0 ? absl::StrCat(" nan=", nan).c_str() : "");
+}
+
+// Decodes the output and prints its model, shape, dtype, the first `show`
+// values of row 0 and its stats. DataLoss when it does not decode.
+absl::StatusOr<std::vector<float>> PrintOutput(const AttendResponse& response, int32_t show) {
+  const Tensor& out = response.output();
+  absl::StatusOr<std::vector<float>> values = DecodeTensor(out, "output");
+  if (!values.ok()) return absl::DataLossError(values.status().message());
+  const std::vector<int64_t> shape(out.shape().begin(), out.shape().end());
+  std::printf("model: %s\n", response.model_name().c_str());
+  std::printf("output shape: %s\n", ShapeToString(shape).c_str());
+  std::printf("output dtype: %s\n", DataTypeName(out.dtype()).c_str());
+  if (!shape.empty() && !values->empty()) {
+    const int64_t cols = shape.back();
+    const int64_t shown = std::min<int64_t>(std::max(show, 0), cols);
+    std::vector<std::string> first;
+    for (int64_t i = 0; i < shown; ++i) first.push_back(FormatValue((*values)[i]));
+    std::string index;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) index += "0, ";
+    std::printf("output[%s:%lld]: %s\n", index.c_str(), static_cast<long long>(shown),
+                absl::StrJoin(first, " ").c_str());
+    PrintOutputStats(*values);
+  }
+  return values;
+}
+
+// The attention probabilities of a response, when it has them.
+struct Probs {
+  bool present = false;
+  std::vector<float> values;
+  std::vector<int64_t> shape;
+};
+
+// Decodes the probabilities (when present) and prints their shape.
+// DataLoss when they do not decode.
+absl::StatusOr<Probs> PrintProbs(const AttendResponse& response) {
+  Probs probs;
+  probs.present = response.has_attention_probs();
+  if (!probs.present) return probs;
+  absl::StatusOr<std::vector<float>> p =
+      DecodeTensor(response.attention_probs(), "attention_probs");
+  if (!p.ok()) return absl::DataLossError(p.status().message());
+  probs.values = *std::move(p);
+  probs.shape.assign(response.attention_probs().shape().begin(),
+                     response.attention_probs().shape().end());
+  std::printf("attention_probs shape: %s\n", ShapeToString(probs.shape).c_str());
+  return probs;
+}
+
+void PrintTiming(const attention::v1::Timing& t, absl::Duration round_trip) {
+  std::printf("timing: queue_us=%lld compute_us=%lld batch_size=%d batch_tokens=%lld\n",
+              static_cast<long long>(t.queue_us()), static_cast<long long>(t.compute_us()),
+              t.batch_size(), static_cast<long long>(t.batch_tokens()));
+  std::printf("round_trip_us: %lld\n",
+              static_cast<long long>(absl::ToInt64Microseconds(round_trip)));
+}
+
+// --heatmap, then --output, each saying "wrote: PATH".
+absl::Status WriteResults(const AttendFlags& f, const AttendRequest& request,
+                          const AttendResponse& response, const std::vector<float>& output,
+                          const Probs& probs) {
+  if (!f.heatmap_path.empty()) {
+    if (absl::Status h = WriteHeatmap(f.heatmap_path, request, probs.values, probs.shape,
+                                      f.tokens, f.heatmap_sequence, f.head);
+        !h.ok()) {
+      return h;
+    }
+    std::printf("wrote: %s\n", f.heatmap_path.c_str());
+  }
+  if (!f.output_path.empty()) {
+    const std::vector<int64_t> shape(response.output().shape().begin(),
+                                     response.output().shape().end());
+    if (absl::Status w = WriteOutput(f.output_path, shape, output, probs.shape,
+                                     probs.present ? &probs.values : nullptr);
+        !w.ok()) {
+      return w;
+    }
+    std::printf("wrote: %s\n", f.output_path.c_str());
+  }
+  return absl::OkStatus();
+}
+
 class Cli {
  public:
   Cli(std::string target, std::unique_ptr<AttentionClient> client)
@@ -410,179 +645,41 @@ class Cli {
     return *status == "SERVING" ? kExitOk : kExitNotServing;
   }
 
+  // attend: one request, in named steps. Every step that fails ends the
+  // command with its status (Fail); the steps that call the server use
+  // FailModel, so an unknown model also lists the served ones.
   int Attend() {
-    const std::string model = absl::GetFlag(FLAGS_model);
-    absl::StatusOr<attention::v1::DataType> dtype = wire::ParseDataType(absl::GetFlag(FLAGS_dtype));
-    if (!dtype.ok()) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message())));
-    }
-    EncodeOptions encode;
-    encode.dtype = *dtype;
-    encode.packed = absl::GetFlag(FLAGS_packed);
-    if (encode.packed && encode.dtype != attention::v1::FLOAT32) {
-      return Fail(absl::InvalidArgumentError(
-          "--packed sends float_data, which carries float32 only; use --dtype=float32"));
-    }
-    absl::StatusOr<std::vector<int32_t>> lengths =
-        ParseLengths(absl::GetFlag(FLAGS_lengths), "lengths");
-    if (!lengths.ok()) return Fail(lengths.status());
-    absl::StatusOr<std::vector<int32_t>> key_lengths =
-        ParseLengths(absl::GetFlag(FLAGS_key_lengths), "key_lengths");
-    if (!key_lengths.ok()) return Fail(key_lengths.status());
-    const std::string output_path = absl::GetFlag(FLAGS_output);
-    if (!output_path.empty() && !absl::EndsWith(output_path, ".npy") &&
-        !absl::EndsWith(output_path, ".safetensors")) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat(
-          "--output: expected a .npy or .safetensors file, got '", output_path, "'")));
-    }
-
-    const std::string heatmap_path = absl::GetFlag(FLAGS_heatmap);
-    if (!heatmap_path.empty() && !absl::EndsWith(heatmap_path, ".svg")) {
-      return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--heatmap: expected an .svg file, got '", heatmap_path, "'")));
-    }
-    const std::vector<std::string> tokens =
-        absl::StrSplit(absl::GetFlag(FLAGS_tokens), ' ', absl::SkipWhitespace());
-
+    absl::StatusOr<AttendFlags> flags = ReadAttendFlags();
+    if (!flags.ok()) return Fail(flags.status());
     Inputs inputs;
-    const std::string input_path = absl::GetFlag(FLAGS_input);
-    if (!input_path.empty()) {
-      absl::StatusOr<Inputs> read = ReadInputs(input_path, absl::GetFlag(FLAGS_input_tensor));
+    if (!flags->input_path.empty()) {
+      absl::StatusOr<Inputs> read = ReadInputs(flags->input_path, flags->input_tensor);
       if (!read.ok()) return Fail(read.status());
       inputs = *std::move(read);
     } else {
-      const int64_t batch = absl::GetFlag(FLAGS_batch);
-      const int64_t seq_len = tokens.empty() ? absl::GetFlag(FLAGS_seq_len)
-                                             : static_cast<int64_t>(tokens.size());
-      const int64_t kv_flag = absl::GetFlag(FLAGS_kv_len);
-      if (batch <= 0 || seq_len <= 0 || kv_flag < 0) {
-        return Fail(absl::InvalidArgumentError(
-            absl::StrCat("--batch and --seq_len must be positive and --kv_len non-negative, got "
-                         "batch=", batch, " seq_len=", seq_len, " kv_len=", kv_flag)));
-      }
-      absl::StatusOr<ModelInfo> info = GetModel(model);
+      if (absl::Status s = CheckRandomShape(*flags); !s.ok()) return Fail(s);
+      absl::StatusOr<ModelInfo> info = GetModel(flags->model);
       if (!info.ok()) return FailModel(info.status());
-      absl::StatusOr<core::AttentionConfig> config = wire::ConfigFromModelInfo(*info);
-      if (!config.ok()) return Fail(config.status());
-      const int64_t embed_dim = config->embed_dim;
-      const int64_t kdim = config->key_dim();
-      const int64_t vdim = config->value_dim();
-      const int64_t kv_len = kv_flag > 0 ? kv_flag : seq_len;
-      std::mt19937_64 gen(absl::GetFlag(FLAGS_seed));
-      inputs.query = RandomNormal({batch, seq_len, embed_dim}, gen);
-      if (kdim != embed_dim || vdim != embed_dim || kv_flag > 0) {
-        inputs.key = RandomNormal({batch, kv_len, kdim}, gen);
-        inputs.value = RandomNormal({batch, kv_len, vdim}, gen);
-      }
+      absl::StatusOr<Inputs> random = RandomInputs(*flags, *info);
+      if (!random.ok()) return Fail(random.status());
+      inputs = *std::move(random);
     }
-
-    AttendRequest request;
-    request.set_model_name(model);
-    request.set_request_id("attention-cli");
-    auto encode_into = [&](const HostTensor& t, Tensor* out, absl::string_view label) {
-      absl::StatusOr<Tensor> encoded = wire::EncodeTensor(t.shape, t.values, encode, label);
-      if (!encoded.ok()) return encoded.status();
-      *out = *std::move(encoded);
-      return absl::OkStatus();
-    };
-    if (absl::Status s = encode_into(inputs.query, request.mutable_query(), "query"); !s.ok()) {
-      return Fail(s);
-    }
-    if (inputs.key) {
-      if (absl::Status s = encode_into(*inputs.key, request.mutable_key(), "key"); !s.ok()) {
-        return Fail(s);
-      }
-      if (absl::Status s = encode_into(*inputs.value, request.mutable_value(), "value"); !s.ok()) {
-        return Fail(s);
-      }
-    }
-    request.mutable_query_lengths()->Assign(lengths->begin(), lengths->end());
-    request.mutable_key_lengths()->Assign(key_lengths->begin(), key_lengths->end());
-    request.set_causal(absl::GetFlag(FLAGS_causal));
-    request.set_return_attention_probs(absl::GetFlag(FLAGS_probs) || !heatmap_path.empty());
-    const std::string layout = absl::GetFlag(FLAGS_probs_layout);
-    if (layout == "packed") {
-      if (!heatmap_path.empty()) {
-        return Fail(absl::InvalidArgumentError("--heatmap: needs --probs_layout=padded"));
-      }
-      request.set_attention_probs_layout(attention::v1::PROBS_LAYOUT_PACKED);
-    } else if (layout != "padded") {
-      return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--probs_layout: expected padded or packed, got '", layout, "'")));
-    }
+    absl::StatusOr<AttendRequest> request = BuildRequest(*flags, inputs);
+    if (!request.ok()) return Fail(request.status());
 
     const absl::Time start = absl::Now();
-    absl::StatusOr<AttendResponse> attended = client_->Attend(request);
+    absl::StatusOr<AttendResponse> attended = client_->Attend(*request);
     const absl::Duration round_trip = absl::Now() - start;
     if (!attended.ok()) return FailModel(Explain(attended.status()));
     const AttendResponse& response = *attended;
 
-    const Tensor& out = response.output();
-    absl::StatusOr<std::vector<float>> values = DecodeTensor(out, "output");
-    if (!values.ok()) return Fail(absl::DataLossError(values.status().message()));
-    const std::vector<int64_t> shape(out.shape().begin(), out.shape().end());
-    std::printf("model: %s\n", response.model_name().c_str());
-    std::printf("output shape: %s\n", ShapeToString(shape).c_str());
-    std::printf("output dtype: %s\n", DataTypeName(out.dtype()).c_str());
-    if (!shape.empty() && !values->empty()) {
-      const int64_t cols = shape.back();
-      const int64_t show = std::min<int64_t>(std::max(absl::GetFlag(FLAGS_show), 0), cols);
-      std::vector<std::string> first;
-      for (int64_t i = 0; i < show; ++i) first.push_back(FormatValue((*values)[i]));
-      std::string index;
-      for (size_t i = 0; i + 1 < shape.size(); ++i) index += "0, ";
-      std::printf("output[%s:%lld]: %s\n", index.c_str(), static_cast<long long>(show),
-                  absl::StrJoin(first, " ").c_str());
-      float lo = std::numeric_limits<float>::infinity();
-      float hi = -std::numeric_limits<float>::infinity();
-      double sum = 0;
-      int64_t nan = 0;
-      for (float v : *values) {
-        if (std::isnan(v)) {
-          ++nan;
-          continue;
-        }
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
-        sum += v;
-      }
-      const int64_t finite = static_cast<int64_t>(values->size()) - nan;
-      std::printf("output stats: min=%s max=%s mean=%s%s\n", FormatValue(lo).c_str(),
-                  FormatValue(hi).c_str(),
-                  FormatValue(finite > 0 ? static_cast<float>(sum / finite) : NAN).c_str(),
-                  nan > 0 ? absl::StrCat(" nan=", nan).c_str() : "");
-    }
-    std::vector<float> probs;
-    std::vector<int64_t> probs_shape;
-    const bool has_probs = response.has_attention_probs();
-    if (has_probs) {
-      absl::StatusOr<std::vector<float>> p =
-          DecodeTensor(response.attention_probs(), "attention_probs");
-      if (!p.ok()) return Fail(absl::DataLossError(p.status().message()));
-      probs = *std::move(p);
-      probs_shape.assign(response.attention_probs().shape().begin(),
-                         response.attention_probs().shape().end());
-      std::printf("attention_probs shape: %s\n", ShapeToString(probs_shape).c_str());
-    }
-    const attention::v1::Timing& t = response.timing();
-    std::printf("timing: queue_us=%lld compute_us=%lld batch_size=%d batch_tokens=%lld\n",
-                static_cast<long long>(t.queue_us()), static_cast<long long>(t.compute_us()),
-                t.batch_size(), static_cast<long long>(t.batch_tokens()));
-    std::printf("round_trip_us: %lld\n",
-                static_cast<long long>(absl::ToInt64Microseconds(round_trip)));
-    if (!heatmap_path.empty()) {
-      if (absl::Status h = WriteHeatmap(heatmap_path, request, probs, probs_shape, tokens); !h.ok()) {
-        return Fail(h);
-      }
-      std::printf("wrote: %s\n", heatmap_path.c_str());
-    }
-    if (!output_path.empty()) {
-      if (absl::Status w = WriteOutput(output_path, shape, *values, probs_shape,
-                                       has_probs ? &probs : nullptr);
-          !w.ok()) {
-        return Fail(w);
-      }
-      std::printf("wrote: %s\n", output_path.c_str());
+    absl::StatusOr<std::vector<float>> output = PrintOutput(response, flags->show);
+    if (!output.ok()) return Fail(output.status());
+    absl::StatusOr<Probs> probs = PrintProbs(response);
+    if (!probs.ok()) return Fail(probs.status());
+    PrintTiming(response.timing(), round_trip);
+    if (absl::Status s = WriteResults(*flags, *request, response, *output, *probs); !s.ok()) {
+      return Fail(s);
     }
     return kExitOk;
   }
