@@ -418,6 +418,9 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 #include "oneapi/dnnl/dnnl.hpp"
+#if HWY_ARCH_X86
+#include <xmmintrin.h>
+#endif
 
 namespace attn::core::kernels {
 
@@ -466,6 +469,38 @@ void CapTargets() {
   (void)capped;
 }
 
+// Flushes subnormal floats to zero, inputs and results, for its lifetime on
+// this thread. A peaked softmax (large score gaps, common in trained models)
+// makes probabilities near 2^-125 whose products with values are subnormal,
+// and x86 cores take microcode assists on those: measured 2.5x (AVX-512) and
+// 1.8x (AVX2) slower attention at (1, 512, 768, 12) with weights in [-1, 1]
+// than with them scaled by 0.1. Values below 2^-126 are zero to any
+// tolerance this layer has.
+class FlushSubnormals {
+ public:
+  FlushSubnormals() {
+#if HWY_ARCH_X86
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+#elif HWY_ARCH_ARM_A64 && defined(__GNUC__)
+    saved_ = __builtin_aarch64_get_fpcr();
+    __builtin_aarch64_set_fpcr(saved_ | (1u << 24));  // FZ
+#endif
+  }
+  ~FlushSubnormals() {
+#if HWY_ARCH_X86
+    _mm_setcsr(saved_);
+#elif HWY_ARCH_ARM_A64 && defined(__GNUC__)
+    __builtin_aarch64_set_fpcr(saved_);
+#endif
+  }
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  unsigned saved_ = 0;
+};
+
 }  // namespace
 
 const char* TargetName() {
@@ -496,6 +531,7 @@ ScopedTargetForTest::~ScopedTargetForTest() { hwy::SetSupportedTargetsForTest(0)
 
 void AttendBlock(const HeadView& head, int i0, Workspace* ws) {
   CapTargets();
+  const FlushSubnormals flush;
   HWY_DYNAMIC_DISPATCH(AttendBlockImpl)(head, i0, ws);
 }
 

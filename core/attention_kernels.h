@@ -89,7 +89,8 @@ const char* TargetName();
 
 // Attention for query rows [i0, min(i0 + kBlockQ, lq)) of one head: writes
 // their output rows (and probabilities when requested). Rows that see no key
-// get zeros.
+// get zeros. Subnormal floats count as zero inside (inputs and results; the
+// thread's floating-point mode is restored on return).
 void AttendBlock(const HeadView& head, int i0, Workspace* ws);
 
 // Writes K (lk rows of head_dim floats at stride ldk) transposed into kt in

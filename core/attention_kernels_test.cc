@@ -274,6 +274,39 @@ TEST_P(AttendBlockTest, NanInAKeyReachesExactlyTheRowsThatSeeIt) {
   }
 }
 
+// Subnormals count as zero inside AttendBlock (a peaked softmax makes them,
+// and x86 cores slow down on them), and the caller's mode comes back.
+TEST_P(AttendBlockTest, SubnormalsAreZeroInsideAndTheModeIsRestored) {
+  const int d = 16, lk = 3;
+  std::vector<float> q(d, 0.0f), k(lk * d, 0.0f), v(lk * d, 0.0f);
+  v[0] = std::numeric_limits<float>::denorm_min() * 4;  // key 0, dim 0: subnormal
+  v[d + 1] = 3.0f;                                        // key 1, dim 1
+  AlignedVector<float> kt(static_cast<size_t>(RoundUpPanel(lk)) * d), vp(lk * ValueStride(d));
+  TransposeKeys(k.data(), d, lk, d, kt.data());
+  PackValues(v.data(), d, lk, d, vp.data());
+  std::vector<float> out(d, -1.0f);
+  HeadView h;
+  h.q = q.data();
+  h.ldq = d;
+  h.kt = kt.data();
+  h.v = vp.data();
+  h.ldv = ValueStride(d);
+  h.out = out.data();
+  h.ldo = d;
+  h.lq = 1;
+  h.lk = lk;
+  h.head_dim = d;
+  Workspace ws;
+  // Outside the kernel this thread keeps subnormals.
+  volatile float tiny = std::numeric_limits<float>::min();
+  ASSERT_GT(tiny / 4, 0.0f);
+  AttendBlock(h, 0, &ws);
+  EXPECT_GT(tiny / 4, 0.0f) << "AttendBlock left the thread flushing subnormals";
+  // Equal scores: each value row weighs 1/3; the subnormal one counts as 0.
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_FLOAT_EQ(out[1], 1.0f);
+}
+
 using PackTest = TargetTest;
 
 TEST_P(PackTest, KeysGoToPanelsAndValuesToPaddedRows) {

@@ -263,7 +263,32 @@ double AttentionFlops(const MhaShape& s) {
 // Above this many FLOPs one Forward() takes seconds: skip the warm-up call.
 constexpr double kNoWarmupFlops = 1e11;
 
+// For the huge cases only, buffers of 1 MiB and more are mapped and unmapped
+// on their own, so what the case frees leaves the process and max_rss_mib
+// shows that case more than the heap earlier ones left behind (glibc's
+// adaptive threshold keeps up to 32 MiB blocks on the heap: 665 instead of
+// ~500 MiB). Not for every case: oneDNN's gemm:jit (the AVX2 tier) allocates
+// its packing buffers on every call, and mapping them afresh cost ~20 % of
+// the projections at (32, 16, 256, 4). Afterwards the threshold stays at
+// 32 MiB, the adaptive one's ceiling, which is what a long-running server
+// reaches.
+class HugeCaseMalloc {
+ public:
+  explicit HugeCaseMalloc(bool huge) : huge_(huge) {
+    if (huge_) mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  }
+  ~HugeCaseMalloc() {
+    if (huge_) mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  }
+  HugeCaseMalloc(const HugeCaseMalloc&) = delete;
+  HugeCaseMalloc& operator=(const HugeCaseMalloc&) = delete;
+
+ private:
+  const bool huge_;
+};
+
 void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
+  const HugeCaseMalloc malloc_mode(shape.seq >= 16384);
   AttentionConfig config;
   config.embed_dim = shape.embed;
   config.num_heads = shape.heads;
@@ -467,12 +492,6 @@ int main(int argc, char** argv) {
   }
   args = rest;
   omp_set_num_threads(g_threads);
-  // Buffers of 1 MiB and more are mapped and unmapped on their own, so what
-  // one benchmark (or a peak recheck) frees leaves the process: max_rss_mib
-  // of the L=16384 case then shows that case, not the heap the earlier ones
-  // left behind (glibc's adaptive threshold otherwise keeps up to 32 MiB
-  // blocks on the heap: 665 instead of ~500 MiB).
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
   benchmark::AddCustomContext("omp_threads", std::to_string(g_threads));
   benchmark::AddCustomContext("onednn_version",
