@@ -64,8 +64,7 @@ ABSL_FLAG(int32_t, retries, 1,
           "RESOURCE_EXHAUSTED or failing with UNAVAILABLE are retried with backoff.");
 ABSL_FLAG(std::string, model, "default",
           "Model name (attend; info when no positional MODEL is given).");
-ABSL_FLAG(std::string, service, "",
-          "health: service to check; empty means the whole server.");
+ABSL_FLAG(std::string, service, "", "health: service to check; empty means the whole server.");
 ABSL_FLAG(int32_t, batch, 1, "attend: sequences in the random batch.");
 ABSL_FLAG(int32_t, seq_len, 16, "attend: query length of the random batch.");
 ABSL_FLAG(int32_t, kv_len, 0,
@@ -86,7 +85,8 @@ ABSL_FLAG(std::vector<std::string>, lengths, {},
           "attend: valid query length per sequence, e.g. 3,5.");
 ABSL_FLAG(std::vector<std::string>, key_lengths, {},
           "attend: valid key length per sequence, e.g. 3,5.");
-ABSL_FLAG(std::string, dtype, "float32", "attend: request tensor dtype: float32, bfloat16, float16.");
+ABSL_FLAG(std::string, dtype, "float32",
+          "attend: request tensor dtype: float32, bfloat16, float16.");
 ABSL_FLAG(bool, packed, false, "attend: send float_data (packed floats) instead of raw_data.");
 ABSL_FLAG(std::string, output, "",
           "attend: write the output to a .npy or .safetensors file (safetensors also gets "
@@ -130,19 +130,18 @@ absl::Status WriteHeatmap(const std::string& path, const AttendRequest& request,
         absl::StrCat("--heatmap_sequence: expected 0..", batch - 1, ", got ", b));
   }
   if (head < -1 || head >= heads) {
-    return absl::InvalidArgumentError(absl::StrCat("--head: expected -1 (mean) or 0..", heads - 1,
-                                                   ", got ", head));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--head: expected -1 (mean) or 0..", heads - 1, ", got ", head));
   }
   const bool self = !request.has_key();
   const int64_t lq = request.query_lengths_size() > b ? request.query_lengths(b) : seq_q;
-  const int64_t lk = request.key_lengths_size() > b ? request.key_lengths(b)
+  const int64_t lk = request.key_lengths_size() > b             ? request.key_lengths(b)
                      : self && request.query_lengths_size() > b ? request.query_lengths(b)
                                                                 : seq_k;
   if (lq == 0 || lk == 0) return absl::InvalidArgumentError("--heatmap: the sequence is empty");
   if (!tokens.empty() && static_cast<int64_t>(tokens.size()) != lq) {
-    return absl::InvalidArgumentError(absl::StrCat("--tokens: expected ", lq,
-                                                   " tokens (one per query position), got ",
-                                                   tokens.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tokens: expected ", lq, " tokens (one per query position), got ", tokens.size()));
   }
   // Crop [heads, seq_q, seq_k] of sequence b to [heads, lq, lk].
   std::vector<float> cropped;
@@ -158,12 +157,12 @@ absl::Status WriteHeatmap(const std::string& path, const AttendRequest& request,
   attn::client::HeatmapOptions options;
   options.query_labels = tokens;
   if (self) options.key_labels = tokens;
-  options.title = absl::StrCat(request.model_name(), ": ",
-                               head < 0 ? absl::StrCat("mean of ", heads, " heads")
-                                        : absl::StrCat("head ", head),
-                               ", sequence ", b, request.causal() ? ", causal" : "");
-  absl::StatusOr<std::string> svg = attn::client::RenderHeatmapSvg(
-      matrix, static_cast<int>(lq), static_cast<int>(lk), options);
+  options.title = absl::StrCat(
+      request.model_name(), ": ",
+      head < 0 ? absl::StrCat("mean of ", heads, " heads") : absl::StrCat("head ", head),
+      ", sequence ", b, request.causal() ? ", causal" : "");
+  absl::StatusOr<std::string> svg =
+      attn::client::RenderHeatmapSvg(matrix, static_cast<int>(lq), static_cast<int>(lk), options);
   if (!svg.ok()) return svg.status();
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr) return absl::UnavailableError(absl::StrCat("--heatmap: cannot write ", path));
@@ -215,8 +214,7 @@ absl::Status CheckFlags(int argc, char** argv) {
     const absl::string_view name = arg.substr(0, eq);
     // absl's usage flags are not in the registry; ParseCommandLine handles them.
     if (name == "help" || name == "helpfull" || name == "helpshort" || name == "helppackage" ||
-        name == "helpon" || name == "helpmatch" || name == "version" ||
-        name == "only_check_args") {
+        name == "helpon" || name == "helpmatch" || name == "version" || name == "only_check_args") {
       continue;
     }
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
@@ -289,9 +287,9 @@ absl::StatusOr<Inputs> ReadInputs(const std::string& path, const std::string& qu
     absl::StatusOr<NpyArray> a = ReadNpy(path);
     if (!a.ok()) return a.status();
     if (a->shape.size() != 2 && a->shape.size() != 3) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": expected shape [batch, seq, embed_dim] or [seq, embed_dim], got ",
-          ShapeToString(a->shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": expected shape [batch, seq, embed_dim] or [seq, embed_dim], got ",
+                       ShapeToString(a->shape)));
     }
     in.query = HostTensor{a->shape, a->ToFloats()};
     return in;
@@ -311,9 +309,9 @@ absl::StatusOr<Inputs> ReadInputs(const std::string& path, const std::string& qu
   if ((*file)->Find(query_name) == nullptr) {
     std::vector<std::string> names;
     for (const core::TensorView& t : (*file)->tensors()) names.push_back(t.name);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": no tensor '", query_name,
-                                                   "' (--input_tensor); it has: ",
-                                                   absl::StrJoin(names, ", ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": no tensor '", query_name,
+                     "' (--input_tensor); it has: ", absl::StrJoin(names, ", ")));
   }
   absl::StatusOr<HostTensor> q = read(query_name);
   if (!q.ok()) return q.status();
@@ -363,8 +361,8 @@ struct AttendFlags {
   std::string model;
   EncodeOptions encode;  // --dtype, --packed
   std::vector<int32_t> lengths, key_lengths;
-  std::string output_path;   // "" or .npy / .safetensors
-  std::string heatmap_path;  // "" or .svg
+  std::string output_path;          // "" or .npy / .safetensors
+  std::string heatmap_path;         // "" or .svg
   std::vector<std::string> tokens;  // --tokens, split at spaces
   std::string input_path, input_tensor;
   // The random batch (no --input): seq_len is the number of --tokens when
@@ -400,8 +398,8 @@ absl::StatusOr<AttendFlags> ReadAttendFlags() {
   f.output_path = absl::GetFlag(FLAGS_output);
   if (!f.output_path.empty() && !absl::EndsWith(f.output_path, ".npy") &&
       !absl::EndsWith(f.output_path, ".safetensors")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--output: expected a .npy or .safetensors file, got '", f.output_path, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--output: expected a .npy or .safetensors file, got '", f.output_path, "'"));
   }
   f.heatmap_path = absl::GetFlag(FLAGS_heatmap);
   if (!f.heatmap_path.empty() && !absl::EndsWith(f.heatmap_path, ".svg")) {
@@ -430,7 +428,8 @@ absl::Status CheckRandomShape(const AttendFlags& f) {
   if (f.batch <= 0 || f.seq_len <= 0 || f.kv_len < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--batch and --seq_len must be positive and --kv_len non-negative, got "
-                     "batch=", f.batch, " seq_len=", f.seq_len, " kv_len=", f.kv_len));
+                     "batch=",
+                     f.batch, " seq_len=", f.seq_len, " kv_len=", f.kv_len));
   }
   return absl::OkStatus();
 }
@@ -574,8 +573,8 @@ absl::Status WriteResults(const AttendFlags& f, const AttendRequest& request,
                           const AttendResponse& response, const std::vector<float>& output,
                           const Probs& probs) {
   if (!f.heatmap_path.empty()) {
-    if (absl::Status h = WriteHeatmap(f.heatmap_path, request, probs.values, probs.shape,
-                                      f.tokens, f.heatmap_sequence, f.head);
+    if (absl::Status h = WriteHeatmap(f.heatmap_path, request, probs.values, probs.shape, f.tokens,
+                                      f.heatmap_sequence, f.head);
         !h.ok()) {
       return h;
     }
@@ -695,10 +694,9 @@ class Cli {
     if (absl::IsUnavailable(s) && !connected) {
       message = absl::StrCat("could not reach --target=", target_, ": ", message);
     } else if (absl::IsDeadlineExceeded(s)) {
-      message = absl::StrCat(connected ? "" : absl::StrCat("could not reach --target=", target_,
-                                                           " in time: "),
-                             message, " (--timeout=",
-                             absl::FormatDuration(client_->options().timeout), ")");
+      message = absl::StrCat(
+          connected ? "" : absl::StrCat("could not reach --target=", target_, " in time: "),
+          message, " (--timeout=", absl::FormatDuration(client_->options().timeout), ")");
     }
     return absl::Status(s.code(), message);
   }
@@ -764,13 +762,13 @@ int Run(int argc, char** argv) {
   }
   if (timeout_ms > 0) options.timeout = absl::Milliseconds(timeout_ms);
   if (options.timeout <= absl::ZeroDuration()) {
-    return UsageError(absl::StrCat("--timeout must be positive, got ",
-                                   absl::FormatDuration(options.timeout)));
+    return UsageError(
+        absl::StrCat("--timeout must be positive, got ", absl::FormatDuration(options.timeout)));
   }
   options.max_attempts = absl::GetFlag(FLAGS_retries);
   if (options.max_attempts < 1 || options.max_attempts > 5) {
-    return UsageError(absl::StrCat("--retries (attempts per call) must be in 1..5, got ",
-                                   options.max_attempts));
+    return UsageError(
+        absl::StrCat("--retries (attempts per call) must be in 1..5, got ", options.max_attempts));
   }
   size_t allowed_args;
   if (command == "models" || command == "attend") {
@@ -781,8 +779,7 @@ int Run(int argc, char** argv) {
     return UsageError(absl::StrCat("unknown subcommand '", command, "'"));
   }
   if (rest.size() > allowed_args) {
-    return UsageError(
-        absl::StrCat("unexpected argument '", rest[allowed_args], "' for ", command));
+    return UsageError(absl::StrCat("unexpected argument '", rest[allowed_args], "' for ", command));
   }
   absl::StatusOr<std::unique_ptr<AttentionClient>> client = AttentionClient::Create(options);
   if (!client.ok()) {

@@ -95,8 +95,8 @@ absl::StatusOr<Resolved> Resolve(const HostPort& hp, size_t index) {
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* list = nullptr;
   if (int rc = getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &list); rc != 0) {
-    return absl::UnavailableError(absl::StrCat("targets[", index, "]: cannot resolve '",
-                                               hp.host, "': ", gai_strerror(rc)));
+    return absl::UnavailableError(
+        absl::StrCat("targets[", index, "]: cannot resolve '", hp.host, "': ", gai_strerror(rc)));
   }
   Resolved out;
   for (const addrinfo* a = list; a != nullptr; a = a->ai_next) {
@@ -361,9 +361,8 @@ absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(const O
     }
   }
   if (options.timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("timeout: expected a positive duration, got ",
-                     absl::FormatDuration(options.timeout)));
+    return absl::InvalidArgumentError(absl::StrCat("timeout: expected a positive duration, got ",
+                                                   absl::FormatDuration(options.timeout)));
   }
   if (options.max_attempts < 1) {
     return absl::InvalidArgumentError(
@@ -375,15 +374,14 @@ absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(const O
                      absl::FormatDuration(options.initial_backoff)));
   }
   if (options.max_backoff < options.initial_backoff) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_backoff: expected at least initial_backoff (",
-        absl::FormatDuration(options.initial_backoff), "), got ",
-        absl::FormatDuration(options.max_backoff)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_backoff: expected at least initial_backoff (",
+                     absl::FormatDuration(options.initial_backoff), "), got ",
+                     absl::FormatDuration(options.max_backoff)));
   }
   if (options.max_message_bytes <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_message_bytes: expected a positive size, got ",
-                     options.max_message_bytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_message_bytes: expected a positive size, got ", options.max_message_bytes));
   }
   if (options.tls) {
     if (!options.tls->client_cert.empty() && options.tls->client_key.empty()) {
@@ -442,7 +440,7 @@ absl::Time AttentionClient::Deadline(absl::Duration timeout) const {
 }
 
 absl::StatusOr<AttendResponse> AttentionClient::Attend(const AttendRequest& request,
-                                                      absl::Duration timeout) {
+                                                       absl::Duration timeout) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(Deadline(timeout)));
   AttendResponse response;
@@ -451,8 +449,7 @@ absl::StatusOr<AttendResponse> AttentionClient::Attend(const AttendRequest& requ
 }
 
 void AttentionClient::AttendAsync(const AttendRequest* request, AttendResponse* response,
-                                  std::function<void(absl::Status)> done,
-                                  absl::Duration timeout) {
+                                  std::function<void(absl::Status)> done, absl::Duration timeout) {
   // The context must live until the call completes: the callback owns it.
   struct Call {
     grpc::ClientContext context;
@@ -480,13 +477,12 @@ absl::StatusOr<std::vector<attention::v1::ModelInfo>> AttentionClient::ListModel
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(Deadline(absl::ZeroDuration())));
   attention::v1::ListModelsResponse response;
-  if (absl::Status s = FromGrpc(
-          stub_->ListModels(&context, attention::v1::ListModelsRequest(), &response));
+  if (absl::Status s =
+          FromGrpc(stub_->ListModels(&context, attention::v1::ListModelsRequest(), &response));
       !s.ok()) {
     return s;
   }
-  return std::vector<attention::v1::ModelInfo>(response.models().begin(),
-                                               response.models().end());
+  return std::vector<attention::v1::ModelInfo>(response.models().begin(), response.models().end());
 }
 
 absl::StatusOr<attention::v1::ModelInfo> AttentionClient::GetModel(const std::string& name) {

@@ -84,8 +84,7 @@ class AttentionClient {
   // `request` and `response` must stay valid until then. `done` must not
   // block.
   void AttendAsync(const attention::v1::AttendRequest* request,
-                   attention::v1::AttendResponse* response,
-                   std::function<void(absl::Status)> done,
+                   attention::v1::AttendResponse* response, std::function<void(absl::Status)> done,
                    absl::Duration timeout = absl::ZeroDuration());
 
   // A bidirectional AttendStream: Write() sends requests (from any thread;

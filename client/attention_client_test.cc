@@ -99,9 +99,8 @@ class AttentionClientTest : public ::testing::Test {
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
-    auto server =
-        server::AttentionServer::Start(server::ModelRepository::FromModels(std::move(models)),
-                                       options);
+    auto server = server::AttentionServer::Start(
+        server::ModelRepository::FromModels(std::move(models)), options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     auto client = AttentionClient::Create(ClientOptions(server_->grpc_port()));
@@ -270,11 +269,11 @@ TEST_F(AttentionClientTest, StreamTakesWritesFromManyThreadsAndFromItsCallback) 
   constexpr int kPerThread = 40;
   Mutex mu;
   CondVar cv;
-  std::map<std::string, int> seen;  // guarded by mu
-  int echoes_written = 0;           // guarded by mu
+  std::map<std::string, int> seen;                     // guarded by mu
+  int echoes_written = 0;                              // guarded by mu
   std::atomic<AttentionClient::Stream*> raw{nullptr};  // set before any write
-  std::unique_ptr<AttentionClient::Stream> stream = client_->AttendStream(
-      [&](const AttendResponse& r) {
+  std::unique_ptr<AttentionClient::Stream> stream =
+      client_->AttendStream([&](const AttendResponse& r) {
         // Each response to a thread's request asks for one more request,
         // written from the callback itself.
         const bool echo = absl::StartsWith(r.request_id(), "t");
@@ -448,9 +447,8 @@ class FlakyService final : public attention::v1::AttentionService::CallbackServi
 // A grpc::Server with one service on a free port.
 class FakeServer {
  public:
-  explicit FakeServer(
-      grpc::Service* service,
-      std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials()) {
+  explicit FakeServer(grpc::Service* service, std::shared_ptr<grpc::ServerCredentials> credentials =
+                                                  grpc::InsecureServerCredentials()) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", std::move(credentials), &port_);
     builder.RegisterService(service);
@@ -588,8 +586,8 @@ TEST(AttentionClientTlsTest, ConnectsOverTlsWithTheServersCertificate) {
   auto make_cert = [&](const std::string& name) {
     const std::string command = absl::StrCat(
         "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=attention.test "
-        "-addext subjectAltName=DNS:attention.test -keyout ", d, "/", name, ".key -out ", d,
-        "/", name, ".pem >/dev/null 2>&1");
+        "-addext subjectAltName=DNS:attention.test -keyout ",
+        d, "/", name, ".key -out ", d, "/", name, ".pem >/dev/null 2>&1");
     return std::system(command.c_str()) == 0;
   };
   const bool made = make_cert("server") && make_cert("other");

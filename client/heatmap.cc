@@ -13,12 +13,23 @@ std::string XmlEscape(const std::string& text) {
   std::string out;
   for (const char c : text) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -63,17 +74,20 @@ absl::StatusOr<std::string> RenderHeatmapSvg(absl::Span<const float> probs, int 
                                                    " probabilities, got ", probs.size()));
   }
   if (!options.query_labels.empty() && static_cast<int>(options.query_labels.size()) != rows) {
-    return absl::InvalidArgumentError(absl::StrCat("heatmap: expected ", rows, " query labels (one per query position), got ",
+    return absl::InvalidArgumentError(absl::StrCat("heatmap: expected ", rows,
+                                                   " query labels (one per query position), got ",
                                                    options.query_labels.size()));
   }
   if (!options.key_labels.empty() && static_cast<int>(options.key_labels.size()) != cols) {
-    return absl::InvalidArgumentError(absl::StrCat("heatmap: expected ", cols, " key labels (one per key position), got ",
+    return absl::InvalidArgumentError(absl::StrCat("heatmap: expected ", cols,
+                                                   " key labels (one per key position), got ",
                                                    options.key_labels.size()));
   }
   for (size_t i = 0; i < probs.size(); ++i) {
     if (!(probs[i] >= 0.0f && probs[i] <= 1.0f + 1e-5f)) {
-      return absl::InvalidArgumentError(absl::StrCat("heatmap: probability [", i / cols, ", ", i % cols,
-                                                     "] is ", probs[i], ", expected 0..1"));
+      return absl::InvalidArgumentError(absl::StrCat("heatmap: probability [", i / cols, ", ",
+                                                     i % cols, "] is ", probs[i],
+                                                     ", expected 0..1"));
     }
   }
   const std::vector<std::string> qlabels = LabelsOr(options.query_labels, rows);
@@ -82,7 +96,8 @@ absl::StatusOr<std::string> RenderHeatmapSvg(absl::Span<const float> probs, int 
   for (const auto& l : qlabels) longest = std::max(longest, l.size());
   for (const auto& l : klabels) longest = std::max(longest, l.size());
   const int cell = std::max(4, options.cell_px);
-  const int label_px = static_cast<int>(std::min<size_t>(longest, 24)) * 7 + 12;  // ~7 px a character
+  const int label_px =
+      static_cast<int>(std::min<size_t>(longest, 24)) * 7 + 12;  // ~7 px a character
   const int top = label_px + (options.title.empty() ? 10 : 34);
   const int left = label_px;
   const int legend_w = 16, legend_gap = 24;
@@ -95,15 +110,16 @@ absl::StatusOr<std::string> RenderHeatmapSvg(absl::Span<const float> probs, int 
       "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
       width, height, width, height);
   if (!options.title.empty()) {
-    absl::StrAppendFormat(&svg, "<text x=\"%d\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n",
-                          left, XmlEscape(options.title));
+    absl::StrAppendFormat(
+        &svg, "<text x=\"%d\" y=\"20\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", left,
+        XmlEscape(options.title));
   }
   // Key labels along the top, rotated; query labels on the left.
   for (int c = 0; c < cols; ++c) {
     const int x = left + c * cell + cell / 2 + 4;
-    absl::StrAppendFormat(&svg,
-                          "<text class=\"key\" x=\"%d\" y=\"%d\" transform=\"rotate(-60 %d %d)\">%s</text>\n",
-                          x, top - 6, x, top - 6, XmlEscape(klabels[c]));
+    absl::StrAppendFormat(
+        &svg, "<text class=\"key\" x=\"%d\" y=\"%d\" transform=\"rotate(-60 %d %d)\">%s</text>\n",
+        x, top - 6, x, top - 6, XmlEscape(klabels[c]));
   }
   for (int r = 0; r < rows; ++r) {
     absl::StrAppendFormat(&svg,
@@ -126,10 +142,12 @@ absl::StatusOr<std::string> RenderHeatmapSvg(absl::Span<const float> probs, int 
   constexpr int kSteps = 20;
   for (int i = 0; i < kSteps; ++i) {
     const float v = static_cast<float>(kSteps - 1 - i) / (kSteps - 1);
-    absl::StrAppendFormat(&svg, "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"/>\n",
-                          lx, top + i * lh / kSteps, legend_w, lh / kSteps + 1, Colour(v));
+    absl::StrAppendFormat(
+        &svg, "<rect class=\"legend\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"/>\n",
+        lx, top + i * lh / kSteps, legend_w, lh / kSteps + 1, Colour(v));
   }
-  absl::StrAppendFormat(&svg, "<text x=\"%d\" y=\"%d\">1</text>\n<text x=\"%d\" y=\"%d\">0</text>\n",
+  absl::StrAppendFormat(&svg,
+                        "<text x=\"%d\" y=\"%d\">1</text>\n<text x=\"%d\" y=\"%d\">0</text>\n",
                         lx + legend_w + 4, top + 10, lx + legend_w + 4, top + lh);
   svg += "</svg>\n";
   return svg;

@@ -204,9 +204,9 @@ absl::StatusOr<NpyDType> DTypeFromDescr(const HeaderValue& descr, absl::string_v
   if (d == "<f2") return NpyDType::kFloat16;
   if (d == "<i4") return NpyDType::kInt32;
   if (!d.empty() && d[0] == '>') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": big-endian dtype '", d, "' is not supported; convert with arr.astype('<",
-        d.substr(1), "')"));
+    return absl::InvalidArgumentError(absl::StrCat(label, ": big-endian dtype '", d,
+                                                   "' is not supported; convert with arr.astype('<",
+                                                   d.substr(1), "')"));
   }
   return absl::InvalidArgumentError(
       absl::StrCat(label, ": unsupported dtype '", d, "'; expected one of ", kSupported));
@@ -239,9 +239,12 @@ std::optional<int64_t> CountElements(absl::Span<const int64_t> shape) {
 
 absl::string_view NpyDTypeDescr(NpyDType dtype) {
   switch (dtype) {
-    case NpyDType::kFloat32: return "<f4";
-    case NpyDType::kFloat16: return "<f2";
-    case NpyDType::kInt32: return "<i4";
+    case NpyDType::kFloat32:
+      return "<f4";
+    case NpyDType::kFloat16:
+      return "<f2";
+    case NpyDType::kInt32:
+      return "<i4";
   }
   return "?";
 }
@@ -261,8 +264,8 @@ NpyArray NpyArray::FromFloats(std::vector<int64_t> shape, absl::Span<const float
     std::abort();
   }
   a.data.resize(values.size() * NpyDTypeSize(dtype));
-  core::EncodeFromFloat(dtype == NpyDType::kFloat32 ? core::DType::kF32 : core::DType::kF16,
-                        values, reinterpret_cast<uint8_t*>(a.data.data()));
+  core::EncodeFromFloat(dtype == NpyDType::kFloat32 ? core::DType::kF32 : core::DType::kF16, values,
+                        reinterpret_cast<uint8_t*>(a.data.data()));
   return a;
 }
 
@@ -284,8 +287,12 @@ std::vector<float> NpyArray::ToFloats() const {
   std::vector<float> out(n);
   const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
   switch (dtype) {
-    case NpyDType::kFloat32: core::DecodeToFloat(core::DType::kF32, bytes, n, out.data()); break;
-    case NpyDType::kFloat16: core::DecodeToFloat(core::DType::kF16, bytes, n, out.data()); break;
+    case NpyDType::kFloat32:
+      core::DecodeToFloat(core::DType::kF32, bytes, n, out.data());
+      break;
+    case NpyDType::kFloat16:
+      core::DecodeToFloat(core::DType::kF16, bytes, n, out.data());
+      break;
     case NpyDType::kInt32:
       for (size_t i = 0; i < n; ++i) {
         int32_t v;
@@ -319,9 +326,9 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes, absl::string_view lab
   }
   const size_t header_len = LoadLE(bytes, kMagicSize + 2, len_width);
   if (header_len > bytes.size() - prefix) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(label, ": truncated .npy header: header length ", header_len, " but only ",
-                     bytes.size() - prefix, " bytes follow"));
+    return absl::InvalidArgumentError(absl::StrCat(label, ": truncated .npy header: header length ",
+                                                   header_len, " but only ", bytes.size() - prefix,
+                                                   " bytes follow"));
   }
   // Versions 1 and 2 are latin-1, 3 is utf-8; the keys and values we accept
   // are ASCII either way.
@@ -349,14 +356,14 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes, absl::string_view lab
   const size_t expected = static_cast<size_t>(*count) * NpyDTypeSize(array.dtype);
   const size_t got = bytes.size() - prefix - header_len;
   if (got < expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": truncated data: shape ", ShapeString(array.shape), " of '", descr.str,
-        "' needs ", expected, " bytes, file has ", got));
+    return absl::InvalidArgumentError(absl::StrCat(label, ": truncated data: shape ",
+                                                   ShapeString(array.shape), " of '", descr.str,
+                                                   "' needs ", expected, " bytes, file has ", got));
   }
   if (got > expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": ", got - expected, " unexpected bytes after the data of shape ",
-        ShapeString(array.shape), " of '", descr.str, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": ", got - expected, " unexpected bytes after the data of shape ",
+                     ShapeString(array.shape), " of '", descr.str, "'"));
   }
   array.data = std::string(bytes.substr(prefix + header_len));
   return array;

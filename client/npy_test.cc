@@ -49,11 +49,13 @@ TEST(NpyTest, Float32RoundTripsThroughSerializeAndParse) {
 }
 
 TEST(NpyTest, WritesTheHeaderNumpyWrites) {
-  absl::StatusOr<std::string> bytes = SerializeNpy(NpyArray::FromFloats({2, 3}, std::vector<float>(6)));
+  absl::StatusOr<std::string> bytes =
+      SerializeNpy(NpyArray::FromFloats({2, 3}, std::vector<float>(6)));
   ASSERT_TRUE(bytes.ok());
   EXPECT_EQ(bytes->substr(0, 10), std::string("\x93NUMPY\x01\x00\x76\x00", 10));
   const std::string header = bytes->substr(10, 0x76);
-  EXPECT_TRUE(absl::StartsWith(header, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"))
+  EXPECT_TRUE(
+      absl::StartsWith(header, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"))
       << header;
   EXPECT_EQ(header.back(), '\n');
   // The data starts 64-byte aligned.
@@ -139,11 +141,11 @@ TEST(NpyTest, RejectsFortranOrder) {
 }
 
 TEST(NpyTest, RejectsBigEndian) {
-  ExpectError(ParseNpy(MakeNpy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }",
-                               Floats({1})),
-                       "be.npy"),
-              absl::StatusCode::kInvalidArgument,
-              "be.npy: big-endian dtype '>f4' is not supported; convert with arr.astype('<f4')");
+  ExpectError(
+      ParseNpy(MakeNpy("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", Floats({1})),
+               "be.npy"),
+      absl::StatusCode::kInvalidArgument,
+      "be.npy: big-endian dtype '>f4' is not supported; convert with arr.astype('<f4')");
 }
 
 TEST(NpyTest, RejectsUnsupportedDtype) {
@@ -156,12 +158,11 @@ TEST(NpyTest, RejectsUnsupportedDtype) {
 }
 
 TEST(NpyTest, RejectsStructuredDtype) {
-  ExpectError(
-      ParseNpy(MakeNpy("{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, "
-                       "'shape': (1,), }",
-                       std::string(8, '\0')),
-               "s.npy"),
-      absl::StatusCode::kInvalidArgument, "s.npy: unsupported dtype: structured arrays");
+  ExpectError(ParseNpy(MakeNpy("{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, "
+                               "'shape': (1,), }",
+                               std::string(8, '\0')),
+                       "s.npy"),
+              absl::StatusCode::kInvalidArgument, "s.npy: unsupported dtype: structured arrays");
 }
 
 TEST(NpyTest, RejectsTruncatedData) {

@@ -7,17 +7,16 @@ namespace {
 
 absl::Status ValidateOffsets(const char* field, const std::vector<int64_t>& offsets) {
   if (offsets.size() < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ": expected at least 2 entries (num_sequences + 1), got ", offsets.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": expected at least 2 entries (num_sequences + 1), got ", offsets.size()));
   }
   if (offsets[0] != 0) {
     return absl::InvalidArgumentError(absl::StrCat(field, "[0]: expected 0, got ", offsets[0]));
   }
   for (size_t i = 1; i < offsets.size(); ++i) {
     if (offsets[i] < offsets[i - 1]) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "]: expected >= ",
-                                                     offsets[i - 1], " (non-decreasing), got ",
-                                                     offsets[i]));
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, "[", i, "]: expected >= ", offsets[i - 1], " (non-decreasing), got ", offsets[i]));
     }
   }
   return absl::OkStatus();
@@ -50,9 +49,9 @@ absl::Status ValidateAttentionBatch(const AttentionConfig& config, const Attenti
   const int64_t q_tokens = batch.q_offsets.back();
   const size_t want_q = static_cast<size_t>(q_tokens) * config.embed_dim;
   if (batch.query.size() != want_q) {
-    return absl::InvalidArgumentError(absl::StrCat("query: expected ", want_q, " values (", q_tokens,
-                                                   " tokens x embed_dim ", config.embed_dim,
-                                                   "), got ", batch.query.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("query: expected ", want_q, " values (", q_tokens, " tokens x embed_dim ",
+                     config.embed_dim, "), got ", batch.query.size()));
   }
   if (!batch.cross_attention) {
     if (!batch.kv_offsets.empty() && batch.kv_offsets != batch.q_offsets) {
@@ -80,9 +79,8 @@ absl::Status ValidateAttentionBatch(const AttentionConfig& config, const Attenti
   }
   if (batch.value.size() != want_v) {
     return absl::InvalidArgumentError(absl::StrCat("value: expected ", want_v, " values (",
-                                                   kv_tokens, " tokens x vdim ",
-                                                   config.value_dim(), "), got ",
-                                                   batch.value.size()));
+                                                   kv_tokens, " tokens x vdim ", config.value_dim(),
+                                                   "), got ", batch.value.size()));
   }
   return absl::OkStatus();
 }

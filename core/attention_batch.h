@@ -34,11 +34,11 @@ struct AttentionBatch {
   // Also produce per-head attention probabilities.
   bool need_probs = false;
 
-  int num_sequences() const { return q_offsets.empty() ? 0 : static_cast<int>(q_offsets.size()) - 1; }
-  // The key/value offsets in force (q_offsets for self-attention).
-  const std::vector<int64_t>& kv() const {
-    return !cross_attention ? q_offsets : kv_offsets;
+  int num_sequences() const {
+    return q_offsets.empty() ? 0 : static_cast<int>(q_offsets.size()) - 1;
   }
+  // The key/value offsets in force (q_offsets for self-attention).
+  const std::vector<int64_t>& kv() const { return !cross_attention ? q_offsets : kv_offsets; }
 };
 
 struct AttentionResult {

@@ -17,8 +17,10 @@ absl::Status ValidateAttentionConfig(const AttentionConfig& c) {
     return bad("num_kv_heads: expected a divisor of num_heads ", c.num_heads, ", got ",
                c.num_kv_heads);
   }
-  if (c.kdim < 0) return bad("kdim: expected a positive integer (or 0 for embed_dim), got ", c.kdim);
-  if (c.vdim < 0) return bad("vdim: expected a positive integer (or 0 for embed_dim), got ", c.vdim);
+  if (c.kdim < 0)
+    return bad("kdim: expected a positive integer (or 0 for embed_dim), got ", c.kdim);
+  if (c.vdim < 0)
+    return bad("vdim: expected a positive integer (or 0 for embed_dim), got ", c.vdim);
   // The compute dtypes MultiHeadAttention implements. DType also names
   // float16, a storage dtype only (weights, tensors on the wire): nothing
   // computes in it, and Create used to take it for bf16 weights on float32

@@ -40,8 +40,7 @@ absl::Status ValidateAttentionConfig(const AttentionConfig& config);
 // sequence through the layer: the four projections plus QKᵀ and PV over the
 // (query, key) pairs the mask lets through (bottom-right aligned when
 // causal). Softmax and bias adds are not counted. For rates: GFLOP/s.
-double ForwardFlops(const AttentionConfig& config, int64_t query_len, int64_t key_len,
-                    bool causal);
+double ForwardFlops(const AttentionConfig& config, int64_t query_len, int64_t key_len, bool causal);
 
 }  // namespace attn::core
 

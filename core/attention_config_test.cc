@@ -42,10 +42,12 @@ TEST(ValidateAttentionConfigTest, NamesTheBadField) {
   AttentionConfig c;
   c.embed_dim = 10;
   c.num_heads = 3;
-  EXPECT_EQ(ValidateAttentionConfig(c).message(), "num_heads: expected a divisor of embed_dim 10, got 3");
+  EXPECT_EQ(ValidateAttentionConfig(c).message(),
+            "num_heads: expected a divisor of embed_dim 10, got 3");
   c.num_heads = 2;
   c.num_kv_heads = 3;
-  EXPECT_EQ(ValidateAttentionConfig(c).message(), "num_kv_heads: expected a divisor of num_heads 2, got 3");
+  EXPECT_EQ(ValidateAttentionConfig(c).message(),
+            "num_kv_heads: expected a divisor of num_heads 2, got 3");
   c.num_kv_heads = 1;
   EXPECT_TRUE(ValidateAttentionConfig(c).ok());
 }

@@ -2,6 +2,7 @@
 // SIMD target of the architecture (foreach_target.h re-includes this file once
 // per target; HWY_EXPORT/HWY_DYNAMIC_DISPATCH pick one at run time).
 
+// clang-format off: the order of these lines is Highway's protocol.
 // SVE vectors are sizeless and cannot live in the arrays the register tiles
 // use; on Arm the kernels run on NEON (128-bit, 32 registers).
 #ifndef HWY_DISABLED_TARGETS
@@ -23,6 +24,7 @@
 #define HWY_TARGET_INCLUDE "core/attention_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+// clang-format on
 
 #include <algorithm>
 #include <cmath>
@@ -147,8 +149,8 @@ constexpr auto kPVTiles = TileRow<true>(std::make_integer_sequence<int, kTileVec
 // s[r][c] = sum_k q[r][k] K^T[k][j0 + c] for r < rows, c < cols; kt in
 // panels, j0 a multiple of kBlockK and cols of 16, j0 + cols within the
 // panels.
-void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d, int cols,
-        float* s, ptrdiff_t lds) {
+void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d, int cols, float* s,
+        ptrdiff_t lds) {
   const int n = static_cast<int>(hn::Lanes(D()));
   const int tile_cols = kTileVecs * n;
   // A tile never straddles two panels; 16 | cols and n | 16.
@@ -332,8 +334,7 @@ void AttendBlockImpl(const HeadView& h, int i0, Workspace* ws) {
     sweep(
         [&](int r, int j0, float* sr, int vr, int bk_pad) {
           ExpSub(sr, vr, bk_pad, m[r], l[r] == 0.0f ? 0.0f : 1.0f / l[r]);
-          std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr,
-                      vr * sizeof(float));
+          std::memcpy(h.probs + static_cast<ptrdiff_t>(i0 + r) * h.lk + j0, sr, vr * sizeof(float));
         },
         /*accumulate=*/true);
   }

@@ -66,19 +66,23 @@ struct CacheLineAllocator {
   T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
   void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
   template <typename U>
-  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  bool operator==(const CacheLineAllocator<U>&) const {
+    return true;
+  }
   template <typename U>
-  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+  bool operator!=(const CacheLineAllocator<U>&) const {
+    return false;
+  }
 };
 template <typename T>
 using AlignedVector = std::vector<T, CacheLineAllocator<T>>;
 
 // Per-thread scratch; grows on demand and is reused across calls.
 struct Workspace {
-  AlignedVector<float> s;   // one row group x kBlockK scores / probabilities
-  AlignedVector<float> o;   // kBlockQ x RoundUp16(head_dim) accumulators
-  AlignedVector<float> m;   // running row max
-  AlignedVector<float> l;   // running row sum
+  AlignedVector<float> s;  // one row group x kBlockK scores / probabilities
+  AlignedVector<float> o;  // kBlockQ x RoundUp16(head_dim) accumulators
+  AlignedVector<float> m;  // running row max
+  AlignedVector<float> l;  // running row sum
 };
 
 // The Highway target the kernels run on: "AVX3_DL", "AVX3", "AVX2", "SSE4",

@@ -36,15 +36,33 @@ uint32_t Bits(float f) {
 std::vector<float> EdgeValues() {
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> v = {
-      0.0f, -0.0f, 1.0f, -1.0f,
+      0.0f,
+      -0.0f,
+      1.0f,
+      -1.0f,
       FromBits(0x3f808000u),  // tie, lower half even: stays 0x3f80
       FromBits(0x3f818000u),  // tie, lower half odd: rounds up to 0x3f82
-      FromBits(0x3f80ffffu), FromBits(0x3f807fffu), FromBits(0x3fffffffu),  // carries to 2.0
-      FromBits(0x7f7fffffu), -FromBits(0x7f7fffffu), FromBits(0x7f7f7fffu), inf, -inf,
-      std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(),
+      FromBits(0x3f80ffffu),
+      FromBits(0x3f807fffu),
+      FromBits(0x3fffffffu),  // carries to 2.0
+      FromBits(0x7f7fffffu),
+      -FromBits(0x7f7fffffu),
+      FromBits(0x7f7f7fffu),
+      inf,
+      -inf,
+      std::numeric_limits<float>::quiet_NaN(),
+      -std::numeric_limits<float>::quiet_NaN(),
       FromBits(0x7f800001u),  // signalling NaN whose payload is all in the low half
-      FromBits(0xff800001u), FromBits(0x00000001u), FromBits(0x807fffffu), FromBits(0x00018000u),
-      1e-40f, 3.14159265f, -2.71828182f, 65504.0f, 1e30f, -1e-30f};
+      FromBits(0xff800001u),
+      FromBits(0x00000001u),
+      FromBits(0x807fffffu),
+      FromBits(0x00018000u),
+      1e-40f,
+      3.14159265f,
+      -2.71828182f,
+      65504.0f,
+      1e30f,
+      -1e-30f};
   std::mt19937 rng(11);
   std::uniform_int_distribution<uint32_t> bits;
   while (v.size() < 67) v.push_back(FromBits(bits(rng)));
@@ -60,7 +78,8 @@ class TargetTest : public ::testing::TestWithParam<int64_t> {
   void SetUp() override {
     const std::vector<int64_t> supported = SupportedTargets();
     if (std::find(supported.begin(), supported.end(), GetParam()) == supported.end()) {
-      GTEST_SKIP() << TargetName(GetParam()) << " is not supported here (CPU or ONEDNN_MAX_CPU_ISA)";
+      GTEST_SKIP() << TargetName(GetParam())
+                   << " is not supported here (CPU or ONEDNN_MAX_CPU_ISA)";
     }
     scope_ = std::make_unique<ScopedTargetForTest>(GetParam());
     ASSERT_STREQ(TargetName(), TargetName(GetParam()));
@@ -116,8 +135,8 @@ TEST_P(BF16ConversionTest, ConvertMatchesScalarRounding) {
     std::vector<uint16_t> out(n + 1, 0xabcd);
     ConvertToBF16(in.data(), n, out.data());
     for (size_t i = 0; i < n; ++i) {
-      ASSERT_EQ(out[i], FloatToBF16(in[i])) << "n " << n << " i " << i << " bits 0x" << std::hex
-                                            << Bits(in[i]);
+      ASSERT_EQ(out[i], FloatToBF16(in[i]))
+          << "n " << n << " i " << i << " bits 0x" << std::hex << Bits(in[i]);
     }
     EXPECT_EQ(out[n], 0xabcd) << "wrote past the end, n " << n;
   }
@@ -280,7 +299,7 @@ TEST_P(AttendBlockTest, SubnormalsAreZeroInsideAndTheModeIsRestored) {
   const int d = 16, lk = 3;
   std::vector<float> q(d, 0.0f), k(lk * d, 0.0f), v(lk * d, 0.0f);
   v[0] = std::numeric_limits<float>::denorm_min() * 4;  // key 0, dim 0: subnormal
-  v[d + 1] = 3.0f;                                        // key 1, dim 1
+  v[d + 1] = 3.0f;                                      // key 1, dim 1
   AlignedVector<float> kt(static_cast<size_t>(RoundUpPanel(lk)) * d), vp(lk * ValueStride(d));
   TransposeKeys(k.data(), d, lk, d, kt.data());
   PackValues(v.data(), d, lk, d, vp.data());
@@ -320,8 +339,8 @@ TEST_P(PackTest, KeysGoToPanelsAndValuesToPaddedRows) {
       for (int j = 0; j < RoundUp16(lk); ++j) {
         for (int t = 0; t < d; ++t) {
           const float got = kt[(j / kPanel) * kPanel * d + t * kPanel + j % kPanel];
-          ASSERT_EQ(got, j < lk ? k[j * ld + t] : 0.0f) << "lk " << lk << " d " << d << " key "
-                                                        << j << " dim " << t;
+          ASSERT_EQ(got, j < lk ? k[j * ld + t] : 0.0f)
+              << "lk " << lk << " d " << d << " key " << j << " dim " << t;
         }
       }
       AlignedVector<float> vp(static_cast<size_t>(lk) * ValueStride(d), -1.0f);

@@ -53,8 +53,9 @@ absl::StatusOr<AttentionWeights> LoadTorchMha(const SafetensorsFile& file, const
   const int64_t e = c.embed_dim;
   if (c.kv_heads() != c.num_heads) {
     return absl::InvalidArgumentError(
-        absl::StrCat(file.label(), ": PyTorch nn.MultiheadAttention names cannot express "
-                                   "num_kv_heads != num_heads; use q_proj/k_proj/v_proj/o_proj names"));
+        absl::StrCat(file.label(),
+                     ": PyTorch nn.MultiheadAttention names cannot express "
+                     "num_kv_heads != num_heads; use q_proj/k_proj/v_proj/o_proj names"));
   }
   AttentionWeights w;
   if (file.Find(p + "in_proj_weight") != nullptr) {
@@ -64,7 +65,8 @@ absl::StatusOr<AttentionWeights> LoadTorchMha(const SafetensorsFile& file, const
           ", but kdim/vdim are ", c.key_dim(), "/", c.value_dim(),
           "; expected q_proj_weight, k_proj_weight and v_proj_weight"));
     }
-    ATTN_ASSIGN_OR_RETURN(std::vector<float> in, Read(file, p + "in_proj_weight", {3 * e, e}, kConv));
+    ATTN_ASSIGN_OR_RETURN(std::vector<float> in,
+                          Read(file, p + "in_proj_weight", {3 * e, e}, kConv));
     w.q_weight.assign(in.begin(), in.begin() + e * e);
     w.k_weight.assign(in.begin() + e * e, in.begin() + 2 * e * e);
     w.v_weight.assign(in.begin() + 2 * e * e, in.end());
@@ -100,7 +102,8 @@ absl::StatusOr<AttentionWeights> LoadQkvo(const SafetensorsFile& file, const Att
   ATTN_ASSIGN_OR_RETURN(w.k_weight, Read(file, p + "k_proj.weight", {kv, c.key_dim()}, kConv));
   ATTN_ASSIGN_OR_RETURN(w.v_weight, Read(file, p + "v_proj.weight", {kv, c.value_dim()}, kConv));
   ATTN_ASSIGN_OR_RETURN(w.o_weight, Read(file, p + "o_proj.weight", {e, e}, kConv));
-  const bool has_bias = HasAny(file, p, {"q_proj.bias", "k_proj.bias", "v_proj.bias", "o_proj.bias"});
+  const bool has_bias =
+      HasAny(file, p, {"q_proj.bias", "k_proj.bias", "v_proj.bias", "o_proj.bias"});
   if (has_bias != c.bias) {
     return absl::InvalidArgumentError(absl::StrCat(
         file.label(), ": bias is ", c.bias ? "true" : "false", " in the config but the file ",

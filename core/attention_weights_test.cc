@@ -79,10 +79,9 @@ std::vector<TensorToWrite> TorchPacked(const std::string& p = "", bool bias = tr
 // q_proj/k_proj/v_proj/o_proj names with the given k/v projection width and input widths.
 std::vector<TensorToWrite> Qkvo(int e, int kv, int kdim, int vdim, const std::string& p = "",
                                 bool bias = true) {
-  std::vector<TensorToWrite> t = {T(p + "q_proj.weight", {e, e}, 0),
-                                  T(p + "k_proj.weight", {kv, kdim}, 1000),
-                                  T(p + "v_proj.weight", {kv, vdim}, 2000),
-                                  T(p + "o_proj.weight", {e, e}, 3000)};
+  std::vector<TensorToWrite> t = {
+      T(p + "q_proj.weight", {e, e}, 0), T(p + "k_proj.weight", {kv, kdim}, 1000),
+      T(p + "v_proj.weight", {kv, vdim}, 2000), T(p + "o_proj.weight", {e, e}, 3000)};
   if (bias) {
     t.push_back(T(p + "q_proj.bias", {e}, 4000));
     t.push_back(T(p + "k_proj.bias", {kv}, 5000));
@@ -367,10 +366,10 @@ TEST(AttentionWeightsTest, ConvertsBF16F16AndF64WeightsToFloat) {
   const std::vector<double> out_bias = {0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8};
   TensorToWrite ob{"out_proj.bias", StDType::kF64, {8}, std::string(64, '\0')};
   std::memcpy(ob.bytes.data(), out_bias.data(), 64);
-  auto file = MakeFile({TensorToWrite::FromFloats("in_proj_weight", {24, 8}, in, StDType::kBF16),
-                        TensorToWrite::FromFloats("out_proj.weight", {8, 8}, out, StDType::kF16),
-                        TensorToWrite::FromFloats("in_proj_bias", {24}, in_bias, StDType::kBF16),
-                        ob});
+  auto file =
+      MakeFile({TensorToWrite::FromFloats("in_proj_weight", {24, 8}, in, StDType::kBF16),
+                TensorToWrite::FromFloats("out_proj.weight", {8, 8}, out, StDType::kF16),
+                TensorToWrite::FromFloats("in_proj_bias", {24}, in_bias, StDType::kBF16), ob});
   ASSERT_NE(file, nullptr);
   ASSERT_EQ(file->Find("in_proj_weight")->dtype, StDType::kBF16);
   ASSERT_EQ(file->Find("out_proj.weight")->dtype, StDType::kF16);
@@ -404,9 +403,9 @@ TEST(AttentionWeightsTest, RejectsIntegerWeightTensor) {
   t = Replace(t, TensorToWrite::FromInt32("out_proj.weight", {8, 8}, std::vector<int32_t>(64, 1)));
   auto file = MakeFile(t);
   ASSERT_NE(file, nullptr);
-  EXPECT_TRUE(IsInvalid(LoadAttentionWeights(*file, Config(8, 2)).status(),
-                        {kLabel, "tensor 'out_proj.weight'", "expected dtype F32, BF16 or F16",
-                         "got I32"}));
+  EXPECT_TRUE(IsInvalid(
+      LoadAttentionWeights(*file, Config(8, 2)).status(),
+      {kLabel, "tensor 'out_proj.weight'", "expected dtype F32, BF16 or F16", "got I32"}));
 }
 
 TEST(AttentionWeightsTest, RejectsIntegerBiasTensor) {
@@ -444,8 +443,8 @@ TEST(AttentionWeightsTest, MissingSeparateTorchProjWeightIsNamed) {
 }
 
 TEST(AttentionWeightsTest, MissingQkvoTensorIsNamed) {
-  for (const char* name : {"k_proj.weight", "v_proj.weight", "o_proj.weight", "k_proj.bias",
-                           "o_proj.bias"}) {
+  for (const char* name :
+       {"k_proj.weight", "v_proj.weight", "o_proj.weight", "k_proj.bias", "o_proj.bias"}) {
     auto file = MakeFile(Without(Qkvo(8, 8, 8, 8), name));
     ASSERT_NE(file, nullptr);
     EXPECT_TRUE(IsInvalid(LoadAttentionWeights(*file, Config(8, 2)).status(),
@@ -503,9 +502,9 @@ TEST(AttentionWeightsTest, RejectsSeparateTorchProjWeightWithWrongKdim) {
 TEST(AttentionWeightsTest, RejectsTorchBiasWhenConfigHasNoBias) {
   auto file = MakeFile(TorchPacked());
   ASSERT_NE(file, nullptr);
-  EXPECT_TRUE(IsInvalid(LoadAttentionWeights(*file, Config(8, 2, /*bias=*/false)).status(),
-                        {kLabel, "bias is false in the config but the file has",
-                         "'in_proj_bias'"}));
+  EXPECT_TRUE(
+      IsInvalid(LoadAttentionWeights(*file, Config(8, 2, /*bias=*/false)).status(),
+                {kLabel, "bias is false in the config but the file has", "'in_proj_bias'"}));
   // Even a lone out_proj.bias counts.
   auto lone = MakeFile({T("in_proj_weight", {24, 8}, 0), T("out_proj.weight", {8, 8}, 0),
                         T("out_proj.bias", {8}, 0)});
@@ -523,12 +522,11 @@ TEST(AttentionWeightsTest, RejectsMissingTorchBiasWhenConfigHasBias) {
 
 TEST(AttentionWeightsTest, RejectsQkvoBiasWhenConfigHasNoBias) {
   // Any one bias tensor is enough to disagree with bias=false.
-  auto file = MakeFile(Without(Without(Without(Qkvo(8, 8, 8, 8), "q_proj.bias"), "k_proj.bias"),
-                               "v_proj.bias"));
+  auto file = MakeFile(
+      Without(Without(Without(Qkvo(8, 8, 8, 8), "q_proj.bias"), "k_proj.bias"), "v_proj.bias"));
   ASSERT_NE(file, nullptr);
   EXPECT_TRUE(IsInvalid(LoadAttentionWeights(*file, Config(8, 2, /*bias=*/false)).status(),
-                        {kLabel, "bias is false in the config but the file has",
-                         "'*_proj.bias'"}));
+                        {kLabel, "bias is false in the config but the file has", "'*_proj.bias'"}));
 }
 
 TEST(AttentionWeightsTest, RejectsMissingQkvoBiasWhenConfigHasBias) {
@@ -711,7 +709,8 @@ TEST(AttentionWeightsTest, ValidateRejectsBiasWhenConfigHasNoBias) {
   const AttentionConfig with = Config(8, 2, /*bias=*/true);
   const AttentionConfig without = Config(8, 2, /*bias=*/false);
   const AttentionWeights w = RandomAttentionWeights(with, 1);
-  EXPECT_TRUE(IsInvalid(ValidateAttentionWeights(without, w), {"q_bias: expected 0 values, got 8"}));
+  EXPECT_TRUE(
+      IsInvalid(ValidateAttentionWeights(without, w), {"q_bias: expected 0 values, got 8"}));
   const AttentionWeights nb = RandomAttentionWeights(without, 1);
   EXPECT_TRUE(IsInvalid(ValidateAttentionWeights(with, nb), {"q_bias: expected 8 values, got 0"}));
 }

@@ -1,8 +1,8 @@
 // The golden cases: PyTorch nn.MultiheadAttention in float64 (tests/data/golden).
 #include <cmath>
 #include <filesystem>
-#include <string>
 #include <ostream>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -26,9 +26,12 @@ float Tolerance(Mode mode) { return mode == Mode::kF32 ? 1e-4f : 5e-2f; }
 
 std::string ModeName(Mode mode) {
   switch (mode) {
-    case Mode::kF32: return "float32";
-    case Mode::kBF16: return "bfloat16";
-    case Mode::kBF16Native: return "bfloat16_native";
+    case Mode::kF32:
+      return "float32";
+    case Mode::kBF16:
+      return "bfloat16";
+    case Mode::kBF16Native:
+      return "bfloat16_native";
   }
   return "unknown";
 }
@@ -76,7 +79,7 @@ TEST_P(GoldenTest, MatchesPyTorchFloat64) {
   const bool self = MetaInt(f, "self_attention") != 0;
   WeightLoadOptions load;
   load.naming = f.metadata().at("weight_names") == "qkvo_proj" ? WeightNaming::kQkvo
-                                                                : WeightNaming::kTorchMha;
+                                                               : WeightNaming::kTorchMha;
   auto weights = LoadAttentionWeights(f, c, load);
   ASSERT_TRUE(weights.ok()) << weights.status();
   auto mha = MultiHeadAttention::Create(c, *weights, options);
@@ -90,7 +93,8 @@ TEST_P(GoldenTest, MatchesPyTorchFloat64) {
   auto k_lengths = f.ReadInt("input.key_lengths");
   ASSERT_TRUE(q_lengths.ok() && k_lengths.ok());
   AttentionBatch b;
-  const std::vector<float> query = PackRows(*f.ReadFloat("input.query"), seq_q, c.embed_dim, *q_lengths);
+  const std::vector<float> query =
+      PackRows(*f.ReadFloat("input.query"), seq_q, c.embed_dim, *q_lengths);
   b.query = query;
   b.q_offsets = OffsetsFromLengths(*q_lengths);
   b.causal = causal;
@@ -141,7 +145,8 @@ TEST_P(GoldenTest, MatchesPyTorchFloat64) {
 
 std::vector<std::string> GoldenFiles() {
   std::vector<std::string> names;
-  for (const auto& e : std::filesystem::directory_iterator(std::string(ATTN_TEST_DATA_DIR) + "/golden")) {
+  for (const auto& e :
+       std::filesystem::directory_iterator(std::string(ATTN_TEST_DATA_DIR) + "/golden")) {
     if (e.path().extension() == ".safetensors") names.push_back(e.path().filename().string());
   }
   std::sort(names.begin(), names.end());

@@ -241,8 +241,8 @@ absl::Status ValidateForwardBatch(const AttentionConfig& config, const Attention
 bool RunsSolo(const AttentionConfig& config, const ForwardShape& shape, bool causal) {
   double flops = 0;
   for (int s = 0; s < shape.num_seqs && flops <= kSoloFlops; ++s) {
-    flops += ForwardFlops(config, shape.qo[s + 1] - shape.qo[s], shape.ko[s + 1] - shape.ko[s],
-                          causal);
+    flops +=
+        ForwardFlops(config, shape.qo[s + 1] - shape.qo[s], shape.ko[s + 1] - shape.ko[s], causal);
   }
   return shape.nq <= kSoloRows && shape.nk <= kSoloRows && flops <= kSoloFlops;
 }
@@ -464,8 +464,7 @@ class AttentionStep {
       for (size_t t = 0; t < tasks.size(); ++t) {
         const Task& task = tasks[t];
         const int g = task.h / shape_.group;
-        kernels::AttendBlock(View(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)), task.i0,
-                             &ws);
+        kernels::AttendBlock(View(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)), task.i0, &ws);
       }
     }
   }
@@ -497,12 +496,12 @@ void FillTimings(Clock::time_point t0, Clock::time_point t1, Clock::time_point t
 struct MultiHeadAttention::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::string kernel_target;  // the Highway target of the attention kernels
-  bool fused_qkv = false;  // self-attention: one matmul for q, k and v
+  bool fused_qkv = false;     // self-attention: one matmul for q, k and v
   // What the matmuls read; kBF16: bf16 matmuls (BF16Compute, native_bf16()).
   Activations activations = Activations::kF32;
-  int threads = 1;         // the team size of a batch that is not solo
-  Linear qkv;              // [E] -> [E + 2 * kv_proj_dim] (self-attention only)
-  Linear q, k, v, o;       // q/k/v for cross-attention; o always
+  int threads = 1;    // the team size of a batch that is not solo
+  Linear qkv;         // [E] -> [E + 2 * kv_proj_dim] (self-attention only)
+  Linear q, k, v, o;  // q/k/v for cross-attention; o always
 
   // The matmul steps of Forward(); both throw dnnl::error when oneDNN fails.
 
@@ -562,10 +561,9 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
         absl::StrCat("num_threads: expected >= 0, got ", options.num_threads));
   }
   using BF16Compute = Options::BF16Compute;
-  const bool native_bf16 =
-      config.dtype == DType::kBF16 &&
-      (options.bf16_compute == BF16Compute::kNative ||
-       (options.bf16_compute == BF16Compute::kAuto && CpuHasNativeBF16()));
+  const bool native_bf16 = config.dtype == DType::kBF16 &&
+                           (options.bf16_compute == BF16Compute::kNative ||
+                            (options.bf16_compute == BF16Compute::kAuto && CpuHasNativeBF16()));
   // oneDNN's bf16 matmuls exist from avx512_core up (emulated there, native
   // from avx512_core_bf16); below it oneDNN has none.
   if (native_bf16 && !OneDnnIsaIncludes(dnnl::cpu_isa::avx512_core)) {
@@ -588,7 +586,7 @@ absl::StatusOr<std::unique_ptr<MultiHeadAttention>> MultiHeadAttention::Create(
 
   auto impl = std::make_unique<Impl>();
   impl->kernel_target = kernels::TargetName();
-  impl->activations = native_bf16                     ? Activations::kBF16
+  impl->activations = native_bf16                    ? Activations::kBF16
                       : config.dtype == DType::kBF16 ? Activations::kRoundedBF16
                                                      : Activations::kF32;
   const Dt src_dt = native_bf16 ? Dt::bf16 : Dt::f32;
@@ -659,9 +657,7 @@ std::vector<std::string> MultiHeadAttention::ImplementationNames() const {
   return names;
 }
 
-bool MultiHeadAttention::native_bf16() const {
-  return impl_->activations == Activations::kBF16;
-}
+bool MultiHeadAttention::native_bf16() const { return impl_->activations == Activations::kBF16; }
 
 bool MultiHeadAttention::CpuHasNativeBF16() {
   return OneDnnIsaIncludes(dnnl::cpu_isa::avx512_core_bf16);
@@ -676,15 +672,24 @@ std::string MultiHeadAttention::KernelTarget() { return kernels::TargetName(); }
 
 std::string MultiHeadAttention::OneDnnIsa() {
   switch (dnnl::get_effective_cpu_isa()) {
-    case dnnl::cpu_isa::sse41: return "sse41";
-    case dnnl::cpu_isa::avx: return "avx";
-    case dnnl::cpu_isa::avx2: return "avx2";
-    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
-    case dnnl::cpu_isa::avx512_core: return "avx512_core";
-    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
-    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
-    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
-    default: return "other";
+    case dnnl::cpu_isa::sse41:
+      return "sse41";
+    case dnnl::cpu_isa::avx:
+      return "avx";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other";
   }
 }
 

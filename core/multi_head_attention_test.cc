@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <sstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -96,31 +96,33 @@ TEST_P(MultiHeadAttentionVsReference, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, MultiHeadAttentionVsReference,
-    ::testing::Values(
-        Case{"SingleToken", Config(64, 4), {1}, {}},
-        Case{"OddLength", Config(96, 3), {13}, {}},
-        Case{"HeadDim128", Config(256, 2), {9}, {}},
-        Case{"HeadDim80", Config(160, 2), {5, 11}, {}},
-        Case{"Gqa4to1", Config(128, 8, 2), {7, 3}, {}},
-        Case{"MultiQuery", Config(64, 4, 1), {6}, {}},
-        Case{"MixedLengths", Config(64, 4), {1, 17, 5, 0, 8}, {}},
-        Case{"Causal", Config(64, 4), {9, 4}, {}, true},
-        Case{"CrossLkNeLq", Config(64, 2), {3, 5}, {7, 2}},
-        Case{"CrossKdimVdim", Config(64, 4, 0, 24, 40), {4, 6}, {9, 3}},
-        Case{"CrossCausalLqLtLk", Config(64, 4), {3, 2}, {8, 5}, true},
-        Case{"CausalLqGtLkHasMaskedRows", Config(32, 2), {6}, {3}, true},
-        Case{"NoBias", Config(48, 4, 2, 0, 0, false), {10}, {}},
-        Case{"GqaCrossCausal", Config(128, 4, 2, 32, 48), {5, 1, 7}, {5, 9, 2}, true},
-        // Past the kernels' block edges (core/attention_kernels.h: kBlockQ = 128 query rows,
-        // kBlockK = 256 keys, kPanel = 64-key panels) through the whole layer; every edge on
-        // every SIMD target is in attention_kernels_test.cc.
-        Case{"HeadDim32ManyBlocks", Config(64, 2), {200}, {}},
-        Case{"HeadDim64CausalManyBlocks", Config(128, 2), {300, 65}, {}, true},
-        Case{"HeadDim80Cross", Config(160, 2), {70}, {129}},
-        Case{"HeadDim128CausalLqLtLk", Config(256, 2), {40}, {257}, true},
-        Case{"HeadDim12NotMultipleOf16", Config(48, 4), {19, 7}, {}, true},
-        Case{"Gqa8to2LongCausal", Config(256, 8, 2), {150}, {}, true},
-        Case{"MixedLengthsWithEmptySequences", Config(64, 4), {0, 129, 1, 0, 64}, {3, 0, 200, 5, 64}}),
+    ::testing::Values(Case{"SingleToken", Config(64, 4), {1}, {}},
+                      Case{"OddLength", Config(96, 3), {13}, {}},
+                      Case{"HeadDim128", Config(256, 2), {9}, {}},
+                      Case{"HeadDim80", Config(160, 2), {5, 11}, {}},
+                      Case{"Gqa4to1", Config(128, 8, 2), {7, 3}, {}},
+                      Case{"MultiQuery", Config(64, 4, 1), {6}, {}},
+                      Case{"MixedLengths", Config(64, 4), {1, 17, 5, 0, 8}, {}},
+                      Case{"Causal", Config(64, 4), {9, 4}, {}, true},
+                      Case{"CrossLkNeLq", Config(64, 2), {3, 5}, {7, 2}},
+                      Case{"CrossKdimVdim", Config(64, 4, 0, 24, 40), {4, 6}, {9, 3}},
+                      Case{"CrossCausalLqLtLk", Config(64, 4), {3, 2}, {8, 5}, true},
+                      Case{"CausalLqGtLkHasMaskedRows", Config(32, 2), {6}, {3}, true},
+                      Case{"NoBias", Config(48, 4, 2, 0, 0, false), {10}, {}},
+                      Case{"GqaCrossCausal", Config(128, 4, 2, 32, 48), {5, 1, 7}, {5, 9, 2}, true},
+                      // Past the kernels' block edges (core/attention_kernels.h: kBlockQ = 128
+                      // query rows, kBlockK = 256 keys, kPanel = 64-key panels) through the whole
+                      // layer; every edge on every SIMD target is in attention_kernels_test.cc.
+                      Case{"HeadDim32ManyBlocks", Config(64, 2), {200}, {}},
+                      Case{"HeadDim64CausalManyBlocks", Config(128, 2), {300, 65}, {}, true},
+                      Case{"HeadDim80Cross", Config(160, 2), {70}, {129}},
+                      Case{"HeadDim128CausalLqLtLk", Config(256, 2), {40}, {257}, true},
+                      Case{"HeadDim12NotMultipleOf16", Config(48, 4), {19, 7}, {}, true},
+                      Case{"Gqa8to2LongCausal", Config(256, 8, 2), {150}, {}, true},
+                      Case{"MixedLengthsWithEmptySequences",
+                           Config(64, 4),
+                           {0, 129, 1, 0, 64},
+                           {3, 0, 200, 5, 64}}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 TEST(MultiHeadAttentionTest, RaggedBatchEqualsEachSequenceAlone) {
@@ -201,9 +203,9 @@ TEST(MultiHeadAttentionTest, BatchesWhoseLengthsAreAllZero) {
   const AttentionConfig self = Config(16, 4, 2);
   const AttentionConfig cross = Config(16, 4, 2, 8, 12);
   for (const bool probs : {false, true}) {
-    for (const Case& c : {Case{"no queries", self, {0, 0}, {}},
-                          Case{"no queries, cross", cross, {0, 0}, {3, 1}},
-                          Case{"no keys", cross, {2, 1}, {0, 0}, true}}) {
+    for (const Case& c :
+         {Case{"no queries", self, {0, 0}, {}}, Case{"no queries, cross", cross, {0, 0}, {3, 1}},
+          Case{"no keys", cross, {2, 1}, {0, 0}, true}}) {
       SCOPED_TRACE(c.name + (probs ? ", probs" : ""));
       const AttentionWeights w = RandomAttentionWeights(c.config, 9);
       auto mha = MultiHeadAttention::Create(c.config, w, {});
@@ -261,7 +263,8 @@ TEST(MultiHeadAttentionTest, ProbabilitiesSumToOnePerVisibleRow) {
           ASSERT_GE(p, 0.0f);
           sum += p;
         }
-        ASSERT_NEAR(sum, visible == 0 ? 0.0 : 1.0, 1e-5) << "seq " << s << " head " << h << " row " << i;
+        ASSERT_NEAR(sum, visible == 0 ? 0.0 : 1.0, 1e-5)
+            << "seq " << s << " head " << h << " row " << i;
       }
     }
   }
@@ -307,9 +310,7 @@ TEST(MultiHeadAttentionTest, Bf16MatchesReferenceWithinBf16Tolerance) {
 using BF16Compute = MultiHeadAttention::Options::BF16Compute;
 
 // oneDNN has bf16 matmuls (emulated or native) from avx512_core up.
-bool OneDnnHasBf16Matmuls() {
-  return MultiHeadAttention::OneDnnIsa().rfind("avx512_core", 0) == 0;
-}
+bool OneDnnHasBf16Matmuls() { return MultiHeadAttention::OneDnnIsa().rfind("avx512_core", 0) == 0; }
 
 MultiHeadAttention::Options WithBf16(BF16Compute mode) {
   MultiHeadAttention::Options o;
@@ -336,8 +337,7 @@ TEST(MultiHeadAttentionTest, Bf16ComputeModes) {
     EXPECT_TRUE((*native)->native_bf16());
   } else {
     EXPECT_EQ(native.status().code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_NE(native.status().message().find("bf16_compute"), std::string::npos)
-        << native.status();
+    EXPECT_NE(native.status().message().find("bf16_compute"), std::string::npos) << native.status();
   }
 }
 
@@ -374,10 +374,13 @@ TEST(MultiHeadAttentionTest, NativeBf16MatchesEmulatedAndReference) {
     ExpectNear(got.probs, want.probs, 2e-2f, "native probs vs reference");
     ExpectNear(got.output, emu.output, 2e-2f, "native vs emulated output");
     // Solo path (a batch of a few rows runs on one thread).
-    Inputs small = MakeInputs(Case{"s", c.config, {3}, c.kv_lengths.empty()
-                                                           ? std::vector<int64_t>{}
-                                                           : std::vector<int64_t>{5}, c.causal},
-                              rng, false);
+    Inputs small =
+        MakeInputs(Case{"s",
+                        c.config,
+                        {3},
+                        c.kv_lengths.empty() ? std::vector<int64_t>{} : std::vector<int64_t>{5},
+                        c.causal},
+                   rng, false);
     ASSERT_TRUE((*native)->Forward(small.batch, &got).ok());
     ASSERT_TRUE(ReferenceAttention(c.config, w, small.batch, &want).ok());
     ExpectNear(got.output, want.output, 5e-2f, "native solo output vs reference");

@@ -30,9 +30,9 @@ struct DTypeEntry {
   size_t size;
 };
 constexpr DTypeEntry kDTypes[] = {
-    {StDType::kF64, "F64", 8},  {StDType::kF32, "F32", 4}, {StDType::kF16, "F16", 2},
+    {StDType::kF64, "F64", 8},   {StDType::kF32, "F32", 4}, {StDType::kF16, "F16", 2},
     {StDType::kBF16, "BF16", 2}, {StDType::kI64, "I64", 8}, {StDType::kI32, "I32", 4},
-    {StDType::kI16, "I16", 2},  {StDType::kI8, "I8", 1},   {StDType::kU8, "U8", 1},
+    {StDType::kI16, "I16", 2},   {StDType::kI8, "I8", 1},   {StDType::kU8, "U8", 1},
     {StDType::kBool, "BOOL", 1},
 };
 
@@ -99,7 +99,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     void* m = mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (m == MAP_FAILED) {
       ::close(fd);
-      return absl::FailedPreconditionError(absl::StrCat(path, ": mmap failed: ", std::strerror(errno)));
+      return absl::FailedPreconditionError(
+          absl::StrCat(path, ": mmap failed: ", std::strerror(errno)));
     }
     file->mapping_ = m;
     file->base_ = static_cast<const uint8_t*>(m);
@@ -193,7 +194,8 @@ absl::Status SafetensorsFile::Parse() {
     }
     if (offsets_it == v.end() || !offsets_it->is_array() || offsets_it->size() != 2 ||
         !(*offsets_it)[0].is_number_unsigned() || !(*offsets_it)[1].is_number_unsigned()) {
-      return bad("tensor '", name, "': 'data_offsets' must be [begin, end] with non-negative integers");
+      return bad("tensor '", name,
+                 "': 'data_offsets' must be [begin, end] with non-negative integers");
     }
     const uint64_t begin = (*offsets_it)[0].get<uint64_t>();
     const uint64_t end = (*offsets_it)[1].get<uint64_t>();
@@ -249,9 +251,15 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadFloat(
   const size_t n = static_cast<size_t>(t->num_elements());
   std::vector<float> out(n);
   switch (t->dtype) {
-    case StDType::kF32: DecodeToFloat(DType::kF32, t->data, n, out.data()); break;
-    case StDType::kBF16: DecodeToFloat(DType::kBF16, t->data, n, out.data()); break;
-    case StDType::kF16: DecodeToFloat(DType::kF16, t->data, n, out.data()); break;
+    case StDType::kF32:
+      DecodeToFloat(DType::kF32, t->data, n, out.data());
+      break;
+    case StDType::kBF16:
+      DecodeToFloat(DType::kBF16, t->data, n, out.data());
+      break;
+    case StDType::kF16:
+      DecodeToFloat(DType::kF16, t->data, n, out.data());
+      break;
     case StDType::kF64:
       for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(LoadLE<double>(t->data + 8 * i));
       break;
@@ -268,8 +276,13 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(absl::string_view 
   const TensorView* t = Find(name);
   if (t == nullptr) return absl::NotFoundError(absl::StrCat(label_, ": no tensor '", name, "'"));
   switch (t->dtype) {
-    case StDType::kI64: case StDType::kI32: case StDType::kI16: case StDType::kI8:
-    case StDType::kU8: case StDType::kBool: break;
+    case StDType::kI64:
+    case StDType::kI32:
+    case StDType::kI16:
+    case StDType::kI8:
+    case StDType::kU8:
+    case StDType::kBool:
+      break;
     default:
       // Checked before the loop: an empty float tensor is not an integer one either.
       return absl::InvalidArgumentError(absl::StrCat(label_, ": tensor '", name, "': dtype ",
@@ -281,13 +294,24 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(absl::string_view 
   for (size_t i = 0; i < n; ++i) {
     const uint8_t* p = t->data + i * StDTypeSize(t->dtype);
     switch (t->dtype) {
-      case StDType::kI64: out[i] = LoadLE<int64_t>(p); break;
-      case StDType::kI32: out[i] = LoadLE<int32_t>(p); break;
-      case StDType::kI16: out[i] = LoadLE<int16_t>(p); break;
-      case StDType::kI8: out[i] = static_cast<int8_t>(*p); break;
+      case StDType::kI64:
+        out[i] = LoadLE<int64_t>(p);
+        break;
+      case StDType::kI32:
+        out[i] = LoadLE<int32_t>(p);
+        break;
+      case StDType::kI16:
+        out[i] = LoadLE<int16_t>(p);
+        break;
+      case StDType::kI8:
+        out[i] = static_cast<int8_t>(*p);
+        break;
       case StDType::kU8:
-      case StDType::kBool: out[i] = *p; break;
-      default: break;  // refused above
+      case StDType::kBool:
+        out[i] = *p;
+        break;
+      default:
+        break;  // refused above
     }
   }
   return out;
@@ -296,7 +320,9 @@ absl::StatusOr<std::vector<int64_t>> SafetensorsFile::ReadInt(absl::string_view 
 TensorToWrite TensorToWrite::FromFloats(std::string name, std::vector<int64_t> shape,
                                         absl::Span<const float> values, StDType dtype) {
   TensorToWrite t{std::move(name), dtype, std::move(shape), {}};
-  const DType d = dtype == StDType::kBF16 ? DType::kBF16 : dtype == StDType::kF16 ? DType::kF16 : DType::kF32;
+  const DType d = dtype == StDType::kBF16  ? DType::kBF16
+                  : dtype == StDType::kF16 ? DType::kF16
+                                           : DType::kF32;
   t.dtype = d == DType::kF32 ? StDType::kF32 : dtype;
   t.bytes.resize(values.size() * DTypeSize(d));
   EncodeFromFloat(d, values, reinterpret_cast<uint8_t*>(t.bytes.data()));

@@ -18,8 +18,8 @@
 #include <map>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -50,7 +50,7 @@ class SafetensorsFile {
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
   // Validates an in-memory image (copied); `label` names it in errors.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(std::string bytes,
-                                                                     std::string label);
+                                                                    std::string label);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;

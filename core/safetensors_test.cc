@@ -94,8 +94,8 @@ using ::attn::testing::HasError;
 // A unique path under the test temp dir (ctest may run tests in parallel).
 std::string TempPath(absl::string_view suffix) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return absl::StrCat(::testing::TempDir(), "/st_", info->test_suite_name(), "_", info->name(),
-                      "_", getpid(), "_", suffix);
+  return absl::StrCat(::testing::TempDir(), "/st_", info->test_suite_name(), "_", info->name(), "_",
+                      getpid(), "_", suffix);
 }
 
 // Deletes `path` when the scope ends, even when an ASSERT returns early.
@@ -127,9 +127,9 @@ TEST(SafetensorsTest, DTypeNamesAndSizesMatchTheFormat) {
     StDType dtype;
     const char* name;
     size_t size;
-  } kCases[] = {{StDType::kF64, "F64", 8},  {StDType::kF32, "F32", 4}, {StDType::kF16, "F16", 2},
+  } kCases[] = {{StDType::kF64, "F64", 8},   {StDType::kF32, "F32", 4}, {StDType::kF16, "F16", 2},
                 {StDType::kBF16, "BF16", 2}, {StDType::kI64, "I64", 8}, {StDType::kI32, "I32", 4},
-                {StDType::kI16, "I16", 2},  {StDType::kI8, "I8", 1},   {StDType::kU8, "U8", 1},
+                {StDType::kI16, "I16", 2},   {StDType::kI8, "I8", 1},   {StDType::kU8, "U8", 1},
                 {StDType::kBool, "BOOL", 1}};
   for (const auto& c : kCases) {
     EXPECT_EQ(StDTypeName(c.dtype), c.name);
@@ -141,7 +141,12 @@ TEST(SafetensorsTest, DTypeNamesAndSizesMatchTheFormat) {
 // Round trips through the writer and FromBytes.
 
 TEST(SafetensorsTest, RoundTripsF32Exactly) {
-  const std::vector<float> values = {0.0f, -0.0f, 1.0f, -2.5f, 3.14159274f, 1e-40f /*subnormal*/,
+  const std::vector<float> values = {0.0f,
+                                     -0.0f,
+                                     1.0f,
+                                     -2.5f,
+                                     3.14159274f,
+                                     1e-40f /*subnormal*/,
                                      std::numeric_limits<float>::max(),
                                      -std::numeric_limits<float>::infinity()};
   auto f = SafetensorsFile::FromBytes(
@@ -201,8 +206,8 @@ TEST(SafetensorsTest, RoundTripsF16AndStoresKnownBitPatterns) {
 }
 
 TEST(SafetensorsTest, RoundTripsI32ThroughReadIntAndReadFloat) {
-  const std::vector<int32_t> values = {0, 1, -1, 11, std::numeric_limits<int32_t>::max(),
-                                       std::numeric_limits<int32_t>::min()};
+  const std::vector<int32_t> values = {
+      0, 1, -1, 11, std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min()};
   const TensorToWrite w = TensorToWrite::FromInt32("len", {6}, values);
   EXPECT_EQ(w.dtype, StDType::kI32);
   auto f = SafetensorsFile::FromBytes(SerializeSafetensors({w}), kLabel);
@@ -312,10 +317,10 @@ TEST(SafetensorsTest, SerializerPadsHeaderSoDataStartsEightByteAligned) {
 TEST(SafetensorsTest, SerializerLaysOutTensorsInTheGivenOrder) {
   const std::vector<float> z = {1, 2};
   const std::vector<float> a = {3};
-  auto f = SafetensorsFile::FromBytes(
-      SerializeSafetensors(
-          {TensorToWrite::FromFloats("z", {2}, z), TensorToWrite::FromFloats("a", {1}, a)}),
-      kLabel);
+  auto f =
+      SafetensorsFile::FromBytes(SerializeSafetensors({TensorToWrite::FromFloats("z", {2}, z),
+                                                       TensorToWrite::FromFloats("a", {1}, a)}),
+                                 kLabel);
   ASSERT_TRUE(f.ok()) << f.status();
   const TensorView* tz = (*f)->Find("z");
   const TensorView* ta = (*f)->Find("a");
@@ -345,12 +350,12 @@ TEST(SafetensorsTest, FromFloatsRoundsOutOfRangeF16ToInfinity) {
 
 TEST(SafetensorsTest, FromFloatsRoundsF16ToNearestEven) {
   const std::vector<float> values = {
-      1.0f + std::ldexp(1.0f, -11),         // halfway 0x3C00/0x3C01 -> even 0x3C00
-      1.0f + 3 * std::ldexp(1.0f, -11),     // halfway 0x3C01/0x3C02 -> even 0x3C02
+      1.0f + std::ldexp(1.0f, -11),                          // halfway 0x3C00/0x3C01 -> even 0x3C00
+      1.0f + 3 * std::ldexp(1.0f, -11),                      // halfway 0x3C01/0x3C02 -> even 0x3C02
       1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20),  // just above halfway -> 0x3C01
-      std::ldexp(1.0f, -25),                // halfway 0/min subnormal -> 0
-      3 * std::ldexp(1.0f, -25),            // halfway 1/2 subnormal -> 2
-      1023.5f * std::ldexp(1.0f, -24),      // halfway largest subnormal/min normal -> 0x0400
+      std::ldexp(1.0f, -25),                                 // halfway 0/min subnormal -> 0
+      3 * std::ldexp(1.0f, -25),                             // halfway 1/2 subnormal -> 2
+      1023.5f * std::ldexp(1.0f, -24),  // halfway largest subnormal/min normal -> 0x0400
   };
   const TensorToWrite w = TensorToWrite::FromFloats("h", {6}, values, StDType::kF16);
   EXPECT_EQ(U16At(w.bytes, 0), 0x3C00);
@@ -365,8 +370,8 @@ TEST(SafetensorsTest, FromFloatsRoundsF16ToNearestEven) {
 // Conversions on read.
 
 TEST(SafetensorsTest, ReadFloatDecodesF16KnownValuesExactly) {
-  const std::string data = U16Bytes({0x3C00, 0xC100, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000,
-                                     0x7C00, 0xFC00, 0x7E00, 0x3555});
+  const std::string data = U16Bytes(
+      {0x3C00, 0xC100, 0x7BFF, 0x0001, 0x03FF, 0x0400, 0x8000, 0x7C00, 0xFC00, 0x7E00, 0x3555});
   auto f = Parse(R"({"h":{"dtype":"F16","shape":[11],"data_offsets":[0,22]}})", data);
   ASSERT_TRUE(f.ok()) << f.status();
   auto r = (*f)->ReadFloat("h");
@@ -376,9 +381,9 @@ TEST(SafetensorsTest, ReadFloatDecodesF16KnownValuesExactly) {
   EXPECT_EQ(v[0], 1.0f);
   EXPECT_EQ(v[1], -2.5f);
   EXPECT_EQ(v[2], 65504.0f);
-  EXPECT_EQ(v[3], std::ldexp(1.0f, -24));          // smallest subnormal
+  EXPECT_EQ(v[3], std::ldexp(1.0f, -24));            // smallest subnormal
   EXPECT_EQ(v[4], 1023.0f * std::ldexp(1.0f, -24));  // largest subnormal
-  EXPECT_EQ(v[5], std::ldexp(1.0f, -14));           // smallest normal
+  EXPECT_EQ(v[5], std::ldexp(1.0f, -14));            // smallest normal
   EXPECT_EQ(v[6], 0.0f);
   EXPECT_TRUE(std::signbit(v[6]));
   EXPECT_EQ(v[7], std::numeric_limits<float>::infinity());
@@ -425,20 +430,19 @@ TEST(SafetensorsTest, FloatToBF16RoundsToNearestEven) {
   std::memcpy(&snan, &snan_bits, sizeof(snan));
   EXPECT_TRUE(std::isnan(BF16ToFloat(FloatToBF16(snan))));
   // The writer uses the same rounding.
-  const TensorToWrite w =
-      TensorToWrite::FromFloats("b", {2}, std::vector<float>{one + ulp / 2, one + 3 * ulp / 2},
-                                StDType::kBF16);
+  const TensorToWrite w = TensorToWrite::FromFloats(
+      "b", {2}, std::vector<float>{one + ulp / 2, one + 3 * ulp / 2}, StDType::kBF16);
   EXPECT_EQ(U16At(w.bytes, 0), 0x3F80);
   EXPECT_EQ(U16At(w.bytes, 1), 0x3F82);
 }
 
 TEST(SafetensorsTest, ReadFloatConvertsF64AndIntegerDTypes) {
-  std::string data = RawBytes<double>({1.5, -0.25});          // [0, 16)
-  data += RawBytes<int64_t>({-5, 1LL << 40});                  // [16, 32)
-  data += RawBytes<int16_t>({-300, 300});                      // [32, 36)
-  data += RawBytes<int8_t>({-7, 7});                           // [36, 38)
-  data += RawBytes<uint8_t>({200, 0});                         // [38, 40)
-  data += RawBytes<uint8_t>({1, 0});                           // [40, 42)
+  std::string data = RawBytes<double>({1.5, -0.25});  // [0, 16)
+  data += RawBytes<int64_t>({-5, 1LL << 40});         // [16, 32)
+  data += RawBytes<int16_t>({-300, 300});             // [32, 36)
+  data += RawBytes<int8_t>({-7, 7});                  // [36, 38)
+  data += RawBytes<uint8_t>({200, 0});                // [38, 40)
+  data += RawBytes<uint8_t>({1, 0});                  // [40, 42)
   auto f = Parse(R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},)"
                  R"("l":{"dtype":"I64","shape":[2],"data_offsets":[16,32]},)"
                  R"("s":{"dtype":"I16","shape":[2],"data_offsets":[32,36]},)"
@@ -512,10 +516,9 @@ TEST(SafetensorsTest, ReadOfMissingTensorIsNotFound) {
 }
 
 TEST(SafetensorsTest, ReadFloatRejectsWrongShapeNamingTensorAndExpectedShape) {
-  auto f = SafetensorsFile::FromBytes(
-      SerializeSafetensors(
-          {TensorToWrite::FromFloats("w", {2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6})}),
-      kLabel);
+  auto f = SafetensorsFile::FromBytes(SerializeSafetensors({TensorToWrite::FromFloats(
+                                          "w", {2, 3}, std::vector<float>{1, 2, 3, 4, 5, 6})}),
+                                      kLabel);
   ASSERT_TRUE(f.ok()) << f.status();
   // Same element count, different shape.
   EXPECT_TRUE(HasError((*f)->ReadFloat("w", {3, 2}).status(), absl::StatusCode::kInvalidArgument,
@@ -602,8 +605,8 @@ TEST(SafetensorsTest, WriteToMissingDirectoryFails) {
   const std::string path = TempPath("no_such_dir/x.safetensors");
   const absl::Status s =
       WriteSafetensors(path, {TensorToWrite::FromFloats("w", {1}, std::vector<float>{1})});
-  EXPECT_TRUE(HasError(s, absl::StatusCode::kFailedPrecondition,
-                       {path, "cannot open for writing"}));
+  EXPECT_TRUE(
+      HasError(s, absl::StatusCode::kFailedPrecondition, {path, "cannot open for writing"}));
 }
 
 TEST(SafetensorsTest, WriteToFullDeviceIsDataLoss) {
@@ -649,15 +652,13 @@ TEST(SafetensorsTest, OpensGoldenFileWithExpectedTensorsAndValues) {
   EXPECT_EQ((*f)->Find("input.key_lengths")->dtype, StDType::kI32);
   EXPECT_EQ(*(*f)->ReadInt("input.key_lengths"), (std::vector<int64_t>{11, 11}));
   EXPECT_EQ(*(*f)->ReadInt("input.query_lengths"), (std::vector<int64_t>{5, 5}));
-  EXPECT_EQ((*f)->Find("expected.attention_weights")->shape,
-            (std::vector<int64_t>{2, 2, 5, 11}));
+  EXPECT_EQ((*f)->Find("expected.attention_weights")->shape, (std::vector<int64_t>{2, 2, 5, 11}));
 }
 
 TEST(SafetensorsTest, OpensEveryGoldenFileAndReadsEveryTensor) {
-  for (const char* name :
-       {"cross.safetensors", "cross_kdim_vdim.safetensors", "gqa.safetensors",
-        "no_bias.safetensors", "self_basic.safetensors", "self_causal.safetensors",
-        "self_padding.safetensors"}) {
+  for (const char* name : {"cross.safetensors", "cross_kdim_vdim.safetensors", "gqa.safetensors",
+                           "no_bias.safetensors", "self_basic.safetensors",
+                           "self_causal.safetensors", "self_padding.safetensors"}) {
     SCOPED_TRACE(name);
     auto f = SafetensorsFile::Open(GoldenPath(name));
     ASSERT_TRUE(f.ok()) << f.status();
@@ -699,8 +700,9 @@ TEST(SafetensorsTest, GoldenFileBytesMatchFromBytes) {
 TEST(SafetensorsTest, RejectsFileShorterThanLengthField) {
   for (size_t size = 0; size < 8; ++size) {
     auto f = SafetensorsFile::FromBytes(std::string(size, '\0'), kLabel);
-    EXPECT_TRUE(HasError(f.status(), absl::StatusCode::kInvalidArgument,
-                         {kLabel, absl::StrCat("truncated: ", size, " bytes, expected at least 8")}))
+    EXPECT_TRUE(
+        HasError(f.status(), absl::StatusCode::kInvalidArgument,
+                 {kLabel, absl::StrCat("truncated: ", size, " bytes, expected at least 8")}))
         << size;
   }
 }
@@ -757,7 +759,8 @@ TEST(SafetensorsTest, RejectsTensorEntryThatIsNotAnObject) {
 }
 
 TEST(SafetensorsTest, RejectsUnknownDType) {
-  EXPECT_TRUE(Rejects(R"({"t":{"dtype":"F8","shape":[1],"data_offsets":[0,1]}})", std::string(1, '\0'),
+  EXPECT_TRUE(Rejects(R"({"t":{"dtype":"F8","shape":[1],"data_offsets":[0,1]}})",
+                      std::string(1, '\0'),
                       {"tensor 't'", "unknown dtype 'F8'", "expected one of"}));
   // Names are case-sensitive.
   EXPECT_TRUE(Rejects(R"({"t":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}})",
@@ -767,8 +770,8 @@ TEST(SafetensorsTest, RejectsUnknownDType) {
 TEST(SafetensorsTest, RejectsMissingOrNonStringDType) {
   EXPECT_TRUE(Rejects(R"({"t":{"shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0'),
                       {"tensor 't'", "missing string field 'dtype'"}));
-  EXPECT_TRUE(Rejects(R"({"t":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})",
-                      std::string(4, '\0'), {"tensor 't'", "missing string field 'dtype'"}));
+  EXPECT_TRUE(Rejects(R"({"t":{"dtype":4,"shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0'),
+                      {"tensor 't'", "missing string field 'dtype'"}));
 }
 
 TEST(SafetensorsTest, RejectsMissingOrNonArrayShape) {
@@ -813,9 +816,9 @@ TEST(SafetensorsTest, RejectsNonIntegerShapeEntry) {
 }
 
 TEST(SafetensorsTest, RejectsShapeWhoseElementCountOverflows) {
-  EXPECT_TRUE(Rejects(
-      R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
-      std::string(4, '\0'), {"tensor 't'", "shape overflows"}));
+  EXPECT_TRUE(
+      Rejects(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
+              std::string(4, '\0'), {"tensor 't'", "shape overflows"}));
 }
 
 TEST(SafetensorsTest, RejectsShapeEntryThatDoesNotFitInt64) {
@@ -835,10 +838,9 @@ TEST(SafetensorsTest, RejectsDataOffsetsBeginAfterEnd) {
 
 TEST(SafetensorsTest, RejectsOffsetsPastTheDataBuffer) {
   // Truncated data: the header promises 16 bytes, 8 are present.
-  EXPECT_TRUE(Rejects(R"({"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})",
-                      std::string(8, '\0'),
-                      {"tensor 't'", "data_offsets [0, 16) out of range",
-                       "the data buffer has 8 bytes"}));
+  EXPECT_TRUE(
+      Rejects(R"({"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", std::string(8, '\0'),
+              {"tensor 't'", "data_offsets [0, 16) out of range", "the data buffer has 8 bytes"}));
   // No data at all.
   EXPECT_TRUE(Rejects(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "",
                       {"out of range", "has 0 bytes"}));
@@ -878,7 +880,8 @@ TEST(SafetensorsTest, RejectsOffsetNotAlignedToElementSize) {
 }
 
 TEST(SafetensorsTest, AcceptsBytesAtAnyOffset) {
-  auto f = Parse(R"({"t":{"dtype":"U8","shape":[2],"data_offsets":[3,5]}})", std::string("\0\0\0\x09\x0a", 5));
+  auto f = Parse(R"({"t":{"dtype":"U8","shape":[2],"data_offsets":[3,5]}})",
+                 std::string("\0\0\0\x09\x0a", 5));
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(*(*f)->ReadInt("t"), (std::vector<int64_t>{9, 10}));
 }
@@ -915,8 +918,8 @@ TEST(SafetensorsTest, AcceptsAdjacentTensorsAndEmptyTensorInsideAnother) {
 }
 
 TEST(SafetensorsTest, RejectsMetadataWithNonStringValue) {
-  EXPECT_TRUE(Rejects(R"({"__metadata__":{"ok":"1","n":1}})", "",
-                      {"__metadata__.n: expected a string"}));
+  EXPECT_TRUE(
+      Rejects(R"({"__metadata__":{"ok":"1","n":1}})", "", {"__metadata__.n: expected a string"}));
   EXPECT_TRUE(Rejects(R"({"__metadata__":{"nested":{"a":"b"}}})", "",
                       {"__metadata__.nested: expected a string"}));
 }

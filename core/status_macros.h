@@ -9,10 +9,10 @@
 #define ATTN_CONCAT_(a, b) ATTN_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define ATTN_RETURN_IF_ERROR(expr)                 \
-  do {                                             \
-    const ::absl::Status attn_status_ = (expr);    \
-    if (!attn_status_.ok()) return attn_status_;   \
+#define ATTN_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    const ::absl::Status attn_status_ = (expr);  \
+    if (!attn_status_.ok()) return attn_status_; \
   } while (0)
 
 // `lhs = value of expr`, or returns its status from the enclosing function.

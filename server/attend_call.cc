@@ -40,9 +40,9 @@ void CallOutcome::Record(bool delivered) const {
                        ? absl::DeadlineExceededError(absl::StrCat(
                              "deadline passed before the response was sent (server status: ",
                              absl::StatusCodeToString(status.code()), ")"))
-                       : absl::CancelledError(absl::StrCat(
-                             "cancelled before the response was sent (server status: ",
-                             absl::StatusCodeToString(status.code()), ")"));
+                       : absl::CancelledError(
+                             absl::StrCat("cancelled before the response was sent (server status: ",
+                                          absl::StatusCodeToString(status.code()), ")"));
   }
   core::RequestObservation seen;
   seen.code = final_status.code();
@@ -168,8 +168,8 @@ struct CallResult {
 };
 
 // Writes the call's response with timings and finishes the call.
-void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
-             const CallResult& result, const BatchRun& run) {
+void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status, const CallResult& result,
+             const BatchRun& run) {
   if (status.ok()) {
     EncodeAttendResponse(call->request, result.output, result.probs, result.probs_offsets,
                          *call->model, call->response);
@@ -199,10 +199,8 @@ void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const Ba
   if (!status.ok()) return;
   double flops = 0;
   for (const auto& call : calls) flops += CallFlops(*call);
-  calls.front()->observer->OnBatch({.requests = run.size,
-                                    .tokens = run.tokens,
-                                    .compute = run.end - run.start,
-                                    .flops = flops});
+  calls.front()->observer->OnBatch(
+      {.requests = run.size, .tokens = run.tokens, .compute = run.end - run.start, .flops = flops});
 }
 
 // Bytes of the probabilities the core computes for `call` (its valid rows
@@ -305,8 +303,9 @@ void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
     CallResult mine;
     if (status.ok()) {
       const int64_t row0 = batch.q_offsets[seq];
-      mine.output = absl::MakeConstSpan(all.output)
-                        .subspan(static_cast<size_t>(row0 * e), static_cast<size_t>(r.num_tokens() * e));
+      mine.output =
+          absl::MakeConstSpan(all.output)
+              .subspan(static_cast<size_t>(row0 * e), static_cast<size_t>(r.num_tokens() * e));
       if (r.need_probs) {
         const int64_t p0 = all.probs_offsets[seq];
         probs_offsets.clear();

@@ -16,8 +16,8 @@
 #include "core/batching/batcher.h"
 #include "core/clock.h"
 #include "core/mutex.h"
-#include "grpcpp/support/server_callback.h"
 #include "grpcpp/server_context.h"
+#include "grpcpp/support/server_callback.h"
 #include "server/attend_codec.h"
 #include "server/log.h"
 #include "server/model_repository.h"
@@ -75,7 +75,7 @@ struct CallEnv {
 struct CallOutcome {
   const CallEnv* env = nullptr;
   core::BatchObserver* observer = nullptr;  // the model's (or the unknown model's)
-  bool admitted = false;  // counted in flight
+  bool admitted = false;                    // counted in flight
   // Given back to `budget` when recorded (0: nothing was taken).
   ResponseBudget* budget = nullptr;
   int64_t budget_bytes = 0;
@@ -118,8 +118,8 @@ struct AttendCall {
   // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
   core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s
-  bool admitted = false;                  // in the batcher: counted in flight and queued
-  ResponseBudget* budget = nullptr;       // set once budget_bytes are taken from it
+  bool admitted = false;                    // in the batcher: counted in flight and queued
+  ResponseBudget* budget = nullptr;         // set once budget_bytes are taken from it
   int64_t budget_bytes = 0;
   DecodedRequest request;
   absl::Time enqueued;  // on env->clock, as every time of the call

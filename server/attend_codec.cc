@@ -17,9 +17,7 @@ namespace {
 
 using attention::v1::Tensor;
 
-absl::Status Invalid(auto&&... parts) {
-  return absl::InvalidArgumentError(absl::StrCat(parts...));
-}
+absl::Status Invalid(auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); }
 
 std::string ShapeString(const Tensor& t) { return wire::ShapeToString(wire::ShapeOf(t)); }
 
@@ -42,13 +40,13 @@ constexpr wire::TensorRule kRequestTensorRule{.dtypes = kRequestDataTypes,
 // most `max_seq_len`), and the payload against the shape.
 absl::Status CheckTensor(const char* field, const Tensor& t, int rank, int64_t width,
                          const char* width_name, int64_t max_seq_len) {
-  ATTN_RETURN_IF_ERROR(wire::CheckDataType(t.dtype(), absl::StrCat(field, ".dtype"),
-                                           kRequestTensorRule.dtypes));
+  ATTN_RETURN_IF_ERROR(
+      wire::CheckDataType(t.dtype(), absl::StrCat(field, ".dtype"), kRequestTensorRule.dtypes));
   if (t.shape_size() != rank) {
-    return Invalid(field, ".shape: expected ",
-                   rank == 3 ? absl::StrCat("[batch, seq, ", width, "]")
-                             : absl::StrCat("[seq, ", width, "]"),
-                   " (rank ", rank, "), got ", ShapeString(t));
+    return Invalid(
+        field, ".shape: expected ",
+        rank == 3 ? absl::StrCat("[batch, seq, ", width, "]") : absl::StrCat("[seq, ", width, "]"),
+        " (rank ", rank, "), got ", ShapeString(t));
   }
   ATTN_ASSIGN_OR_RETURN(const int64_t count,
                         wire::CheckShape(wire::ShapeOf(t), field, kRequestTensorRule));
@@ -116,8 +114,8 @@ int64_t BoundWithProbs(const DecodedRequest& d, const Model& model, size_t reque
 // Refuses a request whose response (d.response_bytes) could not be sent,
 // before any compute, saying what would make it fit. `d` has its shape,
 // lengths and flags.
-absl::Status CheckResponseSize(const attention::v1::AttendRequest& request,
-                               const DecodedRequest& d, const Model& model, int64_t max_bytes) {
+absl::Status CheckResponseSize(const attention::v1::AttendRequest& request, const DecodedRequest& d,
+                               const Model& model, int64_t max_bytes) {
   max_bytes = std::min(max_bytes, kProtobufMaxBytes);
   const int64_t bytes = d.response_bytes;
   if (bytes <= max_bytes) return absl::OkStatus();
@@ -128,14 +126,13 @@ absl::Status CheckResponseSize(const attention::v1::AttendRequest& request,
   std::vector<std::string> fixes = {"fewer or shorter sequences"};
   if (d.need_probs) {
     absl::StrAppend(&why, "; attention_probs alone is ", Bytes(ProbsValues(d, heads) * 4),
-                    d.packed_probs
-                        ? " packed"
-                        : absl::StrCat(" padded [", d.batch, ", ", heads, ", ", d.seq_q, ", ",
-                                       d.seq_k, "]"));
+                    d.packed_probs ? " packed"
+                                   : absl::StrCat(" padded [", d.batch, ", ", heads, ", ", d.seq_q,
+                                                  ", ", d.seq_k, "]"));
     fixes.push_back("return_attention_probs false");
     if (!d.packed_probs) {
-      const int64_t packed_bytes = BoundWithProbs(d, model, request.request_id().size(),
-                                                  ValidProbsValues(d, heads));
+      const int64_t packed_bytes =
+          BoundWithProbs(d, model, request.request_id().size(), ValidProbsValues(d, heads));
       if (packed_bytes <= max_bytes) {
         fixes.push_back(absl::StrCat("attention_probs_layout PROBS_LAYOUT_PACKED (",
                                      Bytes(packed_bytes), " for this request)"));
@@ -166,8 +163,8 @@ absl::Status CheckFinite(const char* field, const std::vector<float>& packed, in
   const int64_t seq = std::upper_bound(offsets.begin(), offsets.end(), row) - offsets.begin() - 1;
   const std::string where =
       rank2 ? absl::StrCat("[", row - offsets[seq], ", ", static_cast<int64_t>(i) % width, "]")
-            : absl::StrCat("[", seq, ", ", row - offsets[seq], ", ", static_cast<int64_t>(i) % width,
-                           "]");
+            : absl::StrCat("[", seq, ", ", row - offsets[seq], ", ",
+                           static_cast<int64_t>(i) % width, "]");
   return Invalid(field, where, ": expected a finite value, got ", packed[i],
                  " (NaN and Inf inputs are refused)");
 }
@@ -210,9 +207,10 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   d.causal = request.causal();
   d.need_probs = request.return_attention_probs();
   if (!attention::v1::ProbsLayout_IsValid(request.attention_probs_layout())) {
-    return Invalid("attention_probs_layout: expected PROBS_LAYOUT_PADDED or PROBS_LAYOUT_PACKED, "
-                   "got ", wire::EnumName(attention::v1::ProbsLayout_descriptor(),
-                                          request.attention_probs_layout()));
+    return Invalid(
+        "attention_probs_layout: expected PROBS_LAYOUT_PADDED or PROBS_LAYOUT_PACKED, "
+        "got ",
+        wire::EnumName(attention::v1::ProbsLayout_descriptor(), request.attention_probs_layout()));
   }
   d.packed_probs = request.attention_probs_layout() == attention::v1::PROBS_LAYOUT_PACKED;
 
@@ -226,11 +224,12 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   const bool kv_differ = c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
   if (!d.cross && kv_differ) {
     return Invalid("key: required: model '", model.name, "' has kdim ", c.key_dim(), " and vdim ",
-                   c.value_dim(), " (embed_dim ", c.embed_dim, "), so it only does cross-attention");
+                   c.value_dim(), " (embed_dim ", c.embed_dim,
+                   "), so it only does cross-attention");
   }
-  ATTN_ASSIGN_OR_RETURN(std::vector<int64_t> q_lengths,
-                        Lengths("query_lengths", request.query_lengths(), d.batch, d.seq_q,
-                                "query.shape seq"));
+  ATTN_ASSIGN_OR_RETURN(
+      std::vector<int64_t> q_lengths,
+      Lengths("query_lengths", request.query_lengths(), d.batch, d.seq_q, "query.shape seq"));
   std::vector<int64_t> k_lengths;
   if (d.cross) {
     ATTN_RETURN_IF_ERROR(
@@ -248,8 +247,8 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
                      request.key().shape(0));
     }
     d.seq_k = request.key().shape(rank - 2);
-    ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch,
-                                             d.seq_k, "key.shape seq"));
+    ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch, d.seq_k,
+                                             "key.shape seq"));
   } else {
     d.seq_k = d.seq_q;
     if (!request.key_lengths().empty()) {
@@ -338,9 +337,9 @@ void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> outpu
       // The core's layout already: this request's blocks, one after another.
       wire::InitTensor({values}, {.dtype = attention::v1::FLOAT32}, p);
       if (values > 0) {
-        wire::EncodeElements(probs.subspan(static_cast<size_t>(probs_offsets[0]),
-                                           static_cast<size_t>(values)),
-                             0, p);
+        wire::EncodeElements(
+            probs.subspan(static_cast<size_t>(probs_offsets[0]), static_cast<size_t>(values)), 0,
+            p);
       }
       return;
     }

@@ -18,15 +18,15 @@ namespace attn::server {
 // A validated request, packed without padding. Owns its buffers; batch()
 // views them.
 struct DecodedRequest {
-  int64_t batch = 0;      // sequences
-  int64_t seq_q = 0;      // padded query length of the request tensor
-  int64_t seq_k = 0;      // padded key length (seq_q for self-attention)
-  bool rank2 = false;     // query came as [seq, embed]
+  int64_t batch = 0;   // sequences
+  int64_t seq_q = 0;   // padded query length of the request tensor
+  int64_t seq_k = 0;   // padded key length (seq_q for self-attention)
+  bool rank2 = false;  // query came as [seq, embed]
   bool cross = false;
   bool causal = false;
   bool need_probs = false;
-  bool packed_probs = false;  // attention_probs_layout PACKED
-  int64_t response_bytes = 0;  // ResponseBytesBound of this request
+  bool packed_probs = false;                               // attention_probs_layout PACKED
+  int64_t response_bytes = 0;                              // ResponseBytesBound of this request
   attention::v1::DataType dtype = attention::v1::FLOAT32;  // of the query
   bool packed_floats = false;  // query used float_data: answer the same way
   std::vector<float> query, key, value;

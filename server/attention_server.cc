@@ -155,9 +155,9 @@ void ShutdownAcceptedConnections(int port) {
     socklen_t type_len = sizeof(type);
     sockaddr_storage local{};
     socklen_t local_len = sizeof(local);
-    if (fd == dirfd(dir) ||
-        getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening != 0 ||
-        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM ||
+    if (fd == dirfd(dir) || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 ||
+        listening != 0 || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 ||
+        type != SOCK_STREAM ||
         getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
       continue;
     }
@@ -209,8 +209,9 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     return absl::InvalidArgumentError("observers: required (the default ignores everything)");
   }
   if (options.max_response_bytes_in_flight < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_response_bytes_in_flight: expected >= 1, got ", options.max_response_bytes_in_flight));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_response_bytes_in_flight: expected >= 1, got ",
+                     options.max_response_bytes_in_flight));
   }
   std::unique_ptr<AttentionServer> s(new AttentionServer());
   s->options_ = options;
@@ -256,11 +257,14 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     // scraper never holds a worker between scrapes. linger_timeout_ms stays
     // unset, so closing a connection never blocks a worker either.
     std::vector<std::string> civetweb = {
-        "listening_ports", options.metrics_listen,
-        "num_threads", std::to_string(options.metrics_threads),
+        "listening_ports",
+        options.metrics_listen,
+        "num_threads",
+        std::to_string(options.metrics_threads),
         "request_timeout_ms",
         std::to_string(absl::ToInt64Milliseconds(options.metrics_request_timeout)),
-        "enable_keep_alive", "no"};
+        "enable_keep_alive",
+        "no"};
     try {
       s->exposer_ = std::make_unique<prometheus::Exposer>(std::move(civetweb));
     } catch (const std::exception& e) {
@@ -315,7 +319,8 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   s->health_ = std::make_unique<HealthService>();
   s->health_->SetServingStatus("", true);
   s->health_->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
-  for (const Model* model : s->repository_->models()) s->health_->SetServingStatus(model->name, true);
+  for (const Model* model : s->repository_->models())
+    s->health_->SetServingStatus(model->name, true);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -334,7 +339,8 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     return absl::UnavailableError(
         absl::StrCat("--listen=", options.listen, ": cannot listen (address in use or invalid?)"));
   }
-  for (const Model* model : s->repository_->models()) s->metrics_->Find(model->name)->SetReady(true);
+  for (const Model* model : s->repository_->models())
+    s->metrics_->Find(model->name)->SetReady(true);
   return s;
 }
 

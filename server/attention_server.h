@@ -23,16 +23,16 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/batching/batch_observer.h"
+#include "core/batching/batch_policy.h"
+#include "core/clock.h"
 #include "grpcpp/server.h"
+#include "server/attend_call.h"
 #include "server/attention_service.h"
 #include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
-#include "core/batching/batch_observer.h"
-#include "core/batching/batch_policy.h"
-#include "core/clock.h"
-#include "server/attend_call.h"
 
 // Only a pointer to it here, so code that includes this header needs none of
 // prometheus-cpp's pull library (civetweb): it is a private dependency.

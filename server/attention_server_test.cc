@@ -45,16 +45,19 @@ class Connection {
 
   bool connected() const { return connected_; }
   bool Send(const std::string& bytes) {
-    return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+    return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
   }
   // Everything until the peer closes, or nullopt if `timeout` passes first.
   std::optional<std::string> ReadToEnd(std::chrono::milliseconds timeout) {
     std::string got;
     const auto give_up = Clock::now() + timeout;
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(give_up - Clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(give_up - Clock::now());
       pollfd p{fd_, POLLIN, 0};
-      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) return std::nullopt;
+      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        return std::nullopt;
       char buf[4096];
       const ssize_t n = recv(fd_, buf, sizeof(buf), 0);
       if (n <= 0) return got;
@@ -71,7 +74,8 @@ class Connection {
 // response, or nullopt if it did not come in time.
 std::optional<std::string> Scrape(int port, std::chrono::milliseconds timeout) {
   Connection c(port);
-  if (!c.connected() || !c.Send("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")) return std::nullopt;
+  if (!c.connected() || !c.Send("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+    return std::nullopt;
   return c.ReadToEnd(timeout);
 }
 
@@ -97,7 +101,8 @@ std::unique_ptr<AttentionServer> StartServer(AttentionServer::Options options) {
   m.config.num_heads = 2;
   m.max_seq_len = 8;
   m.max_request_tokens = 8;
-  m.mha = *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, 1), {});
+  m.mha =
+      *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, 1), {});
   std::vector<Model> models;
   models.push_back(std::move(m));
   options.listen = "127.0.0.1:0";
@@ -168,7 +173,8 @@ TEST(AttentionServerTest, OptionsOutOfRangeAreRefused) {
   options.shutdown_close_wait = absl::Seconds(-1);
   server = AttentionServer::Start(ModelRepository::FromModels({}), options);
   EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(absl::StrContains(server.status().message(), "shutdown_close_wait")) << server.status();
+  EXPECT_TRUE(absl::StrContains(server.status().message(), "shutdown_close_wait"))
+      << server.status();
 }
 
 TEST(AttentionServerTest, WatchHeldAcrossShutdownSeesNotServingThenEndsAndDoesNotHoldTheServer) {

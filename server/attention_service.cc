@@ -7,9 +7,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "server/attend_codec.h"
 #include "core/mutex.h"
 #include "proto/wire/model_info.h"
+#include "server/attend_codec.h"
 #include "server/status_util.h"
 
 namespace attn::server {
@@ -53,10 +53,10 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   c.request = *std::move(decoded);
   const int64_t response_bytes = c.request.response_bytes;
   if (!response_budget_.TryAcquire(response_bytes)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "responses in flight: accepted requests may still send ", response_budget_.held(),
-        " bytes, ", response_bytes, " more would exceed ", response_budget_.max_bytes(),
-        " (max_response_bytes_in_flight)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("responses in flight: accepted requests may still send ",
+                     response_budget_.held(), " bytes, ", response_bytes, " more would exceed ",
+                     response_budget_.max_bytes(), " (max_response_bytes_in_flight)"));
   }
   c.budget = &response_budget_;  // given back when the call is recorded
   c.budget_bytes = response_bytes;

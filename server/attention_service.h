@@ -31,8 +31,8 @@
 #include <unordered_map>
 
 #include "attention/v1/attention.grpc.pb.h"
-#include "server/model_repository.h"
 #include "server/attend_call.h"
+#include "server/model_repository.h"
 
 namespace attn::server {
 

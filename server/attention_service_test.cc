@@ -100,7 +100,8 @@ class AttentionServiceTest : public ::testing::Test {
       g.config = GqaConfig();
       g.max_seq_len = 64;
       g.max_request_tokens = 1024;
-      g.mha = *core::MultiHeadAttention::Create(g.config, core::RandomAttentionWeights(g.config, kSeed + 1), {});
+      g.mha = *core::MultiHeadAttention::Create(
+          g.config, core::RandomAttentionWeights(g.config, kSeed + 1), {});
       models.push_back(std::move(g));
     }
     Model m;
@@ -109,7 +110,8 @@ class AttentionServiceTest : public ::testing::Test {
     m.max_seq_len = 32;
     m.max_request_tokens = 40;
     m.batching = small_batching;
-    m.mha = *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, kSeed), {});
+    m.mha = *core::MultiHeadAttention::Create(m.config,
+                                              core::RandomAttentionWeights(m.config, kSeed), {});
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
@@ -356,29 +358,23 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, AttendValidationTest,
     ::testing::Values(
         BadCase{"NoQuery", [](AttendRequest* r) { r->clear_query(); }, "query: required"},
-        BadCase{"Rank4",
-                [](AttendRequest* r) { r->mutable_query()->add_shape(1); },
+        BadCase{"Rank4", [](AttendRequest* r) { r->mutable_query()->add_shape(1); },
                 "query.shape: expected [batch, seq, 64] or [seq, 64]"},
-        BadCase{"WrongEmbed",
-                [](AttendRequest* r) { r->mutable_query()->set_shape(2, 32); },
+        BadCase{"WrongEmbed", [](AttendRequest* r) { r->mutable_query()->set_shape(2, 32); },
                 "query.shape[2]: expected 64 (embed_dim), got 32"},
         BadCase{"ByteLength",
                 [](AttendRequest* r) { r->mutable_query()->mutable_raw_data()->pop_back(); },
                 "query.raw_data: expected 1536 bytes"},
-        BadCase{"BothPayloads",
-                [](AttendRequest* r) { r->mutable_query()->add_float_data(1.0f); },
+        BadCase{"BothPayloads", [](AttendRequest* r) { r->mutable_query()->add_float_data(1.0f); },
                 "query: expected exactly one of raw_data or float_data, got both"},
-        BadCase{"NoPayload",
-                [](AttendRequest* r) { r->mutable_query()->clear_raw_data(); },
+        BadCase{"NoPayload", [](AttendRequest* r) { r->mutable_query()->clear_raw_data(); },
                 "got neither"},
         BadCase{"BadDtype",
                 [](AttendRequest* r) { r->mutable_query()->set_dtype(attention::v1::FLOAT16); },
                 "query.dtype: expected FLOAT32 or BFLOAT16, got FLOAT16"},
-        BadCase{"ZeroDim",
-                [](AttendRequest* r) { r->mutable_query()->set_shape(1, 0); },
+        BadCase{"ZeroDim", [](AttendRequest* r) { r->mutable_query()->set_shape(1, 0); },
                 "query.shape[1]: expected a positive size"},
-        BadCase{"TooLong",
-                [](AttendRequest* r) { r->mutable_query()->set_shape(1, 33); },
+        BadCase{"TooLong", [](AttendRequest* r) { r->mutable_query()->set_shape(1, 33); },
                 "query.shape[1]: expected at most 32 (the model's max_seq_len)"},
         BadCase{"TooManyTokens",
                 [](AttendRequest* r) {
@@ -386,8 +382,7 @@ INSTANTIATE_TEST_SUITE_P(
                   r->mutable_query()->mutable_raw_data()->resize(14 * 3 * 64 * 4);
                 },
                 "query: expected at most 40 tokens (the model's max_request_tokens), got 42"},
-        BadCase{"LengthsCount",
-                [](AttendRequest* r) { r->add_query_lengths(1); },
+        BadCase{"LengthsCount", [](AttendRequest* r) { r->add_query_lengths(1); },
                 "query_lengths: expected 2 entries"},
         BadCase{"LengthOutOfRange",
                 [](AttendRequest* r) {
@@ -395,8 +390,7 @@ INSTANTIATE_TEST_SUITE_P(
                   r->add_query_lengths(4);
                 },
                 "query_lengths[1]: expected 0..3"},
-        BadCase{"KeyWithoutValue",
-                [](AttendRequest* r) { *r->mutable_key() = r->query(); },
+        BadCase{"KeyWithoutValue", [](AttendRequest* r) { *r->mutable_key() = r->query(); },
                 "value: required when key is set"},
         BadCase{"KeyBatchMismatch",
                 [](AttendRequest* r) {
@@ -592,7 +586,8 @@ TEST_F(AttentionServiceTest, SixtyFourConcurrentClientsMixedModelsAndLengthsEach
     r.set_causal(i % 3 == 0);
     auto* q = r.mutable_query();
     q->set_dtype(attention::v1::FLOAT32);
-    for (int64_t d : {int64_t{batch}, int64_t{job.seq}, int64_t{job.config.embed_dim}}) q->add_shape(d);
+    for (int64_t d : {int64_t{batch}, int64_t{job.seq}, int64_t{job.config.embed_dim}})
+      q->add_shape(d);
     q->set_raw_data(job.padded.data(), job.padded.size() * sizeof(float));
     for (int b = 0; b < batch; ++b) {
       job.lengths.push_back(1 + static_cast<int>(rng() % job.seq));
@@ -737,13 +732,15 @@ TEST_F(AttentionServiceTest, StreamAnswersEveryRequestTaggedAndBadOnesFailAlone)
     const AttendResponse& r = got.at(absl::StrCat("s", i));
     if (i % 10 == 4) {
       EXPECT_EQ(r.status().code(), grpc::StatusCode::INVALID_ARGUMENT) << i;
-      EXPECT_TRUE(absl::StrContains(r.status().message(), "query.shape[2]")) << r.status().message();
+      EXPECT_TRUE(absl::StrContains(r.status().message(), "query.shape[2]"))
+          << r.status().message();
       EXPECT_FALSE(r.has_output());
       continue;
     }
     if (i % 10 == 7) {
       EXPECT_EQ(r.status().code(), grpc::StatusCode::NOT_FOUND) << i;
-      EXPECT_TRUE(absl::StrContains(r.status().message(), "available: small")) << r.status().message();
+      EXPECT_TRUE(absl::StrContains(r.status().message(), "available: small"))
+          << r.status().message();
       continue;
     }
     ASSERT_EQ(r.status().code(), 0) << i << ": " << r.status().message();
@@ -755,7 +752,8 @@ TEST_F(AttentionServiceTest, StreamAnswersEveryRequestTaggedAndBadOnesFailAlone)
     ASSERT_EQ(a.size(), b.size()) << i;
     for (size_t j = 0; j < a.size(); ++j) ASSERT_NEAR(a[j], b[j], 1e-5f) << "request " << i;
   }
-  EXPECT_EQ(WaitCounter("small", "OK", kRequests - 8 + (kRequests - 8)), kRequests - 8 + (kRequests - 8));  // stream + the unary checks
+  EXPECT_EQ(WaitCounter("small", "OK", kRequests - 8 + (kRequests - 8)),
+            kRequests - 8 + (kRequests - 8));  // stream + the unary checks
   EXPECT_EQ(WaitCounter("small", "INVALID_ARGUMENT", 4), 4);
   EXPECT_EQ(WaitCounter("", "NOT_FOUND", 4), 4);
 }
@@ -893,9 +891,9 @@ TEST_F(AttentionServiceTest, ResponseOverTheMessageLimitIsRefusedBeforeCompute) 
   AttendResponse resp;
   grpc::Status s = Attend(req, &resp);
   ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  for (const char* part : {"return_attention_probs", "the response would be", "49152",
-                           "padded [8, 4, 32, 32]", "PROBS_LAYOUT_PACKED", "--max_message_bytes",
-                           "fewer or shorter sequences"}) {
+  for (const char* part :
+       {"return_attention_probs", "the response would be", "49152", "padded [8, 4, 32, 32]",
+        "PROBS_LAYOUT_PACKED", "--max_message_bytes", "fewer or shorter sequences"}) {
     EXPECT_TRUE(absl::StrContains(s.error_message(), part)) << part << " in " << s.error_message();
   }
   EXPECT_EQ(WaitCounter("small", "INVALID_ARGUMENT", 1), 1);
@@ -1161,7 +1159,8 @@ TEST_F(AttentionServiceTest, ResponsesNotYetSentAreBoundedAndTheBudgetIsGivenBac
   AttendResponse shed;
   const grpc::Status s = stub_->Attend(&ctx, MakeRequest(1, 4), &shed);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_TRUE(absl::StrContains(s.error_message(), "max_response_bytes_in_flight")) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "max_response_bytes_in_flight"))
+      << s.error_message();
   EXPECT_NE(ctx.GetServerTrailingMetadata().find("grpc-retry-pushback-ms"),
             ctx.GetServerTrailingMetadata().end());
   gate.Release();
@@ -1261,7 +1260,7 @@ TEST_F(AttentionServiceTest, PartialBatchIsCutWhenTheServersClockPassesTheDelay)
   std::thread second(attend, 1);
   EXPECT_TRUE(WaitQueued(2));
   EXPECT_TRUE(seen_->seen("small").batches.empty());  // the oldest has waited 20 s of 60
-  clock_.Advance(absl::Seconds(40));  // wakes the batcher: the delay has passed
+  clock_.Advance(absl::Seconds(40));                  // wakes the batcher: the delay has passed
   first.join();
   second.join();
   for (int i = 0; i < 2; ++i) {

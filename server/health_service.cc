@@ -128,7 +128,8 @@ HealthService::ServingStatus HealthService::StatusLocked(const std::string& serv
 }
 
 void HealthService::SetServingStatus(const std::string& service, bool serving) {
-  const ServingStatus status = serving ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
+  const ServingStatus status =
+      serving ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
   std::vector<WatchReactor::Actions> next;
   {
     MutexLock lock(&mu_);
@@ -165,8 +166,9 @@ grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* cont
     status = StatusLocked(request->service());
   }
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 absl::StrCat("service: unknown service '", request->service(), "'")));
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::NOT_FOUND,
+                     absl::StrCat("service: unknown service '", request->service(), "'")));
     return reactor;
   }
   response->set_status(status);

@@ -8,13 +8,14 @@ namespace attn::server {
 namespace {
 
 TEST(LoggerTest, FormatsKeyValuePairsAndQuotesWhatWouldSplit) {
-  EXPECT_EQ(Logger::Format("T", LogLevel::kWarning, "request_failed",
-                           {{"model", "default"},
-                            {"message", "query.shape[2]: expected 512, got 256"},
-                            {"quote", "say \"hi\""},
-                            {"empty", ""}}),
-            "ts=T level=warning event=request_failed model=default "
-            "message=\"query.shape[2]: expected 512, got 256\" quote=\"say \\\"hi\\\"\" empty=\"\"\n");
+  EXPECT_EQ(
+      Logger::Format("T", LogLevel::kWarning, "request_failed",
+                     {{"model", "default"},
+                      {"message", "query.shape[2]: expected 512, got 256"},
+                      {"quote", "say \"hi\""},
+                      {"empty", ""}}),
+      "ts=T level=warning event=request_failed model=default "
+      "message=\"query.shape[2]: expected 512, got 256\" quote=\"say \\\"hi\\\"\" empty=\"\"\n");
 }
 
 TEST(LoggerTest, DropsLinesBelowItsLevel) {

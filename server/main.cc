@@ -1,11 +1,11 @@
 // attention-server: serves multi-head attention models over gRPC.
 #include <signal.h>
 
+#include <unistd.h>
 #include <cstdio>
 #include <iostream>
 #include <map>
 #include <memory>
-#include <unistd.h>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -98,7 +98,7 @@ int Run() {
               {"num_kv_heads", absl::StrCat(c.kv_heads())},
               {"dtype", bf16 ? "bfloat16" : "float32"},
               // How the layer computes here (see MultiHeadAttention::Options).
-              {"compute", !bf16                         ? "float32"
+              {"compute", !bf16                       ? "float32"
                           : model->mha->native_bf16() ? "bf16_native"
                                                       : "bf16_emulated"},
               {"max_seq_len", absl::StrCat(model->max_seq_len)},

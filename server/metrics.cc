@@ -12,8 +12,8 @@ namespace {
 // deadline worth telling apart). Written out so the `le` labels are exact.
 const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
   static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
-      1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
-      2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+      1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+      2.5e-2, 5e-2,   0.1,  0.25, 0.5,    1,    2.5,  5,      10,   30};
   return *kBuckets;
 }
 
@@ -25,8 +25,7 @@ prometheus::Histogram::BucketBoundaries PowersOfTwo(double max) {
 }
 
 const prometheus::Histogram::BucketBoundaries& BatchSizeBuckets() {
-  static const auto* const kBuckets =
-      new prometheus::Histogram::BucketBoundaries(PowersOfTwo(256));
+  static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries(PowersOfTwo(256));
   return *kBuckets;
 }
 
@@ -41,11 +40,13 @@ const prometheus::Histogram::BucketBoundaries& TokenBuckets() {
 // The codes a model's requests end with (see README, Metrics): their series
 // exist at 0 from the start, so rate() and alerts on them work before the
 // first such request. The unknown model only ever answers NOT_FOUND.
-constexpr absl::StatusCode kModelCodes[] = {
-    absl::StatusCode::kOk,           absl::StatusCode::kCancelled,
-    absl::StatusCode::kInvalidArgument, absl::StatusCode::kDeadlineExceeded,
-    absl::StatusCode::kResourceExhausted, absl::StatusCode::kUnavailable,
-    absl::StatusCode::kInternal};
+constexpr absl::StatusCode kModelCodes[] = {absl::StatusCode::kOk,
+                                            absl::StatusCode::kCancelled,
+                                            absl::StatusCode::kInvalidArgument,
+                                            absl::StatusCode::kDeadlineExceeded,
+                                            absl::StatusCode::kResourceExhausted,
+                                            absl::StatusCode::kUnavailable,
+                                            absl::StatusCode::kInternal};
 
 void ModelMetrics::RequestFinished(absl::StatusCode code) { CounterFor(code)->Increment(); }
 
@@ -62,8 +63,8 @@ prometheus::Counter* ModelMetrics::CounterFor(absl::StatusCode code) {
     MutexLock lock(&server_->mu_);
     counter = by_code_[i].load(std::memory_order_relaxed);
     if (counter == nullptr) {
-      counter = &server_->requests_->Add(
-          {{"model", name_}, {"code", absl::StatusCodeToString(code)}});
+      counter =
+          &server_->requests_->Add({{"model", name_}, {"code", absl::StatusCodeToString(code)}});
       by_code_[i].store(counter, std::memory_order_release);
     }
   }
@@ -235,7 +236,7 @@ ModelMetrics* ServerMetrics::AddModelSeries(absl::string_view model) {
 
 ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
   ModelMetrics* m = AddModelSeries(model);
-  if (m == unknown_) return m;  // NOT_FOUND only
+  if (m == unknown_) return m;                                    // NOT_FOUND only
   for (absl::StatusCode code : kModelCodes) m->CounterFor(code);  // takes mu_ itself
   return m;
 }

@@ -125,8 +125,9 @@ class ServerMetrics final : public core::BatchObservers {
     std::string version;         // attn_build_info{version}
     std::string onednn_version;  // attn_build_info{onednn_version}
     std::string isa;             // attn_build_info{isa}
-    std::string kernel_target;   // attn_build_info{kernel_target}: the attention kernels' SIMD target
-    int threads = 0;             // attn_build_info{threads}
+    std::string
+        kernel_target;  // attn_build_info{kernel_target}: the attention kernels' SIMD target
+    int threads = 0;    // attn_build_info{threads}
     int64_t max_queue_requests = 0;  // attn_queue_max_requests
     int64_t max_queue_tokens = 0;    // attn_queue_max_tokens
   };
@@ -186,8 +187,7 @@ class ServerMetrics final : public core::BatchObservers {
   std::shared_ptr<prometheus::Collectable> process_;
 
   mutable Mutex mu_;
-  std::map<std::string, std::unique_ptr<ModelMetrics>, std::less<>> models_
-      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<ModelMetrics>, std::less<>> models_ ABSL_GUARDED_BY(mu_);
   ModelMetrics* unknown_ = nullptr;
 };
 

@@ -89,8 +89,8 @@ TEST_F(MetricsTest, CountsRequestsPerCode) {
   m->RequestFinished(absl::StatusCode::kInvalidArgument);
   Collect();
   EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "OK"}}), 3);
-  EXPECT_EQ(
-      CounterValue("attn_requests_total", {{"model", "m"}, {"code", "RESOURCE_EXHAUSTED"}}), 1);
+  EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "RESOURCE_EXHAUSTED"}}),
+            1);
   EXPECT_EQ(CounterValue("attn_requests_total", {{"model", "m"}, {"code", "INVALID_ARGUMENT"}}), 2);
   // The codes a model answers with exist at 0 before their first request
   // (so rate() and alerts work from the start); others appear on first use.
@@ -242,14 +242,14 @@ TEST_F(MetricsTest, RequestSucceededFillsHistogramsAndTokens) {
   EXPECT_EQ(req.sample_count, 2u);
   EXPECT_DOUBLE_EQ(req.sample_sum, 0.043);
   EXPECT_EQ(Bucket(req, 2.5e-3), 0);
-  EXPECT_EQ(Bucket(req, 5e-3), 1);   // 3 ms
+  EXPECT_EQ(Bucket(req, 5e-3), 1);  // 3 ms
   EXPECT_EQ(Bucket(req, 2.5e-2), 1);
-  EXPECT_EQ(Bucket(req, 5e-2), 2);   // 40 ms
+  EXPECT_EQ(Bucket(req, 5e-2), 2);  // 40 ms
   const auto queue = Hist("attn_queue_duration_seconds", labels);
   EXPECT_EQ(queue.sample_count, 2u);
   EXPECT_DOUBLE_EQ(queue.sample_sum, 0.02003);
   EXPECT_EQ(Bucket(queue, 2.5e-5), 0);
-  EXPECT_EQ(Bucket(queue, 5e-5), 1);  // 30 µs
+  EXPECT_EQ(Bucket(queue, 5e-5), 1);    // 30 µs
   EXPECT_EQ(Bucket(queue, 2.5e-2), 2);  // 20 ms
   const auto tokens = Hist("attn_request_tokens", labels);
   EXPECT_EQ(tokens.sample_count, 2u);

@@ -22,8 +22,8 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
  public:
   void AddError(int line, google::protobuf::io::ColumnNumber column,
                 const std::string& message) override {
-    absl::StrAppend(&errors_, errors_.empty() ? "" : "; ", "line ", line + 1, ":", column + 1,
-                    ": ", message);
+    absl::StrAppend(&errors_, errors_.empty() ? "" : "; ", "line ", line + 1, ":", column + 1, ": ",
+                    message);
   }
   const std::string& errors() const { return errors_; }
 
@@ -67,13 +67,15 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
   }
   c.dtype = *wire::ToCoreDType(dtype);
   if (absl::Status s = core::ValidateAttentionConfig(c); !s.ok()) return bad(s.message());
-  if (pb.max_seq_len() < 0) return bad("max_seq_len: expected a positive integer, got ", pb.max_seq_len());
+  if (pb.max_seq_len() < 0)
+    return bad("max_seq_len: expected a positive integer, got ", pb.max_seq_len());
   model.max_seq_len = pb.max_seq_len() > 0 ? pb.max_seq_len() : ModelRepository::kDefaultMaxSeqLen;
   if (pb.max_request_tokens() < 0) {
     return bad("max_request_tokens: expected a positive integer, got ", pb.max_request_tokens());
   }
-  model.max_request_tokens = pb.max_request_tokens() > 0 ? pb.max_request_tokens()
-                                                          : ModelRepository::kDefaultMaxRequestTokens;
+  model.max_request_tokens = pb.max_request_tokens() > 0
+                                 ? pb.max_request_tokens()
+                                 : ModelRepository::kDefaultMaxRequestTokens;
   if (pb.has_max_batch_size() || pb.has_max_batch_tokens() || pb.has_max_queue_delay_us()) {
     core::BatchPolicy policy = default_batching;
     if (pb.has_max_batch_size()) policy.max_batch_size = pb.max_batch_size();
@@ -84,9 +86,8 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
     if (absl::Status s = core::ValidateBatchPolicy(policy); !s.ok()) return bad(s.message());
     model.batching = policy;
   }
-  if (pb.has_random_weights_seed() &&
-      (!pb.weights_file().empty() || !pb.weight_prefix().empty() ||
-       pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO)) {
+  if (pb.has_random_weights_seed() && (!pb.weights_file().empty() || !pb.weight_prefix().empty() ||
+                                       pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO)) {
     return bad("random_weights_seed: excludes weights_file, weight_names and weight_prefix");
   }
   return parsed;
@@ -116,9 +117,15 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
     core::WeightLoadOptions load;
     load.prefix = pb.weight_prefix();
     switch (pb.weight_names()) {
-      case attention::v1::TORCH_MHA: load.naming = core::WeightNaming::kTorchMha; break;
-      case attention::v1::QKVO_PROJ: load.naming = core::WeightNaming::kQkvo; break;
-      default: load.naming = core::WeightNaming::kAuto; break;
+      case attention::v1::TORCH_MHA:
+        load.naming = core::WeightNaming::kTorchMha;
+        break;
+      case attention::v1::QKVO_PROJ:
+        load.naming = core::WeightNaming::kQkvo;
+        break;
+      default:
+        load.naming = core::WeightNaming::kAuto;
+        break;
     }
     ATTN_ASSIGN_OR_RETURN(weights, core::LoadAttentionWeights(*file, c, load));
   }
@@ -142,9 +149,9 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Opt
     core::MultiHeadAttention::Options mha_options;
     mha_options.num_threads = options.num_threads;
     ATTN_ASSIGN_OR_RETURN(
-        model.mha, core::MultiHeadAttention::Create(
-                       model.config, core::RandomAttentionWeights(model.config, kDefaultSeed),
-                       mha_options));
+        model.mha,
+        core::MultiHeadAttention::Create(
+            model.config, core::RandomAttentionWeights(model.config, kDefaultSeed), mha_options));
     models.push_back(std::move(model));
     return FromModels(std::move(models));
   }

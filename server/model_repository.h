@@ -10,8 +10,8 @@
 #define ATTN_SERVER_MODEL_REPOSITORY_H_
 
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 

@@ -50,10 +50,11 @@ class ModelRepositoryTest : public ::testing::Test {
     };
     fs::create_directories(root_ / name);
     ASSERT_TRUE(core::WriteSafetensors((root_ / name / "weights.safetensors").string(), t).ok());
-    WriteFile(root_ / name / "config.pbtxt",
-              "embed_dim: 32\nnum_heads: 4\nnum_kv_heads: 2\nweights_file: \"weights.safetensors\"\n"
-              "weight_names: QKVO_PROJ\nweight_prefix: \"l0.\"\nmax_seq_len: 128\n" +
-                  extra_config);
+    WriteFile(
+        root_ / name / "config.pbtxt",
+        "embed_dim: 32\nnum_heads: 4\nnum_kv_heads: 2\nweights_file: \"weights.safetensors\"\n"
+        "weight_names: QKVO_PROJ\nweight_prefix: \"l0.\"\nmax_seq_len: 128\n" +
+            extra_config);
   }
 
   absl::StatusOr<std::unique_ptr<ModelRepository>> Load() {
@@ -98,8 +99,10 @@ TEST(ParseModelConfigTest, ValidatesTextWithoutReadingAnyFile) {
       << bad.status();
   auto typo = ParseModelConfig("embed_dim: 32\nnum_hedas: 4\n", "m", "m/config.pbtxt", defaults);
   EXPECT_TRUE(absl::StrContains(typo.status().message(), "line 2")) << typo.status();
-  auto both = ParseModelConfig("embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 1\n"
-                               "weights_file: \"w.safetensors\"\n", "m", "m/config.pbtxt", defaults);
+  auto both = ParseModelConfig(
+      "embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 1\n"
+      "weights_file: \"w.safetensors\"\n",
+      "m", "m/config.pbtxt", defaults);
   EXPECT_TRUE(absl::StrContains(both.status().message(), "random_weights_seed: excludes"))
       << both.status();
 }
@@ -165,7 +168,8 @@ TEST_F(ModelRepositoryTest, RandomWeightsSeedNeedsNoFileAndIsDeterministic) {
   const Model* m = (*repo)->Find("bench");
   ASSERT_NE(m, nullptr);
   // The same as a layer built from RandomAttentionWeights(config, 7).
-  auto same = core::MultiHeadAttention::Create(m->config, core::RandomAttentionWeights(m->config, 7), {});
+  auto same =
+      core::MultiHeadAttention::Create(m->config, core::RandomAttentionWeights(m->config, 7), {});
   ASSERT_TRUE(same.ok());
   std::vector<float> q(3 * 32);
   for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(i % 7) * 0.1f;
@@ -179,11 +183,13 @@ TEST_F(ModelRepositoryTest, RandomWeightsSeedNeedsNoFileAndIsDeterministic) {
 }
 
 TEST_F(ModelRepositoryTest, RandomWeightsSeedExcludesAWeightsFile) {
-  WriteFile(root_ / "bench" / "config.pbtxt",
-            "embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 7\nweights_file: \"w.safetensors\"\n");
+  WriteFile(
+      root_ / "bench" / "config.pbtxt",
+      "embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 7\nweights_file: \"w.safetensors\"\n");
   auto repo = Load();
   ASSERT_FALSE(repo.ok());
-  EXPECT_TRUE(absl::StrContains(repo.status().message(), "random_weights_seed: excludes weights_file"))
+  EXPECT_TRUE(
+      absl::StrContains(repo.status().message(), "random_weights_seed: excludes weights_file"))
       << repo.status();
 }
 

@@ -31,7 +31,10 @@ class ClosedLoop final : public LoadManager {
  public:
   ClosedLoop(client::AttentionClient* client, const Workload* w, Recorder* rec, int slots,
              absl::Duration error_backoff)
-      : client_(client), w_(w), rec_(rec), slots_(slots),
+      : client_(client),
+        w_(w),
+        rec_(rec),
+        slots_(slots),
         backoff_(absl::ToChronoNanoseconds(error_backoff)) {}
   void Start() override {
     for (int s = 0; s < slots_; ++s) {
@@ -276,8 +279,7 @@ std::unique_ptr<LoadManager> MakeStreamManager(client::AttentionClient* client,
 
 std::unique_ptr<LoadManager> MakeRequestRateManager(client::AttentionClient* client,
                                                     const Workload* workload, Recorder* recorder,
-                                                    double rate, Arrivals arrivals,
-                                                    uint64_t seed) {
+                                                    double rate, Arrivals arrivals, uint64_t seed) {
   return std::make_unique<OpenLoop>(client, workload, recorder, rate,
                                     arrivals == Arrivals::kPoisson, seed);
 }

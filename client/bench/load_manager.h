@@ -48,8 +48,7 @@ std::unique_ptr<LoadManager> MakeStreamManager(client::AttentionClient* client,
 // coordinated omission).
 std::unique_ptr<LoadManager> MakeRequestRateManager(client::AttentionClient* client,
                                                     const Workload* workload, Recorder* recorder,
-                                                    double rate, Arrivals arrivals,
-                                                    uint64_t seed);
+                                                    double rate, Arrivals arrivals, uint64_t seed);
 
 }  // namespace attn::bench
 

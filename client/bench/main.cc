@@ -37,18 +37,21 @@
 #include "client/bench/runner.h"
 #include "client/bench/workload.h"
 
-ABSL_FLAG(std::string, target, "localhost:50051", "Server HOST:PORT, or a comma-separated list "
+ABSL_FLAG(std::string, target, "localhost:50051",
+          "Server HOST:PORT, or a comma-separated list "
           "(balanced round-robin)");
 ABSL_FLAG(std::string, model, "default", "Model to call");
 ABSL_FLAG(int, batch, 1, "Sequences per request");
-ABSL_FLAG(std::string, seq_len, "128",
-          "Query tokens per sequence: N, a uniform range LO:HI, or a list A,B,C (picked uniformly)");
+ABSL_FLAG(
+    std::string, seq_len, "128",
+    "Query tokens per sequence: N, a uniform range LO:HI, or a list A,B,C (picked uniformly)");
 ABSL_FLAG(bool, causal, false, "Causal mask");
 ABSL_FLAG(bool, probs, false, "Ask for attention probabilities");
 ABSL_FLAG(std::string, dtype, "float32", "Request dtype: float32 or bfloat16");
-ABSL_FLAG(std::string, concurrency, "",
-          "Closed loop: requests in flight, N, a list A,B,C, or START:END[:STEP] with STEP +N or xN "
-          "(default 1 when no --request_rate)");
+ABSL_FLAG(
+    std::string, concurrency, "",
+    "Closed loop: requests in flight, N, a list A,B,C, or START:END[:STEP] with STEP +N or xN "
+    "(default 1 when no --request_rate)");
 ABSL_FLAG(std::string, request_rate, "",
           "Open loop: requests per second, N, a list A,B,C, or START:END[:STEP]");
 ABSL_FLAG(std::string, request_distribution, "constant", "Open loop arrivals: constant or poisson");

@@ -66,8 +66,8 @@ absl::StatusOr<std::vector<double>> ParseSweep(absl::string_view flag, absl::str
 absl::StatusOr<Arrivals> ParseArrivals(absl::string_view text) {
   if (text == "constant") return Arrivals::kConstant;
   if (text == "poisson") return Arrivals::kPoisson;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--request_distribution: expected constant or poisson, got '", text, "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--request_distribution: expected constant or poisson, got '", text, "'"));
 }
 
 absl::StatusOr<LoadPlan> ParseLoadPlan(const Options& options) {

@@ -24,12 +24,12 @@ namespace attn::bench {
 struct Options {
   std::string target = "localhost:50051";  // HOST:PORT or a comma-separated list
   std::string model = "default";
-  int batch = 1;               // sequences per request
+  int batch = 1;                // sequences per request
   std::string seq_len = "128";  // N, LO:HI or A,B,C (ParseLengths)
   bool causal = false;
   bool probs = false;
   std::string dtype = "float32";
-  std::string concurrency;  // ParseSweep; "" means 1 unless request_rate is set
+  std::string concurrency;   // ParseSweep; "" means 1 unless request_rate is set
   std::string request_rate;  // ParseSweep; "" means closed loop
   std::string request_distribution = "constant";  // ParseArrivals
   bool streaming = false;

@@ -108,8 +108,8 @@ TEST(ParseLengthsTest, RefusesWhatIsNotPositiveIntegersNamingTheFlag) {
   for (const char* bad : {"0", "-3", "1.5", "a", "", "4:", ":4", "0:4", "1:2:3", "3,,5", "3,0"}) {
     absl::Status s = ParseLengths(bad).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << "'" << bad << "'";
-    EXPECT_TRUE(absl::StrContains(
-        s.message(), "--seq_len: expected N, LO:HI or A,B,C of positive integers"))
+    EXPECT_TRUE(absl::StrContains(s.message(),
+                                  "--seq_len: expected N, LO:HI or A,B,C of positive integers"))
         << bad;
   }
   EXPECT_EQ(ParseLengths("9:4").status().message(), "--seq_len: LO:HI with LO > HI");

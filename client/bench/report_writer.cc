@@ -20,9 +20,8 @@ void PrintRow(std::FILE* out, const StepReport& r, bool core) {
     absl::StrAppend(&errors, errors.empty() ? "" : " ", code, "=", n);
   }
   std::fprintf(out, "%-12s %9.1f %10.0f %8.2f %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f %6.2f",
-               absl::StrCat(r.level, r.stable ? "" : "*").c_str(), r.rps, r.tokens_per_s,
-               r.gflops, r.p50, r.p90, r.p95, r.p99, r.max, r.queue_us, r.compute_us,
-               r.batch_size);
+               absl::StrCat(r.level, r.stable ? "" : "*").c_str(), r.rps, r.tokens_per_s, r.gflops,
+               r.p50, r.p90, r.p95, r.p99, r.max, r.queue_us, r.compute_us, r.batch_size);
   if (core) {
     std::fprintf(out, "  %12.2f %4.0f%%", r.core_gflops,
                  r.core_gflops > 0 ? 100 * r.gflops / r.core_gflops : 0);
@@ -35,7 +34,8 @@ std::string CsvReport(const std::vector<StepReport>& steps) {
   std::ostringstream out;
   const std::string level =
       steps.empty() || steps[0].mode == "concurrency" ? "Concurrency" : "Request Rate";
-  out << level << ",Inferences/Second,Tokens/Second,GFLOP/s,Avg latency,p50 latency,p90 latency,"
+  out << level
+      << ",Inferences/Second,Tokens/Second,GFLOP/s,Avg latency,p50 latency,p90 latency,"
          "p95 latency,p99 latency,Max latency,Server Queue,Server Compute Infer,Avg Batch Size,"
          "Core GFLOP/s,Serving Efficiency,Errors,Stable\n";
   for (const StepReport& r : steps) {
@@ -87,8 +87,13 @@ nlohmann::json JsonReport(const nlohmann::json& header, const std::vector<StepRe
                           {"requests_per_s", r.rps},
                           {"tokens_per_s", r.tokens_per_s},
                           {"gflops", r.gflops},
-                          {"latency_us", {{"avg", r.avg}, {"p50", r.p50}, {"p90", r.p90},
-                                          {"p95", r.p95}, {"p99", r.p99}, {"max", r.max}}},
+                          {"latency_us",
+                           {{"avg", r.avg},
+                            {"p50", r.p50},
+                            {"p90", r.p90},
+                            {"p95", r.p95},
+                            {"p99", r.p99},
+                            {"max", r.max}}},
                           {"server_queue_us", r.queue_us},
                           {"server_compute_us", r.compute_us},
                           {"avg_batch_size", r.batch_size},

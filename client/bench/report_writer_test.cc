@@ -123,8 +123,12 @@ TEST(JsonReportTest, HeaderThenOneObjectPerStepKeyedByTheMode) {
   EXPECT_EQ(s["tokens_per_s"], 800);
   EXPECT_EQ(s["gflops"], 1.25);
   // The JSON keeps fractions of a µs (the CSV does not).
-  EXPECT_EQ(s["latency_us"], (nlohmann::json{{"avg", 1234.9}, {"p50", 1000.7}, {"p90", 2000},
-                                             {"p95", 2500}, {"p99", 3000}, {"max", 3500}}));
+  EXPECT_EQ(s["latency_us"], (nlohmann::json{{"avg", 1234.9},
+                                             {"p50", 1000.7},
+                                             {"p90", 2000},
+                                             {"p95", 2500},
+                                             {"p99", 3000},
+                                             {"max", 3500}}));
   EXPECT_EQ(s["server_queue_us"], 100.9);
   EXPECT_EQ(s["server_compute_us"], 900);
   EXPECT_EQ(s["avg_batch_size"], 1.5);
@@ -154,11 +158,17 @@ TEST(JsonReportTest, TheHeaderDescribesTheRun) {
   info.set_name("small");
   info.set_embed_dim(64);
   info.set_num_heads(4);
-  EXPECT_EQ(JsonHeader(o, info, "concurrency"),
-            (nlohmann::json{{"target", "a:1,b:2"}, {"noop_baseline", false}, {"model", "small"},
-                            {"embed_dim", 64}, {"num_heads", 4}, {"batch", 3},
-                            {"seq_len", "4:16"}, {"causal", true}, {"dtype", "bfloat16"},
-                            {"streaming", true}, {"mode", "concurrency"}}));
+  EXPECT_EQ(JsonHeader(o, info, "concurrency"), (nlohmann::json{{"target", "a:1,b:2"},
+                                                                {"noop_baseline", false},
+                                                                {"model", "small"},
+                                                                {"embed_dim", 64},
+                                                                {"num_heads", 4},
+                                                                {"batch", 3},
+                                                                {"seq_len", "4:16"},
+                                                                {"causal", true},
+                                                                {"dtype", "bfloat16"},
+                                                                {"streaming", true},
+                                                                {"mode", "concurrency"}}));
 }
 
 TEST(JsonReportTest, WriteJsonWritesTheReportIndentedOrNamesTheFlag) {

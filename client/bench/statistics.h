@@ -30,7 +30,7 @@ struct StepReport {
   std::map<std::string, int64_t> errors;
   double rps = 0, tokens_per_s = 0, gflops = 0;
   double p50 = 0, p90 = 0, p95 = 0, p99 = 0, max = 0, avg = 0;  // µs
-  double queue_us = 0, compute_us = 0, batch_size = 0;        // server means
+  double queue_us = 0, compute_us = 0, batch_size = 0;          // server means
   double core_gflops = 0;                                       // --core
   double core_batch = 0;
   // Every request of the step, warm-up and all windows included.

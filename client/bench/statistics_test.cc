@@ -86,8 +86,8 @@ TEST(AgreeTest, ThroughputIsPerSecondOfEachWindow) {
   // The same rate over windows of different lengths.
   EXPECT_TRUE(
       Agree({Steady(100, 500), MakeWindow(2, std::vector<double>(200, 500)), Steady(100, 500)}, 1));
-  EXPECT_FALSE(
-      Agree({Steady(100, 500), MakeWindow(2, std::vector<double>(100, 500)), Steady(100, 500)}, 10));
+  EXPECT_FALSE(Agree(
+      {Steady(100, 500), MakeWindow(2, std::vector<double>(100, 500)), Steady(100, 500)}, 10));
 }
 
 TEST(AgreeTest, MedianLatencyMustAgreeToo) {
@@ -112,8 +112,8 @@ TEST(MergeTest, SumsCountsAndRatesOverTheWindowsTime) {
   EXPECT_EQ(r.windows, 2);
   EXPECT_DOUBLE_EQ(r.seconds, 4);
   EXPECT_EQ(r.ok, 4);
-  EXPECT_EQ(r.errors, (std::map<std::string, int64_t>{{"DEADLINE_EXCEEDED", 1},
-                                                      {"UNAVAILABLE", 3}}));
+  EXPECT_EQ(r.errors,
+            (std::map<std::string, int64_t>{{"DEADLINE_EXCEEDED", 1}, {"UNAVAILABLE", 3}}));
   EXPECT_DOUBLE_EQ(r.rps, 1);
   EXPECT_DOUBLE_EQ(r.tokens_per_s, 20);
   EXPECT_DOUBLE_EQ(r.gflops, 4);

@@ -33,8 +33,8 @@ absl::StatusOr<Workload> BuildWorkload(const attention::v1::ModelInfo& info,
   if (absl::Status s = wire::CheckDataType(*dtype, "--dtype", kServed); !s.ok()) return s;
   encode.dtype = *dtype;
   if (sampler->max() > info.max_seq_len()) {
-    return absl::InvalidArgumentError(absl::StrCat("--seq_len: at most ", info.max_seq_len(),
-                                                   " (the model's max_seq_len)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--seq_len: at most ", info.max_seq_len(), " (the model's max_seq_len)"));
   }
   const bool cross =
       w.config.key_dim() != w.config.embed_dim || w.config.value_dim() != w.config.embed_dim;

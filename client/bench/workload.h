@@ -18,8 +18,8 @@ namespace attn::bench {
 struct Workload {
   core::AttentionConfig config;
   std::vector<attention::v1::AttendRequest> requests;
-  std::vector<int64_t> tokens;  // query tokens of each
-  std::vector<double> flops;    // ForwardFlops of each
+  std::vector<int64_t> tokens;                // query tokens of each
+  std::vector<double> flops;                  // ForwardFlops of each
   std::vector<std::vector<int64_t>> lengths;  // query (= key) length of each sequence
   bool causal = false;
 };

@@ -22,10 +22,10 @@ namespace attn::core {
 
 // One batch that ran.
 struct BatchObservation {
-  int requests = 0;     // requests in the batch
-  int64_t tokens = 0;   // their tokens (the tasks' cost)
+  int requests = 0;    // requests in the batch
+  int64_t tokens = 0;  // their tokens (the tasks' cost)
   absl::Duration compute = absl::ZeroDuration();
-  double flops = 0;     // floating-point operations of the batch's compute
+  double flops = 0;  // floating-point operations of the batch's compute
 };
 
 // One request that finished, as its client saw it.
@@ -81,8 +81,9 @@ class TeeBatchObservers final : public BatchObservers {
     MutexLock lock(&mu_);
     auto it = tees_.find(model);
     if (it == tees_.end()) {
-      it = tees_.emplace(std::string(model),
-                         std::make_unique<Tee>(first_->For(model), second_->For(model)))
+      it = tees_
+               .emplace(std::string(model),
+                        std::make_unique<Tee>(first_->For(model), second_->For(model)))
                .first;
     }
     return it->second.get();

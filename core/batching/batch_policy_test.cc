@@ -50,10 +50,12 @@ TEST(BatchPolicyTest, CutsAtTokenBudgetWithoutWaiting) {
 }
 
 TEST(BatchPolicyTest, ValidateNamesTheField) {
-  EXPECT_NE(ValidateBatchPolicy(Policy(0, 1, absl::ZeroDuration())).message().find("max_batch_size"),
-            absl::string_view::npos);
-  EXPECT_NE(ValidateBatchPolicy(Policy(1, 0, absl::ZeroDuration())).message().find("max_batch_tokens"),
-            absl::string_view::npos);
+  EXPECT_NE(
+      ValidateBatchPolicy(Policy(0, 1, absl::ZeroDuration())).message().find("max_batch_size"),
+      absl::string_view::npos);
+  EXPECT_NE(
+      ValidateBatchPolicy(Policy(1, 0, absl::ZeroDuration())).message().find("max_batch_tokens"),
+      absl::string_view::npos);
   EXPECT_NE(ValidateBatchPolicy(Policy(1, 1, -absl::Seconds(1))).message().find("max_queue_delay"),
             absl::string_view::npos);
   EXPECT_TRUE(ValidateBatchPolicy(Policy(1, 1, absl::ZeroDuration())).ok());

@@ -9,11 +9,11 @@
 // (DEADLINE_EXCEEDED / CANCELLED) and never take a batch slot: when their
 // batch is cut, when Sweep() is called (e.g. as a cancellation is observed),
 // and when a Submit finds the queue full while a queued deadline has passed
-// (so dead tasks never shed live ones, even while the executor is busy). Among keys ready to cut, the one holding the oldest task goes
-// first. Drain()/Stop() refuse new tasks (UNAVAILABLE) and run everything
-// queued without waiting for delays; Stop() then joins. Neither waits on the
-// clock. Delays and deadlines are on Options::clock; when it jumps (a
-// FakeClock's Advance) the executor looks again at once.
+// (so dead tasks never shed live ones, even while the executor is busy). Among keys ready to cut,
+// the one holding the oldest task goes first. Drain()/Stop() refuse new tasks (UNAVAILABLE) and run
+// everything queued without waiting for delays; Stop() then joins. Neither waits on the clock.
+// Delays and deadlines are on Options::clock; when it jumps (a FakeClock's Advance) the executor
+// looks again at once.
 //
 // Thread-safe. `run` is called on the executor thread only; `reject` on the
 // executor thread or on a thread inside Submit() or Sweep(), never under the
@@ -206,9 +206,9 @@ class Batcher {
                                                        options_.max_queue_requests, ")"));
     }
     if (tokens_ + tokens > options_.max_queue_tokens && requests_ > 0) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "queue full: ", tokens_, " tokens waiting, ", tokens, " more would exceed ",
-          options_.max_queue_tokens, " (max_queue_tokens)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("queue full: ", tokens_, " tokens waiting, ", tokens, " more would exceed ",
+                       options_.max_queue_tokens, " (max_queue_tokens)"));
     }
     return absl::OkStatus();
   }
@@ -251,7 +251,8 @@ class Batcher {
             if (q.entries.empty()) continue;
             const QueueView view{static_cast<int>(q.entries.size()), q.tokens,
                                  q.entries.front().enqueued};
-            const CutDecision d = DecideCut(PolicyFor(it->first), view, /*executor_free=*/true, now);
+            const CutDecision d =
+                DecideCut(PolicyFor(it->first), view, /*executor_free=*/true, now);
             if (d.cut || stopping_) {  // draining ignores the delay
               if (chosen == queues_.end() ||
                   view.oldest_enqueued < chosen->second.entries.front().enqueued) {

@@ -309,7 +309,7 @@ TEST_F(BatcherTest, StopRunsQueuedWorkThenRefuses) {
   Start(2, 100, absl::Hours(1));
   for (int i = 1; i <= 3; ++i) ASSERT_TRUE(Submit("m", i).ok());
   EXPECT_EQ(rec_.Next().ids, (std::vector<int>{1, 2}));  // full batch
-  batcher_->Stop();  // must not wait an hour for task 3
+  batcher_->Stop();                                      // must not wait an hour for task 3
   EXPECT_EQ(rec_.Next().ids, std::vector<int>{3});
   EXPECT_EQ(Submit("m", 4).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(batcher_->queued(), std::make_pair(0, int64_t{0}));

@@ -73,7 +73,8 @@ class FakeBatchObservers final : public BatchObservers {
   template <typename Match>
   int WaitForRequests(absl::string_view model, int n, Match match,
                       absl::Duration timeout = absl::Seconds(20)) const {
-    WaitUntil(model, [&](const Seen& s) { return Count(s, match) >= n; }, timeout);
+    WaitUntil(
+        model, [&](const Seen& s) { return Count(s, match) >= n; }, timeout);
     MutexLock lock(&mu_);
     auto it = seen_.find(model);
     return it == seen_.end() ? 0 : Count(it->second, match);

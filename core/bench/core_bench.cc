@@ -34,14 +34,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
 #include "benchmark/benchmark.h"
 #include "core/attention_batch.h"
 #include "core/attention_config.h"
+#include "core/attention_kernels.h"
 #include "core/attention_weights.h"
 #include "core/dtype.h"
-#include "core/attention_kernels.h"
 #include "core/multi_head_attention.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -93,8 +92,8 @@ class Gemm {
       gemm->dst_ = memory(dst_md, gemm->engine_);
       return gemm;
     } catch (const dnnl::error& e) {
-      return absl::InternalError(absl::StrCat("oneDNN ", DTypeTag(dtype), " matmul ", m, "x", k,
-                                              "x", n, ": ", e.what()));
+      return absl::InternalError(
+          absl::StrCat("oneDNN ", DTypeTag(dtype), " matmul ", m, "x", k, "x", n, ": ", e.what()));
     }
   }
 
@@ -236,7 +235,8 @@ void BM_GemmPeak(benchmark::State& state, DType dtype) {
     state.counters[absl::StrCat("gflops_", name)] = gflops;
   }
   if (seconds > 0) {
-    state.counters["run_gflops"] = (*gemm)->flops() * static_cast<double>(iterations) / seconds / 1e9;
+    state.counters["run_gflops"] =
+        (*gemm)->flops() * static_cast<double>(iterations) / seconds / 1e9;
   }
   state.SetLabel(peak.impl);
 }
@@ -379,9 +379,10 @@ void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
   state.counters["max_rss_mib"] = max_rss_mib;
   for (const std::string& impl : (*mha)->ImplementationNames()) {
     if (!absl::StartsWith(impl, "attention:")) continue;
-    state.SetLabel(dtype == DType::kBF16
-                       ? absl::StrCat(impl, (*mha)->native_bf16() ? " bf16:native" : " bf16:emulated")
-                       : impl);
+    state.SetLabel(
+        dtype == DType::kBF16
+            ? absl::StrCat(impl, (*mha)->native_bf16() ? " bf16:native" : " bf16:emulated")
+            : impl);
   }
 }
 
@@ -390,9 +391,10 @@ std::vector<MhaShape> g_extra_shapes;
 
 void RegisterAll() {
   // (B, L, E, H); each plain and causal.
-  std::vector<MhaShape> kShapes = {
-      {1, 512, 768, 12, false}, {8, 128, 768, 12, false}, {32, 16, 256, 4, false},
-      {1, 2048, 1024, 16, false}};
+  std::vector<MhaShape> kShapes = {{1, 512, 768, 12, false},
+                                   {8, 128, 768, 12, false},
+                                   {32, 16, 256, 4, false},
+                                   {1, 2048, 1024, 16, false}};
   kShapes.insert(kShapes.end(), g_extra_shapes.begin(), g_extra_shapes.end());
   // Causal only: its L² scores would be 16 GiB in f32 if materialised.
   constexpr MhaShape kHuge = {1, 16384, 1024, 16, true};
@@ -409,8 +411,8 @@ void RegisterAll() {
     }
     shapes.push_back(kHuge);
     for (const MhaShape& s : shapes) {
-      const std::string name = absl::StrCat("mha/", tag, "/B", s.batch, "_L", s.seq, "_E",
-                                            s.embed, "_H", s.heads, s.causal ? "_causal" : "");
+      const std::string name = absl::StrCat("mha/", tag, "/B", s.batch, "_L", s.seq, "_E", s.embed,
+                                            "_H", s.heads, s.causal ? "_causal" : "");
       benchmark::RegisterBenchmark(name.c_str(), BM_Mha, s, dtype)->Unit(benchmark::kMillisecond);
     }
   }
@@ -494,13 +496,12 @@ int main(int argc, char** argv) {
   omp_set_num_threads(g_threads);
 
   benchmark::AddCustomContext("omp_threads", std::to_string(g_threads));
-  benchmark::AddCustomContext("onednn_version",
-                              attn::core::MultiHeadAttention::OneDnnVersion());
+  benchmark::AddCustomContext("onednn_version", attn::core::MultiHeadAttention::OneDnnVersion());
   benchmark::AddCustomContext("onednn_isa", attn::core::MultiHeadAttention::OneDnnIsa());
   benchmark::AddCustomContext("kernel_target", attn::core::kernels::TargetName());
   benchmark::AddCustomContext("bf16_compute", std::string(bf16_mode));
-  benchmark::AddCustomContext(
-      "cpu_native_bf16", attn::core::MultiHeadAttention::CpuHasNativeBF16() ? "yes" : "no");
+  benchmark::AddCustomContext("cpu_native_bf16",
+                              attn::core::MultiHeadAttention::CpuHasNativeBF16() ? "yes" : "no");
   attn::core::RegisterAll();
 
   int n = static_cast<int>(args.size());

@@ -30,18 +30,25 @@ absl::StatusOr<DataType> ParseDataType(absl::string_view name) {
 
 std::optional<core::DType> ToCoreDType(DataType dtype) {
   switch (dtype) {
-    case attention::v1::FLOAT32: return core::DType::kF32;
-    case attention::v1::BFLOAT16: return core::DType::kBF16;
-    case attention::v1::FLOAT16: return core::DType::kF16;
-    default: return std::nullopt;
+    case attention::v1::FLOAT32:
+      return core::DType::kF32;
+    case attention::v1::BFLOAT16:
+      return core::DType::kBF16;
+    case attention::v1::FLOAT16:
+      return core::DType::kF16;
+    default:
+      return std::nullopt;
   }
 }
 
 DataType FromCoreDType(core::DType dtype) {
   switch (dtype) {
-    case core::DType::kF32: return attention::v1::FLOAT32;
-    case core::DType::kBF16: return attention::v1::BFLOAT16;
-    case core::DType::kF16: return attention::v1::FLOAT16;
+    case core::DType::kF32:
+      return attention::v1::FLOAT32;
+    case core::DType::kBF16:
+      return attention::v1::BFLOAT16;
+    case core::DType::kF16:
+      return attention::v1::FLOAT16;
   }
   return attention::v1::DATA_TYPE_UNSPECIFIED;
 }

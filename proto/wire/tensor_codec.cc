@@ -15,12 +15,9 @@ namespace {
 using attention::v1::DataType;
 using attention::v1::Tensor;
 
-static_assert(std::endian::native == std::endian::little,
-              "float_data is copied as host floats");
+static_assert(std::endian::native == std::endian::little, "float_data is copied as host floats");
 
-absl::Status Invalid(auto&&... parts) {
-  return absl::InvalidArgumentError(absl::StrCat(parts...));
-}
+absl::Status Invalid(auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); }
 
 // The message for float_data on a dtype other than FLOAT32 (decoding and
 // encoding say it alike).
@@ -79,8 +76,7 @@ absl::Status CheckPayload(const Tensor& t, absl::string_view field, int64_t coun
   const size_t want = static_cast<size_t>(count) * esize;
   if (t.raw_data().size() != want) {
     return Invalid(field, ".raw_data: expected ", want, " bytes (shape ", ShapeToString(ShapeOf(t)),
-                   " x ", esize, "-byte ", DataTypeName(t.dtype()), "), got ",
-                   t.raw_data().size());
+                   " x ", esize, "-byte ", DataTypeName(t.dtype()), "), got ", t.raw_data().size());
   }
   return absl::OkStatus();
 }
@@ -112,9 +108,8 @@ absl::StatusOr<std::vector<float>> DecodeTensor(const Tensor& t, absl::string_vi
   return out;
 }
 
-absl::StatusOr<Tensor> EncodeTensor(absl::Span<const int64_t> shape,
-                                    absl::Span<const float> values, const EncodeOptions& options,
-                                    absl::string_view field) {
+absl::StatusOr<Tensor> EncodeTensor(absl::Span<const int64_t> shape, absl::Span<const float> values,
+                                    const EncodeOptions& options, absl::string_view field) {
   ATTN_ASSIGN_OR_RETURN(const int64_t count, CheckShape(shape, field));
   if (count != static_cast<int64_t>(values.size())) {
     return Invalid(field, ": expected ", count, " values for shape ", ShapeToString(shape),
@@ -152,9 +147,9 @@ void EncodeElements(absl::Span<const float> values, size_t first, Tensor* t) {
     return;
   }
   const core::DType dt = *ToCoreDType(t->dtype());
-  core::EncodeFromFloat(dt, values,
-                        reinterpret_cast<uint8_t*>(t->mutable_raw_data()->data()) +
-                            first * core::DTypeSize(dt));
+  core::EncodeFromFloat(
+      dt, values,
+      reinterpret_cast<uint8_t*>(t->mutable_raw_data()->data()) + first * core::DTypeSize(dt));
 }
 
 }  // namespace attn::wire

@@ -70,8 +70,8 @@ absl::Status CheckPayload(const attention::v1::Tensor& tensor, absl::string_view
 
 // CheckDataType against rule.dtypes, CheckShape and CheckPayload, in that
 // order. Returns the element count.
-absl::StatusOr<int64_t> ValidateTensor(const attention::v1::Tensor& tensor,
-                                       absl::string_view field, const TensorRule& rule = {});
+absl::StatusOr<int64_t> ValidateTensor(const attention::v1::Tensor& tensor, absl::string_view field,
+                                       const TensorRule& rule = {});
 
 // Decodes elements [first, first + count) of a validated tensor (row-major)
 // into `out`, from whichever payload it carries. No checks: the range must

@@ -256,10 +256,9 @@ TEST(TensorCodecTest, CheckPayloadCountsElementsOfTheTensorsDtype) {
 
 TEST(TensorCodecTest, DecodeElementsReadsARangeOfEitherPayload) {
   const std::vector<float> values = {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
-  for (const EncodeOptions& options :
-       {EncodeOptions{}, EncodeOptions{.packed = true},
-        EncodeOptions{.dtype = attention::v1::BFLOAT16},
-        EncodeOptions{.dtype = attention::v1::FLOAT16}}) {
+  for (const EncodeOptions& options : {EncodeOptions{}, EncodeOptions{.packed = true},
+                                       EncodeOptions{.dtype = attention::v1::BFLOAT16},
+                                       EncodeOptions{.dtype = attention::v1::FLOAT16}}) {
     const Tensor t = *EncodeTensor({2, 3}, values, options);
     std::vector<float> out(2, -1.0f);
     DecodeElements(t, 3, 2, out.data());
@@ -269,9 +268,8 @@ TEST(TensorCodecTest, DecodeElementsReadsARangeOfEitherPayload) {
 }
 
 TEST(TensorCodecTest, InitTensorZeroFillsAndEncodeElementsPlacesRows) {
-  for (const EncodeOptions& options :
-       {EncodeOptions{}, EncodeOptions{.packed = true},
-        EncodeOptions{.dtype = attention::v1::BFLOAT16}}) {
+  for (const EncodeOptions& options : {EncodeOptions{}, EncodeOptions{.packed = true},
+                                       EncodeOptions{.dtype = attention::v1::BFLOAT16}}) {
     Tensor t;
     InitTensor({2, 2, 2}, options, &t);
     EXPECT_EQ(t.dtype(), options.dtype);

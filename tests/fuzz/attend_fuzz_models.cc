@@ -72,9 +72,9 @@ void CheckResponse(const server::DecodedRequest& d, const core::AttentionResult&
   const attention::v1::Tensor& out = response.output();
   std::vector<int64_t> want_shape = {d.batch, d.seq_q, e};
   if (d.rank2) want_shape.erase(want_shape.begin());
-  FUZZ_CHECK(std::equal(out.shape().begin(), out.shape().end(), want_shape.begin(),
-                        want_shape.end()),
-             "output.shape differs from the query's");
+  FUZZ_CHECK(
+      std::equal(out.shape().begin(), out.shape().end(), want_shape.begin(), want_shape.end()),
+      "output.shape differs from the query's");
   FUZZ_CHECK(out.dtype() == d.dtype, "output.dtype differs from the query's");
   const size_t total = static_cast<size_t>(d.batch * d.seq_q * e);
   std::vector<float> padded(total);
@@ -83,7 +83,8 @@ void CheckResponse(const server::DecodedRequest& d, const core::AttentionResult&
                "output: float_data of the query's size expected");
     std::copy(out.float_data().begin(), out.float_data().end(), padded.begin());
   } else {
-    const core::DType dt = d.dtype == attention::v1::BFLOAT16 ? core::DType::kBF16 : core::DType::kF32;
+    const core::DType dt =
+        d.dtype == attention::v1::BFLOAT16 ? core::DType::kBF16 : core::DType::kF32;
     FUZZ_CHECK(out.float_data_size() == 0 && out.raw_data().size() == total * core::DTypeSize(dt),
                "output: raw_data of the query's size expected");
     core::DecodeToFloat(dt, reinterpret_cast<const uint8_t*>(out.raw_data().data()), total,
@@ -102,8 +103,9 @@ void CheckResponse(const server::DecodedRequest& d, const core::AttentionResult&
           }
         }
         // NaN (from huge finite inputs) may come back with another payload.
-        FUZZ_CHECK(std::isnan(want) ? std::isnan(got) : std::memcmp(&got, &want, sizeof(float)) == 0,
-                   absl::StrCat("output[", b, ", ", i, ", ", j, "]: ", got, ", expected ", want));
+        FUZZ_CHECK(
+            std::isnan(want) ? std::isnan(got) : std::memcmp(&got, &want, sizeof(float)) == 0,
+            absl::StrCat("output[", b, ", ", i, ", ", j, "]: ", got, ", expected ", want));
       }
     }
   }
@@ -114,9 +116,9 @@ void CheckResponse(const server::DecodedRequest& d, const core::AttentionResult&
     const std::vector<int64_t> probs_shape =
         d.packed_probs ? std::vector<int64_t>{values}
                        : std::vector<int64_t>{d.batch, model.config.num_heads, d.seq_q, d.seq_k};
-    FUZZ_CHECK(std::equal(p.shape().begin(), p.shape().end(), probs_shape.begin(),
-                          probs_shape.end()),
-               "attention_probs.shape");
+    FUZZ_CHECK(
+        std::equal(p.shape().begin(), p.shape().end(), probs_shape.begin(), probs_shape.end()),
+        "attention_probs.shape");
     FUZZ_CHECK(p.raw_data().size() == static_cast<size_t>(values) * 4,
                "attention_probs.raw_data size");
     if (d.packed_probs) {  // exactly the core's blocks
@@ -169,7 +171,8 @@ absl::Status CheckAttend(const attention::v1::AttendRequest& request, const Fuzz
                 absl::StrCat(m.model.name, " output"));
     if (d.need_probs) {
       FUZZ_CHECK(got.probs_offsets == want.probs_offsets, "probs_offsets");
-      ExpectClose(got.probs, want.probs, bf16 ? 1e-1f : 1e-4f, absl::StrCat(m.model.name, " probs"));
+      ExpectClose(got.probs, want.probs, bf16 ? 1e-1f : 1e-4f,
+                  absl::StrCat(m.model.name, " probs"));
     }
   }
   attention::v1::AttendResponse response;

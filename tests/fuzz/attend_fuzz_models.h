@@ -15,7 +15,7 @@
 namespace attn::fuzz {
 
 struct FuzzModel {
-  server::Model model;  // with its core (one thread)
+  server::Model model;             // with its core (one thread)
   core::AttentionWeights weights;  // what the core was built from, for the reference
 };
 

@@ -7,13 +7,13 @@
 #include <cstdlib>
 #include <string>
 
-#define FUZZ_CHECK(cond, msg)                                                              \
-  do {                                                                                     \
-    if (!(cond)) {                                                                         \
-      std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s: %s\n", __FILE__, __LINE__,     \
-                   #cond, std::string(msg).c_str());                                       \
-      std::abort();                                                                        \
-    }                                                                                      \
+#define FUZZ_CHECK(cond, msg)                                                                 \
+  do {                                                                                        \
+    if (!(cond)) {                                                                            \
+      std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s: %s\n", __FILE__, __LINE__, #cond, \
+                   std::string(msg).c_str());                                                 \
+      std::abort();                                                                           \
+    }                                                                                         \
   } while (0)
 
 #endif  // ATTN_TESTS_FUZZ_FUZZ_CHECK_H_

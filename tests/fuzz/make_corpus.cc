@@ -45,7 +45,8 @@ void Fill(Tensor* t, int64_t batch, int64_t seq, int64_t width, attention::v1::D
   if (batch > 0) t->add_shape(batch);
   t->add_shape(seq);
   t->add_shape(width);
-  const std::vector<float> v = Values(static_cast<size_t>(std::max<int64_t>(batch, 1) * seq * width), seed);
+  const std::vector<float> v =
+      Values(static_cast<size_t>(std::max<int64_t>(batch, 1) * seq * width), seed);
   if (float_data) {
     for (float x : v) t->add_float_data(x);
     return;

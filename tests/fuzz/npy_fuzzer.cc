@@ -19,15 +19,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const int64_t n = array->num_elements();
   FUZZ_CHECK(n >= 0, "accepted a shape without an element count");
-  FUZZ_CHECK(array->data.size() == static_cast<size_t>(n) * attn::client::NpyDTypeSize(array->dtype),
-             "data size disagrees with the shape");
+  FUZZ_CHECK(
+      array->data.size() == static_cast<size_t>(n) * attn::client::NpyDTypeSize(array->dtype),
+      "data size disagrees with the shape");
   FUZZ_CHECK(array->ToFloats().size() == static_cast<size_t>(n), "ToFloats size");
   absl::StatusOr<std::string> written = attn::client::SerializeNpy(*array);
   FUZZ_CHECK(written.ok(), written.status().ToString());
   absl::StatusOr<NpyArray> reread = attn::client::ParseNpy(*written, "rewritten.npy");
   FUZZ_CHECK(reread.ok(), reread.status().ToString());
-  FUZZ_CHECK(reread->dtype == array->dtype && reread->shape == array->shape &&
-                 reread->data == array->data,
-             "changed by a write and re-read");
+  FUZZ_CHECK(
+      reread->dtype == array->dtype && reread->shape == array->shape && reread->data == array->data,
+      "changed by a write and re-read");
   return 0;
 }

@@ -43,10 +43,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(n == 0 || std::memcmp(floats->data(), t.data, t.nbytes) == 0, t.name);
     }
     auto ints = (*file)->ReadInt(t.name);
-    FUZZ_CHECK(ints.ok() == IsInteger(t.dtype), absl::StrCat(t.name, ": ", ints.status().ToString()));
+    FUZZ_CHECK(ints.ok() == IsInteger(t.dtype),
+               absl::StrCat(t.name, ": ", ints.status().ToString()));
     if (ints.ok()) FUZZ_CHECK(ints->size() == n, t.name);
-    again.push_back({t.name, t.dtype, t.shape,
-                     std::string(reinterpret_cast<const char*>(t.data), t.nbytes)});
+    again.push_back(
+        {t.name, t.dtype, t.shape, std::string(reinterpret_cast<const char*>(t.data), t.nbytes)});
   }
   // What we write, we read back the same.
   auto reread = SafetensorsFile::FromBytes(
