@@ -511,17 +511,20 @@ const char* TargetName() {
 
 const char* TargetName(int64_t target) { return hwy::TargetName(target); }
 
-std::vector<int64_t> CompiledTargets() {
+namespace {
+// The targets of a bit set, one bit each, best (lowest bit) first.
+std::vector<int64_t> EachTarget(int64_t bits) {
   std::vector<int64_t> targets;
-  for (int64_t t = HWY_TARGETS; t != 0; t &= t - 1) targets.push_back(t & ~(t - 1));
+  for (; bits != 0; bits &= bits - 1) targets.push_back(bits & ~(bits - 1));
   return targets;
 }
+}  // namespace
+
+std::vector<int64_t> CompiledTargets() { return EachTarget(HWY_TARGETS); }
 
 std::vector<int64_t> SupportedTargets() {
   CapTargets();
-  std::vector<int64_t> targets;
-  for (int64_t t = Rechoose() & HWY_TARGETS; t != 0; t &= t - 1) targets.push_back(t & ~(t - 1));
-  return targets;
+  return EachTarget(Rechoose() & HWY_TARGETS);
 }
 
 ScopedTargetForTest::ScopedTargetForTest(int64_t target) {
