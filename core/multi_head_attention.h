@@ -20,6 +20,8 @@
 #include "core/attention_batch.h"
 #include "core/attention_config.h"
 #include "core/attention_weights.h"
+#include "core/cached_attention.h"
+#include "core/kv_cache.h"
 
 namespace attn::core {
 
@@ -76,6 +78,24 @@ class MultiHeadAttention {
   // When `timings` is given, fills it.
   absl::Status Forward(const AttentionBatch& batch, AttentionResult* result,
                        ForwardTimings* timings = nullptr) const;
+
+  // Sessions (incremental decoding): self-attention over caches. Projects
+  // the query rows of `batch` (cross_attention false) to q, k and v, appends
+  // sequence s's new k, v to caches[s].cache (null: no cache; the sequence
+  // attends over its own rows), attends over cache + new rows
+  // (AttendWithCache: batch.causal, batch.need_probs) and applies the output
+  // projection. `caches` has one entry per sequence; each cache must have
+  // this model's CacheShape (any storage dtype) and room reserved for the new
+  // rows (KvCache::Reserve). INVALID_ARGUMENT / FAILED_PRECONDITION as
+  // ValidateCachedAttentionBatch; on error nothing is appended. Thread-safety
+  // as Forward.
+  absl::Status ForwardWithCache(const AttentionBatch& batch,
+                                absl::Span<const CachedSequence> caches, AttentionResult* result,
+                                ForwardTimings* timings = nullptr,
+                                CachedAttentionStats* stats = nullptr) const;
+  // The cache a session of this model holds: one layer, kv_heads() heads of
+  // head_dim(), stored as `storage` (kF32 or kBF16).
+  KvCacheShape CacheShape(DType storage) const;
 
   const AttentionConfig& config() const { return config_; }
 
