@@ -383,25 +383,20 @@ struct DecodePlan {
 
 int64_t RoundUpTo(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
-// Chunks start at multiples of this: whole blocks of a cache, whole tiles
-// of a contiguous view's one large block.
-int64_t ChunkAlign(absl::Span<const internal::DecodeSequence> sequences) {
-  int block_tokens = 1;
-  for (const internal::DecodeSequence& seq : sequences) {
-    block_tokens = std::max(block_tokens, seq.kv.block_tokens);
-  }
-  return block_tokens <= kMinChunkKeys ? block_tokens : kDecodeKeyTile;
+// Chunks of a view start at multiples of this: whole blocks of a cache,
+// whole tiles of a contiguous view's one large block.
+int64_t ChunkAlign(const KvView& kv) {
+  return kv.block_tokens <= kMinChunkKeys ? kv.block_tokens : kDecodeKeyTile;
 }
 
 // Keys per task: the keys of all sequences and kv heads over
 // kTasksPerThread x threads tasks, at least kMinChunkKeys.
 int64_t ChunkKeys(absl::Span<const internal::DecodeSequence> sequences, int num_kv_heads,
-                  int threads, int64_t align) {
+                  int threads) {
   int64_t total = 0;
   for (const internal::DecodeSequence& seq : sequences) total += seq.kv.length;
   const int64_t target = int64_t{kTasksPerThread} * threads;
-  const int64_t chunk = (total * num_kv_heads + target - 1) / target;
-  return RoundUpTo(std::max(chunk, kMinChunkKeys), align);
+  return std::max((total * num_kv_heads + target - 1) / target, kMinChunkKeys);
 }
 
 // Output rows of a split (sequence, kv head) from its tasks' partial states:
@@ -450,8 +445,7 @@ int64_t DecodeAttentionImpl(const SdpaShape& shape,
   // One team of the calling thread's size (one thread inside a parallel
   // region, nesting being off).
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const int64_t align = ChunkAlign(sequences);
-  const int64_t chunk = ChunkKeys(sequences, hkv, threads, align);
+  const int64_t chunk = ChunkKeys(sequences, hkv, threads);
 
   static thread_local DecodePlan plan;
   plan.tasks.clear();
@@ -466,7 +460,8 @@ int64_t DecodeAttentionImpl(const SdpaShape& shape,
     // Chunks of equal size in whole alignment units; one when it fits.
     const int num_chunks = static_cast<int>(length <= chunk ? 1 : (length + chunk - 1) / chunk);
     const int64_t per_chunk =
-        num_chunks == 1 ? length : RoundUpTo((length + num_chunks - 1) / num_chunks, align);
+        num_chunks == 1 ? length
+                        : RoundUpTo((length + num_chunks - 1) / num_chunks, ChunkAlign(seq.kv));
     for (int g = 0; g < hkv; ++g) {
       if (num_chunks > 1) {
         plan.splits.push_back({&seq, g, static_cast<int>(plan.tasks.size()), 0});

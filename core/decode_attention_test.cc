@@ -8,9 +8,9 @@
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -24,15 +24,15 @@
 namespace attn::core::internal {
 namespace {
 
-// How a test cache lays out a block: head-major (a kv head's tokens of a
-// block back to back, as KvCache stores them) or token-major (a token's kv
-// heads back to back, as projected rows are); a padded token stride too.
-enum class Layout { kHeadMajor, kTokenMajor };
+// Where a test sequence's K and V live: a real KvCache (blocks from a
+// KvBlockPool), rows described by ContiguousKvView (float32 only), or blocks
+// of our own, head-major (a kv head's tokens of a block back to back, as
+// KvCache stores them) or token-major (a token's kv heads back to back, as
+// projected rows are), with any block size and a padded token stride.
+enum class Layout { kKvCache, kContiguous, kHeadMajor, kTokenMajor };
 
-// K and V of one sequence in blocks of `block_tokens` tokens, each block
-// allocated on its own (so blocks are not adjacent in memory), in float32 or
-// bfloat16; also the values as floats (bf16-rounded for bf16) for the
-// reference.
+// K and V of one sequence, in float32 or bfloat16, and the values as floats
+// (bf16-rounded for bf16) for the reference.
 class TestKv {
  public:
   TestKv(int64_t length, int num_kv_heads, int head_dim, DType dtype, int block_tokens,
@@ -43,30 +43,56 @@ class TestKv {
     v_.resize(length * hkv_ * d_);
     for (float& x : k_) x = Round(dist(*rng));
     for (float& x : v_) x = Round(dist(*rng));
-    view_.length = length;
-    view_.block_tokens = block_tokens;
-    view_.dtype = dtype;
-    view_.head_dim = head_dim;
-    if (layout == Layout::kHeadMajor) {
-      view_.token_stride = head_dim + token_pad;
-      view_.head_stride = block_tokens * view_.token_stride;
+    const int width = hkv_ * d_;
+    if (layout == Layout::kKvCache) {
+      KvBlockPool::Options options;
+      options.shape = {1, num_kv_heads, head_dim, dtype};
+      options.max_bytes = (length / kKvBlockTokens + 1) * options.shape.block_bytes();
+      pool_ = std::move(KvBlockPool::Create(options)).value();
+      cache_ = std::make_unique<KvCache>(pool_.get(), std::max<int64_t>(length, 1));
+      // Appended in two parts, so a block is filled across calls.
+      const int64_t first = length / 3;
+      for (const auto& [begin, n] : {std::pair{int64_t{0}, first}, {first, length - first}}) {
+        EXPECT_TRUE(cache_->Reserve(0, n).ok());
+        cache_->Append(0, k_.data() + begin * width, width, v_.data() + begin * width, width, n);
+      }
+      view_ = cache_->View(0);
+      return;
+    }
+    if (layout == Layout::kContiguous) {
+      EXPECT_EQ(dtype, DType::kF32);
+      const int ld = width + token_pad;
+      rows_k_.assign(length * ld, std::numeric_limits<float>::quiet_NaN());
+      rows_v_.assign(length * ld, std::numeric_limits<float>::quiet_NaN());
+      view_ = ContiguousKvView(rows_k_.data(), ld, rows_v_.data(), ld, length, head_dim,
+                               &one_k_block_, &one_v_block_);
     } else {
-      view_.token_stride = num_kv_heads * head_dim + token_pad;
-      view_.head_stride = head_dim;
+      view_.length = length;
+      view_.block_tokens = block_tokens;
+      view_.dtype = dtype;
+      view_.head_dim = head_dim;
+      if (layout == Layout::kHeadMajor) {
+        view_.token_stride = head_dim + token_pad;
+        view_.head_stride = block_tokens * view_.token_stride;
+      } else {
+        view_.token_stride = width + token_pad;
+        view_.head_stride = head_dim;
+      }
+      // Each block allocated on its own (blocks are not adjacent) and
+      // poisoned with NaNs, so a kernel reading outside a row fails.
+      const int64_t block_elements = int64_t{hkv_} * block_tokens * (head_dim + token_pad);
+      const int64_t blocks = (length + block_tokens - 1) / block_tokens;
+      for (int64_t b = 0; b < blocks; ++b) {
+        k_storage_.emplace_back(block_elements * DTypeSize(dtype), 0xff);
+        v_storage_.emplace_back(block_elements * DTypeSize(dtype), 0xff);
+      }
+      for (int64_t b = 0; b < blocks; ++b) {
+        k_blocks_.push_back(k_storage_[b].data());
+        v_blocks_.push_back(v_storage_[b].data());
+      }
+      view_.k_blocks = k_blocks_.data();
+      view_.v_blocks = v_blocks_.data();
     }
-    block_elements_ = hkv_ * block_tokens * (head_dim + token_pad);
-    const int64_t blocks = (length + block_tokens - 1) / block_tokens;
-    for (int64_t b = 0; b < blocks; ++b) {
-      // Poisoned padding: NaN floats, so a kernel reading outside a row fails.
-      k_storage_.emplace_back(block_elements_ * DTypeSize(dtype), 0xff);
-      v_storage_.emplace_back(block_elements_ * DTypeSize(dtype), 0xff);
-    }
-    for (int64_t b = 0; b < blocks; ++b) {
-      k_blocks_.push_back(k_storage_[b].data());
-      v_blocks_.push_back(v_storage_[b].data());
-    }
-    view_.k_blocks = k_blocks_.data();
-    view_.v_blocks = v_blocks_.data();
     for (int64_t t = 0; t < length; ++t) {
       for (int g = 0; g < hkv_; ++g) Store(t, g);
     }
@@ -109,8 +135,12 @@ class TestKv {
   int64_t length_;
   int hkv_, d_;
   DType dtype_;
-  int64_t block_elements_ = 0;
   std::vector<float> k_, v_;
+  std::unique_ptr<KvBlockPool> pool_;
+  std::unique_ptr<KvCache> cache_;
+  std::vector<float> rows_k_, rows_v_;
+  const void* one_k_block_ = nullptr;
+  const void* one_v_block_ = nullptr;
   std::vector<std::vector<unsigned char>> k_storage_, v_storage_;
   std::vector<const void*> k_blocks_, v_blocks_;
   KvView view_;
@@ -157,16 +187,17 @@ struct Case {
   DType dtype = DType::kF32;
   bool causal = false;
   int block_tokens = kKvBlockTokens;
-  Layout layout = Layout::kHeadMajor;
+  Layout layout = Layout::kKvCache;
   int token_pad = 0;
 };
 
+const char* const kLayoutNames[] = {" KvCache", " contiguous", " head-major", " token-major"};
+
 std::string Describe(const Case& c) {
-  std::string s =
-      absl::StrCat("H ", c.shape.num_heads, " Hkv ", c.shape.num_kv_heads, " d ", c.shape.head_dim,
-                   c.dtype == DType::kBF16 ? " bf16" : " f32", c.causal ? " causal" : "", " block ",
-                   c.block_tokens, c.layout == Layout::kHeadMajor ? " head-major" : " token-major",
-                   " pad ", c.token_pad, " seqs");
+  std::string s = absl::StrCat(
+      "H ", c.shape.num_heads, " Hkv ", c.shape.num_kv_heads, " d ", c.shape.head_dim,
+      c.dtype == DType::kBF16 ? " bf16" : " f32", c.causal ? " causal" : "", " block ",
+      c.block_tokens, kLayoutNames[static_cast<int>(c.layout)], " pad ", c.token_pad, " seqs");
   for (size_t i = 0; i < c.lengths.size(); ++i)
     absl::StrAppend(&s, " (", c.lq[i], ",", c.lengths[i], ")");
   return s;
@@ -272,8 +303,12 @@ TEST_P(DecodeAttentionTest, MatchesReferenceForEveryRowCountAndShape) {
           c.lq = {lq, lq, lq, lq};
           c.dtype = dtype;
           c.causal = causal;
-          c.layout = seed % 2 == 0 ? Layout::kHeadMajor : Layout::kTokenMajor;
-          c.token_pad = seed % 3 == 0 ? 0 : 3;
+          // Every layout in turn (contiguous rows hold float32 only), with
+          // other block sizes for our own blocks.
+          c.layout = static_cast<Layout>(seed % 4);
+          if (c.layout == Layout::kContiguous && dtype == DType::kBF16) c.layout = Layout::kKvCache;
+          c.block_tokens = seed % 3 == 0 ? 16 : 7;
+          c.token_pad = seed % 2 == 0 ? 0 : 3;
           std::vector<TestSequence> batch = MakeBatch(c, seed++);
           ASSERT_EQ(RunDecode(c, &batch), ExpectedBytes(c)) << Describe(c);
           ExpectMatches(c, batch);
@@ -313,21 +348,20 @@ TEST_P(DecodeAttentionTest, LongSequencesSplitAcrossThreadsMatchReference) {
 }
 
 TEST_P(DecodeAttentionTest, ContiguousRowsMatchReference) {
-  omp_set_num_threads(2);
-  for (int64_t length : {int64_t{1}, int64_t{33}, int64_t{2000}}) {
-    // One block holding every token, token-major rows with a padded stride:
-    // what ContiguousKvView describes.
-    Case c;
-    c.shape = {8, 2, 64};
-    c.lengths = {length};
-    c.lq = {3};
-    c.causal = true;
-    c.block_tokens = static_cast<int>(length);
-    c.layout = Layout::kTokenMajor;
-    c.token_pad = 7;
-    std::vector<TestSequence> batch = MakeBatch(c, 7);
-    ASSERT_EQ(RunDecode(c, &batch), ExpectedBytes(c));
-    ExpectMatches(c, batch);
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    for (int64_t length : {int64_t{1}, int64_t{33}, int64_t{2000}}) {
+      Case c;
+      c.shape = {8, 2, 64};
+      c.lengths = {length};
+      c.lq = {3};
+      c.causal = true;
+      c.layout = Layout::kContiguous;
+      c.token_pad = 7;
+      std::vector<TestSequence> batch = MakeBatch(c, 7);
+      ASSERT_EQ(RunDecode(c, &batch), ExpectedBytes(c));
+      ExpectMatches(c, batch);
+    }
   }
 }
 
