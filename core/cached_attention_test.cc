@@ -6,6 +6,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/attention_kernels.h"
@@ -379,6 +380,47 @@ TEST(AttendWithCacheTest, TruncateThenReappendEqualsRecompute) {
   }
 }
 
+// The team's two schedules (few (sequence, kv head) units: packed first,
+// then tasks per query block; many: a unit per thread) give what one thread
+// gives, to the bit: every task runs the same kernel on the same packing.
+TEST(AttendWithCacheTest, TeamSchedulesEqualOneThread) {
+  const SdpaShape shape = Shape(8, 2, 32);
+  const int qw = shape.q_width(), kvw = shape.kv_width();
+  ScaledDotProductAttention::Options one, team;
+  one.num_threads = 1;
+  team.num_threads = 3;
+  auto solo = ScaledDotProductAttention::Create(shape, DType::kF32, one);
+  auto threaded = ScaledDotProductAttention::Create(shape, DType::kF32, team);
+  ASSERT_TRUE(solo.ok() && threaded.ok());
+  auto pool = MakePool(shape, DType::kBF16);
+  std::mt19937_64 rng(10);
+  // {sessions, cached tokens, new rows}: 1 x 2 units and 8 x 2 units, both
+  // past the solo threshold.
+  for (const auto& [sessions, cached, rows] :
+       std::vector<std::tuple<int, int64_t, int64_t>>{{1, 700, 8}, {8, 600, 1}}) {
+    SCOPED_TRACE(std::to_string(sessions) + " sessions");
+    std::vector<Tokens> tokens;
+    std::vector<std::unique_ptr<KvCache>> caches[2];
+    BatchBuilder batches[2] = {BatchBuilder(shape), BatchBuilder(shape)};
+    for (int s = 0; s < sessions; ++s) {
+      tokens.emplace_back(shape, cached + rows, rng, false);
+      for (int copy = 0; copy < 2; ++copy) {
+        caches[copy].push_back(std::make_unique<KvCache>(pool.get(), 1000));
+        KvCache* cache = caches[copy].back().get();
+        AttentionResult r;
+        ASSERT_TRUE(AttendTokens(**solo, cache, tokens[s], 0, cached, &r).ok());
+        ASSERT_TRUE(cache->Reserve(0, rows).ok());
+        batches[copy].Add(tokens[s].q.data() + cached * qw, rows, tokens[s].k.data() + cached * kvw,
+                          tokens[s].v.data() + cached * kvw, rows, cache);
+      }
+    }
+    AttentionResult by_one, by_team;
+    ASSERT_TRUE((*solo)->Forward(batches[0].Build(true), &by_one).ok());
+    ASSERT_TRUE((*threaded)->Forward(batches[1].Build(true), &by_team).ok());
+    EXPECT_EQ(by_one.output, by_team.output);
+  }
+}
+
 // Probabilities with a cache are the full computation's last rows: Lk counts
 // the cached keys.
 TEST(AttendWithCacheTest, ProbabilitiesAreTheFullComputationsLastRows) {
@@ -413,6 +455,27 @@ TEST(AttendWithCacheTest, QueryRowsWithoutNewKeysReadTheCache) {
   const std::vector<float> want = NaiveAttention(shape, query.q.data(), session.tokens.k.data(),
                                                  session.tokens.v.data(), 2, 40, /*causal=*/true);
   ExpectRowsNear(r.output.data(), want.data(), 2, shape.q_width(), 1e-5f, "re-query");
+}
+
+// New keys without query rows are appended, and no output comes back.
+TEST(AttendWithCacheTest, NewKeysWithoutQueryRowsAreOnlyAppended) {
+  const SdpaShape shape = Shape(2, 1, 8);
+  OneSession session(shape, DType::kF32, 40, 7);
+  const Tokens& tokens = session.tokens;
+  ASSERT_TRUE(session.cache.Reserve(0, 39).ok());
+  BatchBuilder b(shape);
+  b.Add(tokens.q.data(), 0, tokens.k.data(), tokens.v.data(), 39, &session.cache);
+  AttentionResult r;
+  ASSERT_TRUE(session.sdpa->Forward(b.Build(true, /*need_probs=*/true), &r).ok());
+  EXPECT_TRUE(r.output.empty());
+  EXPECT_TRUE(r.probs.empty());
+  EXPECT_EQ(session.cache.length(0), 39);
+  // The last token then sees all 40.
+  ASSERT_TRUE(AttendTokens(*session.sdpa, &session.cache, tokens, 39, 1, &r).ok());
+  AttentionResult full;
+  const std::vector<float> want = FullCausal(*session.sdpa, tokens, 40, &full);
+  ExpectRowsNear(r.output.data(), want.data() + 39 * shape.q_width(), 1, shape.q_width(), 1e-5f,
+                 "after the keys-only call");
 }
 
 // Every error leaves every cache as it was: nothing is appended anywhere.
