@@ -144,9 +144,11 @@ class SessionManager {
   // the session was closed since Acquire; INVALID_ARGUMENT when `layer` is
   // out of range; FAILED_PRECONDITION when layer's length is not
   // `expected_length` ("expected_length: the session has 17 tokens, the
-  // request expected 16"); then reserves `new_tokens` in `layer`
-  // (RESOURCE_EXHAUSTED naming max_tokens, or the pool's or shared budget's
-  // limit once no idle session is left to evict). Returns the cache to
+  // request expected 16"); then reserves `new_tokens` in `layer`:
+  // RESOURCE_EXHAUSTED naming max_tokens (checked before anything is
+  // evicted), or naming the limit that is full once no idle session is left
+  // to evict: the pool's own max_bytes (its idle sessions are evicted) or
+  // the shared budget (idle sessions of any pool are). Returns the cache to
   // compute on; nothing is appended here.
   absl::StatusOr<core::KvCache*> Prepare(Lease& lease, int layer, int64_t expected_length,
                                          int64_t new_tokens);
