@@ -231,6 +231,10 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), options.observers);
     s->env_.observers = s->tee_.get();
   }
+  s->env_.kv_observers = s->metrics_->kv_observers();
+  for (const Model* model : s->repository_->models()) {
+    if (model->kv_pool != nullptr) s->metrics_->WatchKvPool(model->name, model->kv_pool.get());
+  }
   s->env_.logger = s->logger_.get();
   s->env_.clock = options.clock;
   s->env_.retry_pushback_ms = AttentionService::kRetryPushbackMs;
@@ -273,6 +277,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     }
     s->exposer_->RegisterCollectable(s->metrics_->registry());
     s->exposer_->RegisterCollectable(s->metrics_->process_collectable());
+    s->exposer_->RegisterCollectable(s->metrics_->kv_cache_collectable());
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? 0 : ports.front();
   }
@@ -305,6 +310,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   AttentionService::Options service_options;
   service_options.max_response_bytes = options.max_message_bytes;
   service_options.max_response_bytes_in_flight = options.max_response_bytes_in_flight;
+  service_options.sessions = options.sessions;
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->env_,
                                                    s->batcher_.get(), service_options);
   // Warm every model up on the batcher's executor thread (the one that will

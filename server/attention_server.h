@@ -82,6 +82,10 @@ class AttentionServer {
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
+    // The session table Attend requests with session_id lease from (must
+    // outlive the server; its sessions' pools are the repository's). Null:
+    // session requests are FAILED_PRECONDITION.
+    SessionManager* sessions = nullptr;
     // Test seams.
     // The time of the batcher and of every call: arrival, queue and compute
     // times, batching delays and request deadlines (a client's gRPC

@@ -23,6 +23,12 @@
 // call at the real deadline on its own; the batcher then drops it as
 // cancelled.
 //
+// Sessions: a request with session_id is decoded as one sequence
+// (attend_codec.h), then leases its session (Options::sessions) before it is
+// queued: NOT_FOUND when the session is gone, INVALID_ARGUMENT when it is
+// another model's, ABORTED when another request of it is in flight. The
+// lease ends when the call does (run, rejected, cancelled or shed).
+//
 // Thread-safe. The repository, env (and its observers) and batcher must
 // outlive the service (and the grpc::Server it is registered with).
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
@@ -53,6 +59,9 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
     // (RESOURCE_EXHAUSTED) until responses have been sent. A request
     // always fits when nothing is held.
     int64_t max_response_bytes_in_flight = int64_t{2} << 30;
+    // The session table requests with session_id lease their session from
+    // (must outlive the service); null: such requests are FAILED_PRECONDITION.
+    SessionManager* sessions = nullptr;
   };
 
   // Asks env->observers for every model's observer.
@@ -88,7 +97,9 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   ResponseBudget response_budget_;
   // Filled in the constructor, read-only after: no lock on the hot path.
   std::unordered_map<const Model*, core::BatchObserver*> model_observers_;
+  std::unordered_map<const Model*, KvBatchObserver*> kv_observers_;
   core::BatchObserver* const unknown_model_observer_;
+  SessionManager* const sessions_;
 };
 
 // Fills `info` from a loaded model (wire::ToModelInfo).
