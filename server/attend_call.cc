@@ -19,10 +19,13 @@ std::string BatchKey(const Model& model, const DecodedRequest& request) {
 
 namespace {
 
-// Client mistakes: logged at info, not warning.
+// Client mistakes: logged at info, not warning. A session step with a stale
+// expected_length (a retry that already went through) and a second request
+// of a session in flight are the client's too.
 bool IsClientError(absl::StatusCode code) {
   return code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kNotFound ||
-         code == absl::StatusCode::kCancelled;
+         code == absl::StatusCode::kCancelled || code == absl::StatusCode::kFailedPrecondition ||
+         code == absl::StatusCode::kAborted;
 }
 
 }  // namespace

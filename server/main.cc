@@ -15,7 +15,6 @@
 #include "absl/time/time.h"
 #include "server/attention_server.h"
 #include "server/log.h"
-#include "server/session_manager.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address HOST:PORT (port 0: pick a free one)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
@@ -46,11 +45,14 @@ ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
 ABSL_FLAG(absl::Duration, session_idle_timeout, absl::Seconds(120),
           "How long a session may go unused before it expires, unless its model's "
           "session_idle_timeout_ms says otherwise");
+ABSL_FLAG(int, max_sessions, 65536,
+          "KV-cache sessions open at once over all models (0: no sessions)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long to wait for accepted requests before cancelling them");
 ABSL_FLAG(std::string, log_level, "info",
           "Least level logged: debug, info, warning, error or off. Failed requests log at info "
-          "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED) or warning");
+          "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED, FAILED_PRECONDITION, "
+          "ABORTED) or warning");
 ABSL_FLAG(bool, access_log, false, "Log one event=request line per successful Attend request");
 
 namespace {
@@ -122,14 +124,6 @@ int Run() {
               {"isa", attn::core::MultiHeadAttention::OneDnnIsa()},
               {"kernel_target", attn::core::MultiHeadAttention::KernelTarget()}});
   }
-  // Before the server: it must outlive every call (and the server's
-  // shutdown ends them all before this goes).
-  auto sessions = attn::server::SessionManager::Create({});
-  if (!sessions.ok()) {
-    log->Log(LogLevel::kError, "start_failed",
-             {{"error", absl::StrCat("sessions: ", sessions.status().message())}});
-    return 1;
-  }
   attn::server::AttentionServer::Options options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
@@ -143,7 +137,8 @@ int Run() {
   options.max_queue_tokens = absl::GetFlag(FLAGS_max_queue_tokens);
   options.max_response_bytes_in_flight = absl::GetFlag(FLAGS_max_response_bytes_in_flight);
   options.logger = log;
-  options.sessions = sessions->get();
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.session_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
     log->Log(LogLevel::kError, "start_failed", {{"error", std::string(server.status().message())}});
@@ -172,9 +167,6 @@ int Run() {
             {"queued", absl::StrCat((*server)->queued_requests())},
             {"grace", absl::FormatDuration(options.shutdown_grace)}});
   (*server)->Shutdown();
-  // Every call has ended: the sessions go before the models' pools (the
-  // server's repository) their blocks come from.
-  sessions->reset();
   // Every finished request by code, e.g. by_code=OK:1200,UNAVAILABLE:3.
   const std::map<std::string, int64_t> by_code = (*server)->metrics().RequestCountsByCode();
   std::string counts;
