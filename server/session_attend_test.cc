@@ -148,11 +148,9 @@ class SessionAttendTest : public ::testing::Test {
   void SetUp() override { StartServer(AttentionServer::Options()); }
   void TearDown() override { StopServer(); }
 
-  // The server first (every call ends), then the sessions, whose blocks go
-  // back to the repository's pools, then the repository.
+  // Every call ends, then the server's sessions go, then the models' pools.
   void StopServer() {
     if (server_ != nullptr) server_->Shutdown();
-    sessions_.reset();
     server_.reset();
   }
 
@@ -174,17 +172,10 @@ class SessionAttendTest : public ::testing::Test {
     models.push_back(OffloadModel("cramped", OffloadConfig(2, 1, 8), 1, 32 * 2 * 8 * 4));
     for (Model& m : models) ASSERT_TRUE(AttachKvPool(&m, budget.get()).ok()) << m.name;
 
-    SessionManager::Options session_options;
-    session_options.clock = &session_clock_;  // nothing expires unless a test says so
-    auto sessions = SessionManager::Create(session_options);
-    ASSERT_TRUE(sessions.ok()) << sessions.status();
-    sessions_ = *std::move(sessions);
-
     seen_ = std::make_unique<core::FakeBatchObservers>();
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
     options.observers = seen_.get();
-    options.sessions = sessions_.get();
     auto server = AttentionServer::Start(
         ModelRepository::FromModels(std::move(models), std::move(budget)), options);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -197,7 +188,7 @@ class SessionAttendTest : public ::testing::Test {
   const Model& ModelNamed(const std::string& name) { return *server_->repository().Find(name); }
 
   std::string NewSession(const std::string& model, int64_t max_tokens = kMaxSeqLen) {
-    auto info = sessions_->CreateSession(model, ModelNamed(model).kv_pool.get(), max_tokens,
+    auto info = sessions().CreateSession(model, ModelNamed(model).kv_pool.get(), max_tokens,
                                          absl::Seconds(60));
     EXPECT_TRUE(info.ok()) << info.status();
     return info.ok() ? info->id : "";
@@ -299,9 +290,9 @@ class SessionAttendTest : public ::testing::Test {
     return -1;
   }
 
-  FakeClock session_clock_;
+  SessionManager& sessions() { return *server_->sessions(); }
+
   std::unique_ptr<core::FakeBatchObservers> seen_;
-  std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<AttentionServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
@@ -359,6 +350,11 @@ TEST_F(SessionAttendTest, OffloadModelWithoutSessionIsPlainAttentionOverTheGiven
   }
   ExpectNear(got_valid, want.output, 1e-5f, "output");
   ExpectNear(RawFloats(resp.attention_probs()), want.probs, 1e-5f, "probs");
+  // FLOPs without projections: 4 * num_heads * head_dim per visible pair,
+  // causal (5 queries over 7 keys: 3+4+5+6+7; 3 over 4: 2+3+4).
+  const auto batches = seen_->seen("off").batches;
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_EQ(batches[0].flops, 4.0 * kEmbed * (25 + 9));
 
   // Keys are required: an offload model has no projections to make them.
   AttendRequest no_key = req;
@@ -394,7 +390,7 @@ TEST_F(SessionAttendTest, PrefillThenOneTokenStepsEqualOneShotCausalAttend) {
     got.insert(got.end(), row.begin(), row.end());
   }
   ExpectNear(got, want, 1e-4f, "weighted session");
-  EXPECT_EQ(sessions_->Get(id)->length, kLen);
+  EXPECT_EQ(sessions().Get(id)->length, kLen);
 
   // The session's batches are counted as decode steps, with their K/V reads.
   const auto families = server_->metrics().registry()->Collect();
@@ -438,7 +434,7 @@ TEST_F(SessionAttendTest, OffloadLayersAppendApartAndEachEqualsOneShotCausalAtte
     }
   }
   for (int l = 0; l < kLayers; ++l) ExpectNear(got[l], want[l], 1e-5f, absl::StrCat("layer ", l));
-  const auto info = sessions_->Get(id);
+  const auto info = sessions().Get(id);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->layer_lengths, (std::vector<int64_t>{kLen, kLen}));
   const auto families = server_->metrics().registry()->Collect();
@@ -457,7 +453,7 @@ TEST_F(SessionAttendTest, StaleExpectedLengthIsFailedPreconditionAndAppendsNothi
   grpc::Status s = Attend(step, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_TRUE(absl::StrContains(s.error_message(), "expected_length")) << s.error_message();
-  EXPECT_EQ(sessions_->Get(id)->length, 4);
+  EXPECT_EQ(sessions().Get(id)->length, 4);
   // The same step retried, now with the right length: appended once.
   AttendRequest retried = step;
   retried.set_expected_length(4);
@@ -467,7 +463,7 @@ TEST_F(SessionAttendTest, StaleExpectedLengthIsFailedPreconditionAndAppendsNothi
   // And a retry of a step that already went through is refused, not appended.
   s = Attend(retried, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-  EXPECT_EQ(sessions_->Get(id)->length, 5);
+  EXPECT_EQ(sessions().Get(id)->length, 5);
 }
 
 // One causal (or not) attention of projected rows, by the reference layer.
@@ -577,7 +573,7 @@ TEST_F(SessionAttendTest, SessionClosedWhileItsStepIsQueuedFailsNotFound) {
   AttendResponse resp;
   std::thread queued = AttendQueued(
       Step(OneSequence("w", RandomRows(2, kEmbed, 111), kEmbed), id, 0), &status, &resp);
-  ASSERT_TRUE(sessions_->Close(id).ok());
+  ASSERT_TRUE(sessions().Close(id).ok());
   gate.Release();
   queued.join();
   running.join();
@@ -602,7 +598,7 @@ TEST_F(SessionAttendTest, FullKvCacheIsResourceExhaustedAndAppendsNothing) {
   ASSERT_TRUE(step(0, 32, &resp).ok());
   const grpc::Status full = step(32, 1, &resp);
   EXPECT_EQ(full.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << full.error_message();
-  EXPECT_EQ(sessions_->Get(id)->length, 32);
+  EXPECT_EQ(sessions().Get(id)->length, 32);
   // Another request of another model is not affected.
   const grpc::Status other = Attend(OneSequence("w", RandomRows(2, kEmbed, 124), kEmbed), &resp);
   EXPECT_TRUE(other.ok()) << other.error_message();
@@ -619,6 +615,7 @@ TEST_F(SessionAttendTest, ShutdownWithOpenSessionsRunsTheirQueuedSteps) {
       [&] { sa = Attend(Step(OneSequence("w", RandomRows(2, kEmbed, 131), kEmbed), a, 0), &ra); });
   std::thread tb([&] { sb = Attend(Step(Qkv::Random(3, 132).Slice("off", 0, 3), b, 0, 1), &rb); });
   ASSERT_TRUE(WaitQueued(2));
+  EXPECT_EQ(sessions().open_sessions(), 2);
   server_->Shutdown();
   ta.join();
   tb.join();
@@ -626,7 +623,60 @@ TEST_F(SessionAttendTest, ShutdownWithOpenSessionsRunsTheirQueuedSteps) {
   ASSERT_TRUE(sb.ok()) << sb.error_message();
   EXPECT_EQ(ra.session_length(), 2);
   EXPECT_EQ(rb.session_length(), 3);
-  EXPECT_EQ(sessions_->open_sessions(), 2);  // still open: TearDown frees them
+  // The sessions went with the server, their blocks back to the pools.
+  EXPECT_EQ(ModelNamed("w").kv_pool->used_bytes(), 0);
+  EXPECT_EQ(ModelNamed("off").kv_pool->used_bytes(), 0);
+}
+
+TEST_F(SessionAttendTest, GetModelDescribesAnOffloadModel) {
+  grpc::ClientContext ctx;
+  attention::v1::GetModelRequest req;
+  req.set_name("off");
+  attention::v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModel(&ctx, req, &info).ok());
+  EXPECT_FALSE(info.projections());
+  EXPECT_EQ(info.num_layers(), kLayers);
+  EXPECT_EQ(info.embed_dim(), kEmbed);
+  EXPECT_EQ(info.head_dim(), kHeadDim);
+  EXPECT_EQ(info.kdim(), kKvWidth);
+  EXPECT_EQ(info.vdim(), kKvWidth);
+  EXPECT_FALSE(info.bias());
+  EXPECT_EQ(info.kv_cache_dtype(), attention::v1::FLOAT32);
+  EXPECT_EQ(info.kv_cache_bytes(), int64_t{4} << 20);
+  EXPECT_EQ(info.session_idle_timeout_ms(), 120000);
+}
+
+TEST_F(SessionAttendTest, StreamCarriesAPrefillAndItsSteps) {
+  constexpr int kLen = 6, kPrefill = 3;
+  const Qkv x = Qkv::Random(kLen, 141);
+  const std::vector<float> want = OneShotCausal(x.Slice("off", 0, kLen));
+  const std::string id = NewSession("off");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = stub_->AttendStream(&ctx);
+  std::vector<float> got;
+  for (int first = 0; first < kLen; first += first == 0 ? kPrefill : 1) {
+    // One request of a session at a time: the next goes once this one is answered.
+    AttendRequest req = Step(x.Slice("off", first, first == 0 ? kPrefill : 1), id, first);
+    req.set_request_id(absl::StrCat("at", first));
+    ASSERT_TRUE(stream->Write(req));
+    AttendResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    ASSERT_EQ(resp.status().code(), 0) << resp.status().message();
+    EXPECT_EQ(resp.request_id(), req.request_id());
+    EXPECT_EQ(resp.session_length(), first + (first == 0 ? kPrefill : 1));
+    const std::vector<float> out = RawFloats(resp.output());
+    got.insert(got.end(), out.begin(), out.end());
+  }
+  // A stale step fails alone; the stream goes on.
+  ASSERT_TRUE(stream->Write(Step(x.Slice("off", 0, 1), id, 0)));
+  AttendResponse stale;
+  ASSERT_TRUE(stream->Read(&stale));
+  EXPECT_EQ(stale.status().code(), grpc::StatusCode::FAILED_PRECONDITION);
+  stream->WritesDone();
+  const grpc::Status end = stream->Finish();
+  EXPECT_TRUE(end.ok()) << end.error_message();
+  ExpectNear(got, want, 1e-5f, "streamed steps");
 }
 
 }  // namespace
