@@ -335,6 +335,13 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
       }
     }
   }
+  if (d.session() && d.cached + d.seq_q > model.max_seq_len) {
+    // No session holds more than max_seq_len tokens (CreateSession's
+    // max_tokens is at most it): this request could never fit.
+    return Invalid("query.shape[", rank - 2, "]: expected at most ", model.max_seq_len - d.cached,
+                   " with expected_length ", d.cached, " (the model's max_seq_len is ",
+                   model.max_seq_len, "), got ", d.seq_q);
+  }
   // The padded key axis of the probabilities counts the cached tokens.
   d.seq_k += d.cached;
   int64_t tokens = 0;

@@ -192,6 +192,12 @@ TEST(AttendCodecTest, SessionRequestIsOneSequenceWithExpectedLengthAndLayer) {
   more.clear_query_lengths();
   SetFloats(more.mutable_query(), {2, 2, 8});
   ExpectInvalid(more, model, "query.shape[0]: expected 1 with session_id");
+  // A session never holds more than max_seq_len (8) tokens.
+  more = request;
+  more.set_expected_length(7);
+  ExpectInvalid(more, model,
+                "query.shape[1]: expected at most 1 with expected_length 7 (the model's "
+                "max_seq_len is 8), got 2");
 }
 
 TEST(AttendCodecTest, SessionOfAModelWithProjectionsIsSelfAttentionOnLayerZero) {

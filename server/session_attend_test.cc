@@ -166,7 +166,18 @@ class SessionAttendTest : public ::testing::Test {
     w.kv_cache_bytes = int64_t{4} << 20;
     w.mha = *core::MultiHeadAttention::Create(w.config,
                                               core::RandomAttentionWeights(w.config, kSeed), {});
+    // The same layer, its sessions' K/V stored as bfloat16.
+    Model wbf;
+    wbf.name = "wbf";
+    wbf.config = w.config;
+    wbf.max_seq_len = w.max_seq_len;
+    wbf.max_request_tokens = w.max_request_tokens;
+    wbf.kv_cache_bytes = w.kv_cache_bytes;
+    wbf.kv_cache_dtype = core::DType::kBF16;
+    wbf.mha = *core::MultiHeadAttention::Create(wbf.config,
+                                                core::RandomAttentionWeights(w.config, kSeed), {});
     models.push_back(std::move(w));
+    models.push_back(std::move(wbf));
     models.push_back(OffloadModel("off", OffloadConfig(), kLayers, int64_t{4} << 20));
     // One block: 32 tokens of 1 kv head of 8 floats, keys and values.
     models.push_back(OffloadModel("cramped", OffloadConfig(2, 1, 8), 1, 32 * 2 * 8 * 4));
@@ -677,6 +688,28 @@ TEST_F(SessionAttendTest, StreamCarriesAPrefillAndItsSteps) {
   const grpc::Status end = stream->Finish();
   EXPECT_TRUE(end.ok()) << end.error_message();
   ExpectNear(got, want, 1e-5f, "streamed steps");
+}
+
+TEST_F(SessionAttendTest, Bfloat16CacheStepsStayWithinBfloat16OfTheFloat32Result) {
+  constexpr int kLen = 7;
+  const std::vector<float> x = RandomRows(kLen, kEmbed, 151);
+  const std::vector<float> want = OneShotCausal(OneSequence("w", x, kEmbed));
+  EXPECT_EQ(ModelNamed("wbf").kv_pool->shape().dtype, core::DType::kBF16);
+  const std::string id = NewSession("wbf");
+  std::vector<float> got;
+  for (int t = 0; t < kLen; ++t) {
+    AttendResponse r;
+    const grpc::Status s =
+        Attend(Step(OneSequence("wbf", Rows(x, kEmbed, t, 1), kEmbed), id, t), &r);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    const std::vector<float> row = RawFloats(r.output());
+    got.insert(got.end(), row.begin(), row.end());
+  }
+  // Keys and values rounded to bf16 (8 bits of mantissa), the rest float32.
+  ExpectNear(got, want, 5e-2f, "bf16 cache");
+  // Half the bytes of a float32 cache: 7 tokens in one block.
+  EXPECT_EQ(ModelNamed("wbf").kv_pool->used_bytes(), ModelNamed("wbf").kv_pool->block_bytes());
+  EXPECT_EQ(ModelNamed("wbf").kv_pool->block_bytes() * 2, ModelNamed("w").kv_pool->block_bytes());
 }
 
 }  // namespace
