@@ -65,7 +65,9 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   c.request = *std::move(decoded);
   if (c.request.session()) {
     if (sessions_ == nullptr) {
-      return absl::FailedPreconditionError("session_id: this server keeps no sessions");
+      // As the session RPCs answer then.
+      return absl::UnimplementedError(
+          "session_id: sessions are disabled on this server (max_sessions 0)");
     }
     // Held from here until the call ends (FinishAttendCall): a second
     // request of the session meanwhile is ABORTED.

@@ -29,8 +29,8 @@
 // another model's, ABORTED when another request of it is in flight. The
 // lease ends when the call does (run, rejected, cancelled or shed). The
 // session RPCs (CreateSession, CloseSession, GetSession, TruncateSession;
-// server/session_rpcs.cc) answer inline from Options::sessions:
-// UNIMPLEMENTED when it is null.
+// server/session_rpcs.cc) answer inline from Options::sessions. Without
+// Options::sessions, both are UNIMPLEMENTED.
 //
 // Thread-safe. The repository, env (and its observers), batcher and session
 // table must outlive the service (and the grpc::Server it is registered

@@ -712,5 +712,19 @@ TEST_F(SessionAttendTest, Bfloat16CacheStepsStayWithinBfloat16OfTheFloat32Result
   EXPECT_EQ(ModelNamed("wbf").kv_pool->block_bytes() * 2, ModelNamed("w").kv_pool->block_bytes());
 }
 
+TEST_F(SessionAttendTest, WithoutSessionsASessionRequestIsUnimplemented) {
+  AttentionServer::Options options;
+  options.max_sessions = 0;
+  StartServer(options);
+  AttendResponse resp;
+  const grpc::Status s =
+      Attend(Step(OneSequence("w", RandomRows(1, kEmbed, 161), kEmbed), "s-any", 0), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << s.error_message();
+  EXPECT_TRUE(absl::StartsWith(s.error_message(), "session_id: sessions are disabled"))
+      << s.error_message();
+  // Requests without one are served as ever.
+  EXPECT_TRUE(Attend(OneSequence("w", RandomRows(1, kEmbed, 162), kEmbed), &resp).ok());
+}
+
 }  // namespace
 }  // namespace attn::server
