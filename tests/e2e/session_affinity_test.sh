@@ -21,7 +21,10 @@ work=$(mktemp -d)
 pids=()
 nginx_pid=""
 cleanup() {
-  for p in "${pids[@]}" $nginx_pid; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  # TERM, not KILL: nginx's master then stops its worker, which would
+  # otherwise outlive it.
+  if [ -n "$nginx_pid" ]; then kill -TERM "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -60,7 +63,7 @@ mkdir -p "$work/nginx"
   echo "  }"
   echo "}"
 } >"$work/nginx.conf"
-"$NGINX" -p "$work/nginx" -c "$work/nginx.conf" -g "daemon off;" 2>>"$work/nginx.log" &
+"$NGINX" -p "$work/nginx" -c "$work/nginx.conf" -g "daemon off;" >>"$work/nginx.log" 2>&1 </dev/null &
 nginx_pid=$!
 for i in $(seq 1 100); do
   "$PYTHON" -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && break
