@@ -40,6 +40,7 @@
 #include "core/attention_config.h"
 #include "core/attention_kernels.h"
 #include "core/attention_weights.h"
+#include "core/bench/decode_bench.h"
 #include "core/dtype.h"
 #include "core/multi_head_attention.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -54,6 +55,8 @@ using Dt = memory::data_type;
 
 // Set once in main() before any benchmark runs; read-only afterwards.
 int g_threads = 2;
+// --read_peak_mib: the streaming-read peak's buffer (decode_bench.h).
+int64_t g_read_peak_mib = 2048;
 MultiHeadAttention::Options::BF16Compute g_bf16 = MultiHeadAttention::Options::BF16Compute::kAuto;
 
 double SecondsSince(Clock::time_point start) {
@@ -388,6 +391,8 @@ void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
 
 // --shape=B,L,E,H: benchmark this shape too (plain and causal).
 std::vector<MhaShape> g_extra_shapes;
+// --decode_case=S,T,H,Hkv,D,lq: this decode case too (f32 and bf16).
+std::vector<bench::DecodeCase> g_decode_cases;
 
 void RegisterAll() {
   // (B, L, E, H); each plain and causal.
@@ -416,6 +421,7 @@ void RegisterAll() {
       benchmark::RegisterBenchmark(name.c_str(), BM_Mha, s, dtype)->Unit(benchmark::kMillisecond);
     }
   }
+  bench::RegisterDecodeBenchmarks(g_threads, g_read_peak_mib, g_decode_cases);
 }
 
 // Removes --threads=N / --threads N from argv. False (with a message) when
@@ -454,7 +460,8 @@ int main(int argc, char** argv) {
   using attn::core::g_threads;
   std::vector<char*> args(argv, argv + argc);
   if (!attn::core::ParseThreads(&args, &g_threads)) return 2;
-  // --shape=B,L,E,H (repeatable); --bf16=auto|emulated|native.
+  // --shape=B,L,E,H and --decode_case=S,T,H,Hkv,D,lq (repeatable);
+  // --bf16=auto|emulated|native; --read_peak_mib=N.
   using BF16Compute = attn::core::MultiHeadAttention::Options::BF16Compute;
   std::vector<char*> rest;
   absl::string_view bf16_mode = "auto";
@@ -470,6 +477,26 @@ int main(int argc, char** argv) {
         attn::core::g_bf16 = BF16Compute::kNative;
       } else {
         std::fprintf(stderr, "--bf16: expected auto, emulated or native, got '%s'\n", arg + 7);
+        return 2;
+      }
+      continue;
+    }
+    if (absl::StartsWith(a, "--decode_case=")) {
+      attn::core::bench::DecodeCase dc;
+      if (!attn::core::bench::ParseDecodeCase(std::string(a.substr(14)), &dc)) {
+        std::fprintf(stderr,
+                     "--decode_case: expected S,T,H,Hkv,D,lq of positive integers (Hkv "
+                     "dividing H, lq <= 16), got '%s'\n",
+                     arg + 14);
+        return 2;
+      }
+      attn::core::g_decode_cases.push_back(dc);
+      continue;
+    }
+    if (absl::StartsWith(a, "--read_peak_mib=")) {
+      if (!absl::SimpleAtoi(a.substr(16), &attn::core::g_read_peak_mib) ||
+          attn::core::g_read_peak_mib <= 0) {
+        std::fprintf(stderr, "--read_peak_mib: expected a positive integer, got '%s'\n", arg + 16);
         return 2;
       }
       continue;
