@@ -344,8 +344,9 @@ void RunDecodeTaskWith(const DecodeTask& task, const DecodeParams& params, Decod
         static_cast<int>(std::min<int64_t>({kDecodeKeyTile, bt - in_block, task.end - t0}));
     const T* kt = static_cast<const T*>(kv.k_blocks[block]) + head_offset + in_block * ts;
     const T* vt = static_cast<const T*>(kv.v_blocks[block]) + head_offset + in_block * ts;
-    if (t0 + kPrefetchKeys < task.end)
+    if (t0 + kPrefetchKeys < task.end) {
       PrefetchTile<T>(kv, head_offset, t0 + kPrefetchKeys, row_bytes);
+    }
 
     for (int r0 = 0; r0 < rows; r0 += kScoreRows) {
       const int nr = std::min(kScoreRows, rows - r0);

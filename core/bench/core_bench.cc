@@ -2,12 +2,14 @@
 // and bf16, with GFLOP/s and the fraction of a same-run oneDNN GEMM peak.
 //
 //   attention-core-bench [--threads=N] [--shape=B,L,E,H]...
+//                        [--decode_case=S,T,H,Hkv,D,lq]... [--read_peak_mib=N]
 //                        [--bf16=auto|emulated|native] [--benchmark_* flags]
 //
 // --threads (default 2) sets the OpenMP team for both the GEMM peak and the
 // attention layer; it is parsed here and removed before Google Benchmark
 // sees argv. Benchmark names are exactly
-// mha/<f32|bf16>/B<b>_L<l>_E<e>_H<h>[_causal] and gemm/<f32|bf16>/peak:
+// mha/<f32|bf16>/B<b>_L<l>_E<e>_H<h>[_causal] and gemm/<f32|bf16>/peak (and
+// the decode ones of decode_bench.h: read/peak, decode/<f32|bf16>/<case>):
 // no per-benchmark MinTime/Iterations/UseRealTime/UseManualTime: Google Benchmark
 // appends those to the name. Every counter is computed from our own
 // steady_clock measurement of each Forward(), so the framework's clock only
