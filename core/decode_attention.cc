@@ -270,7 +270,10 @@ HWY_INLINE void WithRowCount(int nr, F f) {
 // Keys ahead of the current tile whose K and V rows are prefetched: the
 // hardware prefetchers follow a kv head's run inside a block but start
 // afresh at every block (a separate allocation), and decode has too little
-// arithmetic per byte to hide the misses that restart costs.
+// arithmetic per byte to hide the misses that restart costs. Measured at 2
+// threads (bench decode/*): without it 27.2 / 17.6 GB/s (f32 batched / long)
+// and 21.5 / 14.3 (bf16), with it 29-30 / 24-25 and 30 / 24; 16, 32 or 64
+// keys ahead, into L1 or L2, all within noise.
 constexpr int kPrefetchKeys = 2 * kDecodeKeyTile;
 
 // Asks for the K and V rows of the keys [t, t + kDecodeKeyTile) within t's
@@ -563,6 +566,8 @@ int64_t DecodeAttentionImpl(const SdpaShape& shape,
   {
     const FlushSubnormals flush;
     static thread_local DecodeScratch scratch;
+    // Dynamic: a ragged batch's tasks differ in size (static measured the
+    // same on the benchmark's equal ones).
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < num_tasks; ++t) {
       HWY_DYNAMIC_DISPATCH(RunDecodeTask)(tasks[t], params, &scratch);
