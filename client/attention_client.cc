@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <random>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -288,6 +289,13 @@ class StreamImpl final : public AttentionClient::Stream,
 
 }  // namespace
 
+std::string NewSessionId() {
+  std::random_device device;
+  std::string id = "s-";
+  for (int i = 0; i < 4; ++i) absl::StrAppendFormat(&id, "%08x", device());
+  return id;
+}
+
 absl::StatusOr<std::string> ChannelTarget(const std::vector<std::string>& targets) {
   if (targets.empty()) return absl::InvalidArgumentError("targets: expected at least one target");
   if (targets.size() == 1) {
@@ -504,7 +512,7 @@ absl::StatusOr<attention::v1::ModelInfo> AttentionClient::GetModel(const std::st
 absl::StatusOr<attention::v1::SessionInfo> AttentionClient::CreateSession(
     const attention::v1::CreateSessionRequest& request) {
   grpc::ClientContext context;
-  Prepare(&context, absl::ZeroDuration(), "");
+  Prepare(&context, absl::ZeroDuration(), request.session_id());
   attention::v1::SessionInfo info;
   if (absl::Status s = FromGrpc(stub_->CreateSession(&context, request, &info)); !s.ok()) return s;
   return info;

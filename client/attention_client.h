@@ -13,7 +13,8 @@
 // Every call that names a session (an AttendRequest with session_id, and the
 // session RPCs) also carries it as `x-session-id` metadata
 // (kSessionIdMetadata), the key a session-affine L7 balancer hashes on
-// (DESIGN.md, Sessions). Client-side round_robin over several targets cannot
+// (DESIGN.md, Sessions); CreateSession with a client-chosen id carries it too.
+// Client-side round_robin over several targets cannot
 // keep a session on one replica: client/session.h refuses it.
 //
 // Errors come back as absl::Status with the gRPC code (same numbers) and the
@@ -131,9 +132,10 @@ class AttentionClient {
 
   absl::StatusOr<std::vector<attention::v1::ModelInfo>> ListModels();
   absl::StatusOr<attention::v1::ModelInfo> GetModel(const std::string& name);
-  // KV-cache sessions (attention.proto); each call but CreateSession sends
-  // the session id as x-session-id metadata. client/session.h builds on
-  // them (it tracks each layer's length for the Attend requests).
+  // KV-cache sessions (attention.proto); each call sends the session id as
+  // x-session-id metadata (CreateSession when the request names its
+  // client-chosen id: see NewSessionId). client/session.h builds on them (it
+  // tracks each layer's length for the Attend requests).
   absl::StatusOr<attention::v1::SessionInfo> CreateSession(
       const attention::v1::CreateSessionRequest& request);
   absl::Status CloseSession(const std::string& session_id);
@@ -162,6 +164,12 @@ class AttentionClient {
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
+
+// A new client-chosen session id for CreateSessionRequest.session_id: "s-"
+// and 128 bits from std::random_device in hex (unguessable, and known before
+// the call, so a balancer hashing x-session-id sends the CreateSession to the
+// replica the session's steps reach).
+std::string NewSessionId();
 
 // The channel target that Create uses (exposed for tests and for tools that
 // build their own channels). One target is returned as is: gRPC resolves it

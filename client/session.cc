@@ -35,6 +35,10 @@ int64_t LayerLength(const SessionInfo& info, int layer) {
 
 }  // namespace
 
+bool HasProjections(const attention::v1::ModelInfo& model) {
+  return model.projections() || model.num_layers() == 0;
+}
+
 absl::StatusOr<std::unique_ptr<Session>> Session::Create(AttentionClient* client,
                                                          const Options& options) {
   if (client->options().targets.size() > 1) {
@@ -54,9 +58,16 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Create(AttentionClient* client
   if (!model.ok()) return model.status();
   attention::v1::CreateSessionRequest request;
   request.set_model_name(options.model);
+  request.set_session_id(options.session_id.empty() ? NewSessionId() : options.session_id);
   request.set_max_tokens(options.max_tokens);
   request.set_idle_timeout_ms(absl::ToInt64Milliseconds(options.idle_timeout));
   absl::StatusOr<SessionInfo> info = client->CreateSession(request);
+  if (absl::IsUnimplemented(info.status())) {
+    return absl::UnimplementedError(
+        absl::StrCat("CreateSession: the server has no KV-cache sessions (an attention-server "
+                     "older than attention.v1's session RPCs)",
+                     info.status().message().empty() ? "" : ": ", info.status().message()));
+  }
   if (!info.ok()) return info.status();
   if (info->session_id().empty()) {
     return absl::DataLossError("CreateSession: the server returned no session_id");
@@ -76,8 +87,8 @@ Session::~Session() {
 }
 
 int64_t Session::query_width() const {
-  return model_.projections() ? model_.embed_dim()
-                              : int64_t{model_.num_heads()} * model_.head_dim();
+  return HasProjections(model_) ? model_.embed_dim()
+                                : int64_t{model_.num_heads()} * model_.head_dim();
 }
 
 int64_t Session::kv_width() const { return int64_t{model_.num_kv_heads()} * model_.head_dim(); }
@@ -91,7 +102,7 @@ void Session::Adopt(const SessionInfo& info) {
 }
 
 absl::StatusOr<Session::Result> Session::Append(absl::Span<const float> tokens) {
-  if (!model_.projections()) {
+  if (!HasProjections(model_)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "model '", model_.name(), "' is an offload model: call Append(layer, q, k, v)"));
   }
@@ -118,7 +129,7 @@ absl::StatusOr<AttendRequest> Session::BuildRequest(int layer, absl::Span<const 
         absl::StrCat("layer: expected 0..", num_layers() - 1, ", got ", layer));
   }
   const int64_t width = query_width();
-  const char* q_name = model_.projections() ? "tokens" : "q";
+  const char* q_name = HasProjections(model_) ? "tokens" : "q";
   if (width <= 0 || q.empty() || static_cast<int64_t>(q.size()) % width != 0) {
     return absl::InvalidArgumentError(absl::StrCat(q_name, ": expected n >= 1 rows of ", width,
                                                    " values, got ", q.size(), " values"));
@@ -136,7 +147,7 @@ absl::StatusOr<AttendRequest> Session::BuildRequest(int layer, absl::Span<const 
       wire::EncodeTensor({1, rows, width}, q, encode, q_name);
   if (!query.ok()) return query.status();
   *request.mutable_query() = *std::move(query);
-  if (model_.projections()) {
+  if (HasProjections(model_)) {
     if (!k.empty() || !v.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "model '", model_.name(), "' has projections: k and v come from the tokens"));

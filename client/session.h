@@ -25,9 +25,9 @@
 // holds it once. Any other mismatch is FAILED_PRECONDITION; Sync() adopts the
 // server's lengths.
 //
-// Every call carries the session id as x-session-id metadata (see
-// attention_client.h). A session lives in one replica: Create refuses a
-// client balancing several targets round-robin (FAILED_PRECONDITION); put
+// Every call, CreateSession included, carries the session id as
+// x-session-id metadata (see attention_client.h): the client picks the id. A session lives in one
+// replica: Create refuses a client balancing several targets round-robin (FAILED_PRECONDITION); put
 // a session-affine balancer behind one target instead.
 //
 // Errors are absl::Status: the server's code and message, or
@@ -55,10 +55,20 @@
 
 namespace attn::client {
 
+// Whether `model` has projections (takes token rows). A server older than
+// the session fields reports neither projections nor num_layers (both 0):
+// its models all have projections.
+bool HasProjections(const attention::v1::ModelInfo& model);
+
 class Session {
  public:
   struct Options {
     std::string model = "default";
+    // The session's id, chosen by the client (1 to 128 of [A-Za-z0-9._-]);
+    // empty: a random one (NewSessionId), so CreateSession already carries
+    // the x-session-id the session's steps will. A server that picks its
+    // own ids anyway is followed (id() is what it returned).
+    std::string session_id;
     // Most tokens the session may hold per layer; 0: the model's
     // max_seq_len (also the largest accepted).
     int64_t max_tokens = 0;
@@ -87,7 +97,8 @@ class Session {
   // Asks for the model (GetModel), then CreateSession. `client` must
   // outlive the Session. FAILED_PRECONDITION for a client with several
   // targets; the server's status otherwise (NOT_FOUND for an unknown model,
-  // UNIMPLEMENTED for a server without sessions).
+  // ALREADY_EXISTS for a session_id taken, UNIMPLEMENTED for a server without
+  // sessions).
   static absl::StatusOr<std::unique_ptr<Session>> Create(AttentionClient* client,
                                                          const Options& options);
   // Closes the session unless Close() succeeded (one CloseSession call,

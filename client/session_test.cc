@@ -53,7 +53,14 @@ class FakeSessionService final : public attention::v1::AttentionService::Callbac
                                           SessionInfo* info) override {
     Note(context, "CreateSession");
     MutexLock lock(&mu_);
-    const std::string id = absl::StrCat("s-", ++next_id_);
+    // The client's id when it chose one, as the real server does.
+    const std::string id =
+        request->session_id().empty() ? absl::StrCat("server-", ++next_id_) : request->session_id();
+    if (sessions_.contains(id)) {
+      auto* reactor = context->DefaultReactor();
+      reactor->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "session_id: taken"));
+      return reactor;
+    }
     Stored& s = sessions_[id];
     s.layers.resize(static_cast<size_t>(std::max(1, model_.num_layers())));
     s.max_tokens = request->max_tokens();
@@ -330,7 +337,11 @@ TEST_F(SessionTest, PrefillAndStepsSendTheTrackedLengthCausallyWithTheSessionIdM
     EXPECT_EQ(r.layer(), 0);
     EXPECT_FALSE(r.has_key());
   }
-  for (const char* method : {"Attend", "TruncateSession", "GetSession", "CloseSession"}) {
+  // The id is the client's, so CreateSession carried it already.
+  EXPECT_EQ(session_->id().substr(0, 2), "s-");
+  EXPECT_EQ(session_->id().size(), 34u);
+  for (const char* method :
+       {"CreateSession", "Attend", "TruncateSession", "GetSession", "CloseSession"}) {
     for (const std::string& id : service_->SessionIds(method))
       EXPECT_EQ(id, session_->id()) << method;
     EXPECT_FALSE(service_->SessionIds(method).empty()) << method;
@@ -440,6 +451,19 @@ TEST_F(SessionTest, AClosedSessionRefusesCallsAndTheDestructorCloses) {
   session_.reset();
   EXPECT_EQ(service_->open(), 0);
   EXPECT_EQ(service_->SessionIds("CloseSession").size(), 2u);
+}
+
+TEST_F(SessionTest, AChosenIdIsUsedAndATakenOneIsAlreadyExists) {
+  Start(ProjectionModel());
+  Session::Options options;
+  options.model = "m";
+  options.session_id = "mine.1";
+  auto first = Session::Create(client_.get(), options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ((*first)->id(), "mine.1");
+  EXPECT_EQ(Session::Create(client_.get(), options).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(NewSessionId(), NewSessionId());
 }
 
 TEST_F(SessionTest, CreateRefusesSeveralTargetsAndReportsAnUnknownModel) {
