@@ -734,6 +734,12 @@ class Cli {
     std::printf("bias: %s\n", m->bias() ? "true" : "false");
     std::printf("max_seq_len: %d\n", m->max_seq_len());
     std::printf("max_request_tokens: %d\n", m->max_request_tokens());
+    std::printf("projections: %s\n", HasProjections(*m) ? "true" : "false");
+    std::printf("num_layers: %d\n", std::max(1, m->num_layers()));
+    std::printf("kv_cache_dtype: %s\n", DataTypeName(m->kv_cache_dtype()).c_str());
+    std::printf("kv_cache_bytes: %lld\n", static_cast<long long>(m->kv_cache_bytes()));
+    std::printf("session_idle_timeout_ms: %lld\n",
+                static_cast<long long>(m->session_idle_timeout_ms()));
     return kExitOk;
   }
 

@@ -179,9 +179,13 @@ absl::StatusOr<Session::Result> Session::Send(int layer, int64_t rows, AttendReq
     state.uncertain_rows = rows;
     return response.status();
   }
-  if (!absl::IsFailedPrecondition(response.status()) || !state.uncertain) {
+  // With gRPC's retries on, an attempt of this very call may have landed
+  // before a transport error that gRPC retried without telling us.
+  const bool maybe_landed = state.uncertain || client_->options().max_attempts > 1;
+  if (!absl::IsFailedPrecondition(response.status()) || !maybe_landed) {
     return response.status();
   }
+  if (!state.uncertain) state.uncertain_rows = rows;
   // The earlier attempt may have landed: look before resending.
   absl::StatusOr<SessionInfo> info = client_->GetSession(id_);
   if (!info.ok()) return info.status();

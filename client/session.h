@@ -22,8 +22,10 @@
 // the session's lengths: if the layer holds exactly the lost attempt's
 // rows, it truncates them (when no other layer is longer, so nothing else
 // is cut) and resends, so the retry returns the step's output and the cache
-// holds it once. Any other mismatch is FAILED_PRECONDITION; Sync() adopts the
-// server's lengths.
+// holds it once. With gRPC retries on (AttentionClient::Options::max_attempts
+// > 1) an attempt gRPC resent by itself may have landed too, so every
+// FAILED_PRECONDITION is looked at that way. Any other mismatch is
+// FAILED_PRECONDITION; Sync() adopts the server's lengths.
 //
 // Every call, CreateSession included, carries the session id as
 // x-session-id metadata (see attention_client.h): the client picks the id. A session lives in one

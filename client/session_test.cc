@@ -263,7 +263,7 @@ attention::v1::ModelInfo OffloadModel() {
 
 class SessionTest : public ::testing::Test {
  protected:
-  void Start(attention::v1::ModelInfo model) {
+  void Start(attention::v1::ModelInfo model, int max_attempts = 1) {
     service_ = std::make_unique<FakeSessionService>(std::move(model));
     grpc::ServerBuilder builder;
     int port = 0;
@@ -273,6 +273,9 @@ class SessionTest : public ::testing::Test {
     ASSERT_TRUE(server_ != nullptr && port > 0);
     AttentionClient::Options options;
     options.targets = {absl::StrCat("127.0.0.1:", port)};
+    options.max_attempts = max_attempts;
+    options.initial_backoff = absl::Milliseconds(5);
+    options.max_backoff = absl::Milliseconds(10);
     client_ = *AttentionClient::Create(options);
   }
   void TearDown() override {
@@ -369,6 +372,18 @@ TEST_F(SessionTest, ARetriedStepWhoseFirstAttemptLandedIsAppendedOnceAndReturnsI
   EXPECT_EQ(service_->truncates(), 1);
   const std::vector<float> p = Rows(2, 0);
   EXPECT_FLOAT_EQ(retried->output[0], p[0] + p[kWidth] + 10);
+}
+
+TEST_F(SessionTest, AnAttemptThatGrpcRetriedByItselfIsRecoveredToo) {
+  Start(ProjectionModel(), /*max_attempts=*/3);
+  CreateSession();
+  ASSERT_TRUE(session_->Prefill(Rows(2, 0)).ok());
+  service_->DropAfterAppend(1);  // gRPC resends; the resend meets FAILED_PRECONDITION
+  auto step = session_->Step(Rows(1, 10));
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_TRUE(step->recovered);
+  EXPECT_EQ(service_->StoredLength(session_->id(), 0), 3);
+  EXPECT_EQ(service_->truncates(), 1);
 }
 
 TEST_F(SessionTest, ARetriedStepWhoseFirstAttemptNeverArrivedIsSimplySent) {
