@@ -3,23 +3,7 @@
 // per target; HWY_EXPORT/HWY_DYNAMIC_DISPATCH pick one at run time).
 
 // clang-format off: the order of these lines is Highway's protocol.
-// SVE vectors are sizeless and cannot live in the arrays the register tiles
-// use; on Arm the kernels run on NEON (128-bit, 32 registers).
-#ifndef HWY_DISABLED_TARGETS
-#define HWY_DISABLED_TARGETS (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128)
-#endif
-// The portable target (EMU128) on every architecture, so its code is tested
-// everywhere: by default Highway leaves it out where the baseline already has
-// SIMD (NEON on aarch64). On x86 the set is the same either way.
-#ifndef HWY_COMPILE_ALL_ATTAINABLE
-#define HWY_COMPILE_ALL_ATTAINABLE
-#endif
-// AVX3_DL (Ice Lake and later, AMD Zen 4) is what AVX-512 servers of today
-// dispatch to; Highway leaves it out unless asked.
-#ifndef HWY_WANT_AVX3_DL
-#define HWY_WANT_AVX3_DL
-#endif
-
+#include "core/kernel_targets.h"
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "core/attention_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -31,65 +15,24 @@
 #include <cstring>
 #include <limits>
 
+#include "core/attention_kernels-inl.h"
 #include "core/attention_kernels.h"
 #include "core/dtype.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace attn::core::kernels {
 namespace HWY_NAMESPACE {
-namespace hn = hwy::HWY_NAMESPACE;
-
-using D = hn::ScalableTag<float>;
-using V = hn::Vec<D>;
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
 // Register tiles: kTileRows query rows x kTileVecs vectors of outputs, sized
 // so accumulators (rows x vecs), one row of b (vecs) and a broadcast fit the
 // register file: 6 x 4 + 4 + 1 = 29 of 32 (AVX-512, NEON), 6 x 2 + 2 + 1 = 15
 // of 16 (AVX2, SSE4, SSSE3; the emulated target follows them).
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL || HWY_ARCH_ARM_A64
-constexpr int kTileVecs = 4;
-#else
-constexpr int kTileVecs = 2;
-#endif
+constexpr int kTileVecs = kVectorRegisters == 32 ? 4 : 2;
 constexpr int kTileRows = 6;
 
 // Keys visible to query row i: [0, VisibleKeys(i)) (bottom-right causal).
 inline int VisibleKeys(const HeadView& h, int i) {
   if (!h.causal) return h.lk;
   return std::clamp(i + (h.lk - h.lq) + 1, 0, h.lk);
-}
-
-// Max that lets a NaN through (std::max would drop it when it comes second).
-inline float NanMax(float a, float b) { return std::isnan(b) || b > a ? b : a; }
-
-// Stores the first n < Lanes(d) lanes of v (a row's tail).
-inline void StoreFirst(V v, size_t n, float* HWY_RESTRICT out) {
-  alignas(64) float lanes[64 / sizeof(float)];
-  hn::Store(v, D(), lanes);
-  std::memcpy(out, lanes, n * sizeof(float));
-}
-
-// exp(x) for a vector: 2^(x log2 e) split into 2^n * 2^f, f in [-1/2, 1/2],
-// with a degree-6 polynomial for 2^f (relative error ~1e-7). NaN stays NaN;
-// x below about -86.6 gives 2^-125 (zero for softmax, and never a subnormal,
-// which some CPUs multiply slowly).
-inline V Exp(V x) {
-  const D d;
-  const hn::RebindToSigned<D> di;
-  const V t = hn::Max(hn::Mul(x, hn::Set(d, 1.44269504088896341f)), hn::Set(d, -125.0f));
-  const auto ni = hn::NearestInt(t);
-  const V f = hn::Sub(t, hn::ConvertTo(d, ni));
-  V p = hn::Set(d, 1.5403530393381606e-4f);
-  p = hn::MulAdd(p, f, hn::Set(d, 1.3333558146428443e-3f));
-  p = hn::MulAdd(p, f, hn::Set(d, 9.6181291076284772e-3f));
-  p = hn::MulAdd(p, f, hn::Set(d, 5.5504108664821580e-2f));
-  p = hn::MulAdd(p, f, hn::Set(d, 0.24022650695910071f));
-  p = hn::MulAdd(p, f, hn::Set(d, 0.69314718055994531f));
-  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
-  const V two_n = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(ni, hn::Set(di, 127))));
-  return hn::IfThenElse(hn::IsNaN(x), x, hn::Mul(p, two_n));
 }
 
 // The one register-tiled microkernel: c[R][NV lanes] (+)= a[R][kn] b[kn][NV
@@ -166,59 +109,6 @@ void QK(const float* q, ptrdiff_t ldq, int rows, const float* kt, int j0, int d,
   }
 }
 
-// Max of s[0, n) (n > 0); NaN when any is NaN. s is readable up to
-// RoundUp16(n).
-float RowMax(const float* HWY_RESTRICT s, int n) {
-  const D d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  V m = hn::Set(d, kNegInf);
-  auto nan = hn::FirstN(d, 0);
-  int j = 0;
-  for (; j + lanes <= n; j += lanes) {
-    const V x = hn::LoadU(d, s + j);
-    nan = hn::Or(nan, hn::IsNaN(x));
-    m = hn::Max(m, x);
-  }
-  if (j < n) {
-    const V x = hn::IfThenElse(hn::FirstN(d, n - j), hn::LoadU(d, s + j), hn::Set(d, kNegInf));
-    nan = hn::Or(nan, hn::IsNaN(x));
-    m = hn::Max(m, x);
-  }
-  if (!hn::AllFalse(d, nan)) return std::numeric_limits<float>::quiet_NaN();
-  return hn::GetLane(hn::MaxOfLanes(d, m));
-}
-
-// s[j] = exp(s[j] - m) * scale for j < n, 0 for n <= j < n_pad (n_pad a
-// multiple of 16); returns the sum of exp(s[j] - m).
-float ExpSub(float* HWY_RESTRICT s, int n, int n_pad, float m, float scale) {
-  const D d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  const V vm = hn::Set(d, m);
-  const V vs = hn::Set(d, scale);
-  V sum = hn::Zero(d);
-  int j = 0;
-  if (scale == 1.0f) {  // pass 1 (running statistics): no scaling
-    for (; j + lanes <= n; j += lanes) {
-      const V e = Exp(hn::Sub(hn::LoadU(d, s + j), vm));
-      sum = hn::Add(sum, e);
-      hn::StoreU(e, d, s + j);
-    }
-  }
-  for (; j + lanes <= n; j += lanes) {
-    const V e = Exp(hn::Sub(hn::LoadU(d, s + j), vm));
-    sum = hn::Add(sum, e);
-    hn::StoreU(hn::Mul(e, vs), d, s + j);
-  }
-  if (j < n) {
-    const V e = hn::IfThenElseZero(hn::FirstN(d, n - j), Exp(hn::Sub(hn::LoadU(d, s + j), vm)));
-    sum = hn::Add(sum, e);
-    hn::StoreU(hn::Mul(e, vs), d, s + j);  // zero past n
-    j += lanes;
-  }
-  for (; j < n_pad; j += lanes) hn::StoreU(hn::Zero(d), d, s + j);
-  return hn::GetLane(hn::SumOfLanes(d, sum));
-}
-
 // o[r][0, RoundUp16(d)) += sum_{j < valid[r]} p[r][j] v[j][...], v rows of
 // ValueStride(d) floats at stride ldv.
 void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* v, ptrdiff_t ldv,
@@ -243,25 +133,6 @@ void PV(const float* p, ptrdiff_t ldp, int rows, const int* valid, const float* 
       }
     }
   }
-}
-
-// o[0, n) *= a, n a multiple of 16.
-void Scale(float* HWY_RESTRICT o, int n, float a) {
-  const D d;
-  const V va = hn::Set(d, a);
-  for (int c = 0; c < n; c += static_cast<int>(hn::Lanes(d))) {
-    hn::StoreU(hn::Mul(hn::LoadU(d, o + c), va), d, o + c);
-  }
-}
-
-// out[0, n) = o[0, n) * a; o is readable up to RoundUp16(n), out only to n.
-void ScaleTo(const float* HWY_RESTRICT o, int n, float a, float* HWY_RESTRICT out) {
-  const D d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  const V va = hn::Set(d, a);
-  int c = 0;
-  for (; c + lanes <= n; c += lanes) hn::StoreU(hn::Mul(hn::LoadU(d, o + c), va), d, out + c);
-  if (c < n) StoreFirst(hn::Mul(hn::LoadU(d, o + c), va), n - c, out + c);
 }
 
 // The blocked attention for one block of query rows; see AttendBlock.
@@ -470,39 +341,27 @@ void CapTargets() {
   (void)capped;
 }
 
-// Flushes subnormal floats to zero, inputs and results, for its lifetime on
-// this thread. A peaked softmax (large score gaps, common in trained models)
-// makes probabilities near 2^-125 whose products with values are subnormal,
-// and x86 cores take microcode assists on those: measured 2.5x (AVX-512) and
-// 1.8x (AVX2) slower attention at (1, 512, 768, 12) with weights in [-1, 1]
-// than with them scaled by 0.1. Values below 2^-126 are zero to any
-// tolerance this layer has.
-class FlushSubnormals {
- public:
-  FlushSubnormals() {
-#if HWY_ARCH_X86
-    saved_ = _mm_getcsr();
-    _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
-#elif HWY_ARCH_ARM_A64 && defined(__GNUC__)
-    saved_ = __builtin_aarch64_get_fpcr();
-    __builtin_aarch64_set_fpcr(saved_ | (1u << 24));  // FZ
-#endif
-  }
-  ~FlushSubnormals() {
-#if HWY_ARCH_X86
-    _mm_setcsr(saved_);
-#elif HWY_ARCH_ARM_A64 && defined(__GNUC__)
-    __builtin_aarch64_set_fpcr(saved_);
-#endif
-  }
-  FlushSubnormals(const FlushSubnormals&) = delete;
-  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
-
- private:
-  unsigned saved_ = 0;
-};
-
 }  // namespace
+
+FlushSubnormals::FlushSubnormals() {
+#if HWY_ARCH_X86
+  saved_ = _mm_getcsr();
+  _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+#elif HWY_ARCH_ARM_A64 && defined(__GNUC__)
+  saved_ = __builtin_aarch64_get_fpcr();
+  __builtin_aarch64_set_fpcr(saved_ | (1u << 24));  // FZ
+#endif
+}
+
+FlushSubnormals::~FlushSubnormals() {
+#if HWY_ARCH_X86
+  _mm_setcsr(saved_);
+#elif HWY_ARCH_ARM_A64 && defined(__GNUC__)
+  __builtin_aarch64_set_fpcr(saved_);
+#endif
+}
+
+void ApplyTargetCap() { CapTargets(); }
 
 const char* TargetName() {
   CapTargets();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/kernel_target_test.h"
 #include "gtest/gtest.h"
 
 namespace attn::core::kernels {
@@ -67,31 +68,6 @@ std::vector<float> EdgeValues() {
   std::uniform_int_distribution<uint32_t> bits;
   while (v.size() < 67) v.push_back(FromBits(bits(rng)));
   return v;
-}
-
-// Every test below runs once per Highway target compiled in, with every
-// kernel forced onto that target; targets this CPU does not support (or
-// oneDNN's ISA limit excludes) skip, so the list of tests is the same on
-// every machine and under ONEDNN_MAX_CPU_ISA.
-class TargetTest : public ::testing::TestWithParam<int64_t> {
- protected:
-  void SetUp() override {
-    const std::vector<int64_t> supported = SupportedTargets();
-    if (std::find(supported.begin(), supported.end(), GetParam()) == supported.end()) {
-      GTEST_SKIP() << TargetName(GetParam())
-                   << " is not supported here (CPU or ONEDNN_MAX_CPU_ISA)";
-    }
-    scope_ = std::make_unique<ScopedTargetForTest>(GetParam());
-    ASSERT_STREQ(TargetName(), TargetName(GetParam()));
-  }
-  void TearDown() override { scope_.reset(); }
-
- private:
-  std::unique_ptr<ScopedTargetForTest> scope_;
-};
-
-std::string TargetParamName(const ::testing::TestParamInfo<int64_t>& info) {
-  return TargetName(info.param);
 }
 
 TEST(KernelTargetsTest, BestTargetIsChosenAndFollowsTheIsaLimit) {

@@ -98,7 +98,9 @@ absl::Status AttendWithCache(const SdpaShape& shape, const CachedAttentionBatch&
 class ScaledDotProductAttention {
  public:
   struct Options {
-    // OpenMP threads per Forward; 0 keeps the OpenMP default.
+    // OpenMP threads per Forward; 0 keeps the OpenMP default. A batch of
+    // little work (a few MFLOP) runs on the calling thread alone, as
+    // MultiHeadAttention's small batches do.
     int num_threads = 0;
   };
   // `dtype` kF32 or kBF16: for kBF16 the results are rounded to bf16 (inputs

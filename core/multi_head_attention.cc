@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/attention_kernels.h"
+#include "core/blocked_attention.h"
 #include "core/status_macros.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -168,7 +169,11 @@ void ParallelConvertToBF16(const float* in, size_t n, uint16_t* out, bool solo) 
 // nor zero-fills (both cost as much as the attention itself on small shapes).
 struct Scratch {
   // On cache lines: threads write q/k/v and attention rows in head slices.
-  kernels::AlignedVector<float> xq, xk, xv, qkv, k, v, attn, kt, vp;
+  kernels::AlignedVector<float> xq, xk, xv, qkv, k, v, attn;
+  // ForwardWithCache: the projected rows as AttendWithCache reads them (dense,
+  // queries unscaled), and the attention rows it returned.
+  kernels::AlignedVector<float> dense_q, dense_k, dense_v;
+  std::vector<float> cached_attn;
   kernels::AlignedVector<uint16_t> xq16, xk16, xv16, attn16;  // bf16 matmul inputs (native bf16)
 
   // Never null: a batch whose lengths are all 0 still offsets pointers into
@@ -177,6 +182,11 @@ struct Scratch {
   static T* Get(kernels::AlignedVector<T>& buffer, size_t n) {
     if (buffer.size() < std::max<size_t>(n, 1)) buffer.resize(std::max<size_t>(n, 1));
     return buffer.data();
+  }
+  // This thread's.
+  static Scratch& ForThisThread() {
+    static thread_local Scratch scratch;
+    return scratch;
   }
 };
 
@@ -209,6 +219,7 @@ struct ForwardShape {
   int lq(int s) const { return static_cast<int>(qo[s + 1] - qo[s]); }
   int lk(int s) const { return static_cast<int>(ko[s + 1] - ko[s]); }
   size_t q_elems() const { return static_cast<size_t>(nq) * e; }
+  SdpaShape sdpa() const { return {heads, kv_heads, hd}; }
 
   const int e;                     // embed_dim
   const int hd;                    // head_dim
@@ -237,14 +248,18 @@ absl::Status ValidateForwardBatch(const AttentionConfig& config, const Attention
 }
 
 // True when the batch runs on the calling thread alone: at most kSoloRows
-// query and key rows and kSoloFlops FLOPs (see kSoloRows).
-bool RunsSolo(const AttentionConfig& config, const ForwardShape& shape, bool causal) {
+// query and key rows and kSoloFlops FLOPs (see kSoloRows). `cached`: the
+// keys each sequence has in its cache beyond its rows (empty: none).
+bool RunsSolo(const AttentionConfig& config, const ForwardShape& shape, bool causal,
+              absl::Span<const int64_t> cached = {}) {
   double flops = 0;
-  for (int s = 0; s < shape.num_seqs && flops <= kSoloFlops; ++s) {
-    flops +=
-        ForwardFlops(config, shape.qo[s + 1] - shape.qo[s], shape.ko[s + 1] - shape.ko[s], causal);
+  int64_t keys = 0;
+  for (int s = 0; s < shape.num_seqs; ++s) {
+    const int64_t lk = shape.lk(s) + (cached.empty() ? 0 : cached[s]);
+    keys += lk;
+    if (flops <= kSoloFlops) flops += ForwardFlops(config, shape.lq(s), lk, causal);
   }
-  return shape.nq <= kSoloRows && shape.nk <= kSoloRows && flops <= kSoloFlops;
+  return shape.nq <= kSoloRows && keys <= kSoloRows && flops <= kSoloFlops;
 }
 
 // `in` (n floats) as a matmul under `activations` reads it: `in` itself
@@ -324,160 +339,30 @@ struct ProjectedQkv {
   ptrdiff_t ldk;
 };
 
-// The attention step: softmax(Q Kᵀ + mask) V for every (sequence, head)
-// into the attention rows `attn` ([nq, E], head h in columns [h hd,
-// (h+1) hd)) and, when the batch asks, the probabilities into `result` (laid
-// out by PrepareResult). Keys are transposed into panels and values packed per
-// (sequence, kv head), so the microkernels stream contiguous memory; memory
-// grows with tokens, never with L². Borrows everything it is given.
-class AttentionStep {
- public:
-  AttentionStep(const ForwardShape& shape, const ProjectedQkv& qkv, const AttentionBatch& batch,
-                float* attn, AttentionResult* result)
-      : shape_(shape),
-        qkv_(qkv),
-        causal_(batch.causal),
-        need_probs_(batch.need_probs),
-        attn_(attn),
-        result_(result) {}
-
-  // Runs on the OpenMP team of this thread (omp_get_max_threads() threads)
-  // with one of two schedules, chosen by the number of (sequence, kv head)
-  // units.
-  void Run(Scratch& scratch) const {
-    if (Units() >= 4 * static_cast<int64_t>(omp_get_max_threads())) {
-      RunPerUnit();
-    } else {
-      RunPackedTasks(scratch);
-    }
+// The attention step of Forward(): softmax(Q Kᵀ + mask) V for every
+// (sequence, head) into the attention rows `attn` ([nq, E], head h in columns
+// [h hd, (h+1) hd)) and, when the batch asks, the probabilities into
+// `result` (laid out by PrepareResult), on the blocked kernels over the
+// projected rows.
+void AttendRows(const ForwardShape& shape, const ProjectedQkv& qkv, const AttentionBatch& batch,
+                float* attn, AttentionResult* result) {
+  static thread_local std::vector<internal::BlockedSequence> seqs;
+  static thread_local std::vector<const void*> blocks;  // one K and one V block per sequence
+  seqs.resize(shape.num_seqs);
+  blocks.resize(2 * static_cast<size_t>(shape.num_seqs));
+  for (int s = 0; s < shape.num_seqs; ++s) {
+    internal::BlockedSequence& seq = seqs[s];
+    seq.q = qkv.q + shape.qo[s] * qkv.ldq;
+    seq.ldq = qkv.ldq;
+    seq.lq = shape.lq(s);
+    seq.kv = ContiguousKvView(qkv.k + shape.ko[s] * qkv.ldk, qkv.ldk, qkv.v + shape.ko[s] * qkv.ldk,
+                              qkv.ldk, shape.lk(s), shape.hd, &blocks[2 * s], &blocks[2 * s + 1]);
+    seq.out = attn + shape.qo[s] * shape.e;
+    seq.ldo = shape.e;
+    seq.probs = batch.need_probs ? result->probs.data() + result->probs_offsets[s] : nullptr;
   }
-
- private:
-  int64_t Units() const { return static_cast<int64_t>(shape_.num_seqs) * shape_.kv_heads; }
-
-  // Floats that one (sequence, kv head) of lk keys takes packed.
-  size_t PackedKeysSize(int lk) const {
-    return static_cast<size_t>(shape_.hd) * kernels::RoundUpPanel(lk);
-  }
-  size_t PackedValuesSize(int lk) const { return static_cast<size_t>(lk) * value_stride_; }
-
-  // Packs kv head g of sequence s: its keys transposed into panels at kt
-  // (PackedKeysSize floats), its values at v (PackedValuesSize floats).
-  void Pack(int s, int g, float* kt, float* v) const {
-    const int lk = shape_.lk(s);
-    const ptrdiff_t ldk = qkv_.ldk;
-    const int hd = shape_.hd;
-    kernels::TransposeKeys(qkv_.k + shape_.ko[s] * ldk + g * hd, ldk, lk, hd, kt);
-    kernels::PackValues(qkv_.v + shape_.ko[s] * ldk + g * hd, ldk, lk, hd, v);
-  }
-
-  // Query head h of sequence s over its kv head's packed keys and values.
-  kernels::HeadView View(int s, int h, const float* kt, const float* v) const {
-    const int hd = shape_.hd;
-    kernels::HeadView view;
-    view.lq = shape_.lq(s);
-    view.lk = shape_.lk(s);
-    view.head_dim = hd;
-    view.causal = causal_;
-    view.q = qkv_.q + shape_.qo[s] * qkv_.ldq + h * hd;
-    view.ldq = qkv_.ldq;
-    view.kt = kt;
-    view.v = v;
-    view.ldv = value_stride_;
-    view.out = attn_ + shape_.qo[s] * shape_.e + h * hd;
-    view.ldo = shape_.e;
-    if (need_probs_) {
-      view.probs = result_->probs.data() + result_->probs_offsets[s] +
-                   static_cast<int64_t>(h) * view.lq * view.lk;
-    }
-    return view;
-  }
-
-  // Enough (sequence, kv head) units to share out: each thread packs one
-  // unit's keys and values into its own scratch and runs every query head of
-  // the group on them while they are hot in cache.
-  void RunPerUnit() const {
-    const int64_t units = Units();
-#pragma omp parallel
-    {
-      static thread_local kernels::AlignedVector<float> kt_buf, v_buf;
-      static thread_local kernels::Workspace ws;
-#pragma omp for schedule(dynamic)
-      for (int64_t t = 0; t < units; ++t) {
-        const int s = static_cast<int>(t / shape_.kv_heads);
-        const int g = static_cast<int>(t % shape_.kv_heads);
-        const int lk = shape_.lk(s);
-        const int lq = shape_.lq(s);
-        float* kt = Scratch::Get(kt_buf, PackedKeysSize(lk));
-        float* v = Scratch::Get(v_buf, PackedValuesSize(lk));
-        Pack(s, g, kt, v);
-        for (int h = g * shape_.group; h < (g + 1) * shape_.group; ++h) {
-          const kernels::HeadView view = View(s, h, kt, v);
-          for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) {
-            kernels::AttendBlock(view, i0, &ws);
-          }
-        }
-      }
-    }
-  }
-
-  // Few units (one long sequence, few kv heads): packs every unit first,
-  // then shares out (sequence, head, block of query rows) tasks.
-  void RunPackedTasks(Scratch& scratch) const {
-    const int num_seqs = shape_.num_seqs;
-    const int kv_heads = shape_.kv_heads;
-    std::vector<int64_t> kt_offset(num_seqs + 1, 0);
-    for (int s = 0; s < num_seqs; ++s) {
-      kt_offset[s + 1] =
-          kt_offset[s] + static_cast<int64_t>(kv_heads) * PackedKeysSize(shape_.lk(s));
-    }
-    float* kt = Scratch::Get(scratch.kt, kt_offset.back());
-    float* vp = Scratch::Get(scratch.vp, shape_.nk * kv_heads * value_stride_);
-    auto kt_of = [&](int s, int g) {
-      return kt + kt_offset[s] + static_cast<int64_t>(g) * PackedKeysSize(shape_.lk(s));
-    };
-    auto v_of = [&](int s, int g) {
-      return vp + shape_.ko[s] * kv_heads * value_stride_ + g * PackedValuesSize(shape_.lk(s));
-    };
-    const int64_t units = Units();
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < units; ++t) {
-      const int s = static_cast<int>(t / kv_heads);
-      const int g = static_cast<int>(t % kv_heads);
-      Pack(s, g, kt_of(s, g), v_of(s, g));
-    }
-    // Costs differ (ragged and causal), so threads take tasks dynamically.
-    struct Task {
-      int s, h, i0;
-    };
-    std::vector<Task> tasks;
-    for (int s = 0; s < num_seqs; ++s) {
-      const int lq = shape_.lq(s);
-      for (int h = 0; h < shape_.heads; ++h) {
-        for (int i0 = 0; i0 < lq; i0 += kernels::kBlockQ) tasks.push_back({s, h, i0});
-      }
-    }
-#pragma omp parallel
-    {
-      static thread_local kernels::Workspace ws;
-#pragma omp for schedule(dynamic)
-      for (size_t t = 0; t < tasks.size(); ++t) {
-        const Task& task = tasks[t];
-        const int g = task.h / shape_.group;
-        kernels::AttendBlock(View(task.s, task.h, kt_of(task.s, g), v_of(task.s, g)), task.i0, &ws);
-      }
-    }
-  }
-
-  const ForwardShape& shape_;
-  const ProjectedQkv qkv_;
-  const bool causal_;
-  const bool need_probs_;
-  float* const attn_;
-  AttentionResult* const result_;
-  // Row stride of the packed values (see kernels::ValueStride).
-  const int value_stride_ = kernels::ValueStride(shape_.hd);
-};
+  internal::BlockedAttention(shape.sdpa(), seqs, batch.causal);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -543,6 +428,39 @@ struct MultiHeadAttention::Impl {
                      float* out) const {
     o.Run(engine, strm, attn, nq, out, solo);
     strm.wait();
+  }
+
+  // The layer around an attention step, for a validated batch: the input
+  // projections, `attend(qkv, scratch)` (a absl::StatusOr<const float*> of
+  // the [nq, E] attention rows; it may fill result->probs), and the output
+  // projection into result->output. Runs on this thread alone when `solo`,
+  // else on the team; t0 is the call's start (for `timings`).
+  template <typename Attend>
+  absl::Status RunLayer(const AttentionBatch& batch, const ForwardShape& shape, bool solo,
+                        Attend attend, Clock::time_point t0, AttentionResult* result,
+                        ForwardTimings* timings) const {
+    omp_set_num_threads(solo ? 1 : threads);
+    Scratch& scratch = Scratch::ForThisThread();
+    const ProjectionInputs inputs = ConvertInputs(batch, activations, solo, scratch);
+    auto t1 = t0, t2 = t0;
+    try {
+      dnnl::stream strm(engine);
+      const ProjectedQkv qkv = Project(inputs, shape, batch.cross_attention, solo, strm, scratch);
+      t1 = Clock::now();
+      const absl::StatusOr<const float*> attn = attend(qkv, scratch);
+      if (!attn.ok()) return attn.status();
+      // Rounded into scratch.attn (in place when the rows are there), or
+      // converted into scratch.attn16.
+      const void* o_in =
+          MatmulInput(*attn, shape.q_elems(), activations, solo, scratch.attn, scratch.attn16);
+      t2 = Clock::now();
+      result->output.resize(shape.q_elems());
+      OutputProject(o_in, shape.nq, solo, strm, result->output.data());
+    } catch (const dnnl::error& err) {
+      return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
+    }
+    if (timings != nullptr) FillTimings(t0, t1, t2, timings);
+    return absl::OkStatus();
   }
 };
 
@@ -623,30 +541,78 @@ absl::Status MultiHeadAttention::Forward(const AttentionBatch& batch, AttentionR
   // A small batch runs on this thread alone (see kSoloRows); otherwise on
   // the team the options ask for.
   const bool solo = RunsSolo(config_, shape, batch.causal);
-  omp_set_num_threads(solo ? 1 : impl_->threads);
+  auto attend = [&](const ProjectedQkv& qkv, Scratch& scratch) -> absl::StatusOr<const float*> {
+    float* attn = Scratch::Get(scratch.attn, shape.q_elems());
+    PrepareResult(shape, batch.need_probs, result);
+    AttendRows(shape, qkv, batch, attn, result);
+    return attn;
+  };
+  return impl_->RunLayer(batch, shape, solo, attend, t0, result, timings);
+}
 
-  static thread_local Scratch scratch;
-  const Activations activations = impl_->activations;
-  const ProjectionInputs inputs = ConvertInputs(batch, activations, solo, scratch);
-  float* attn = Scratch::Get(scratch.attn, shape.q_elems());
-  PrepareResult(shape, batch.need_probs, result);
-  auto t1 = t0, t2 = t0;
-  try {
-    dnnl::stream strm(impl_->engine);
-    const ProjectedQkv qkv =
-        impl_->Project(inputs, shape, batch.cross_attention, solo, strm, scratch);
-    t1 = Clock::now();
-    AttentionStep(shape, qkv, batch, attn, result).Run(scratch);
-    // Rounded in place, or converted into scratch.attn16.
-    const void* o_in =
-        MatmulInput(attn, shape.q_elems(), activations, solo, scratch.attn, scratch.attn16);
-    t2 = Clock::now();
-    impl_->OutputProject(o_in, shape.nq, solo, strm, result->output.data());
-  } catch (const dnnl::error& err) {
-    return absl::InternalError(absl::StrCat("oneDNN: ", err.what()));
+absl::Status MultiHeadAttention::ForwardWithCache(const AttentionBatch& batch,
+                                                  absl::Span<const CachedSequence> caches,
+                                                  AttentionResult* result, ForwardTimings* timings,
+                                                  CachedAttentionStats* stats) const {
+  const auto t0 = Clock::now();
+  if (batch.cross_attention) {
+    return absl::InvalidArgumentError(
+        "cross_attention: expected false (sessions are self-attention over their caches)");
   }
-  if (timings != nullptr) FillTimings(t0, t1, t2, timings);
-  return absl::OkStatus();
+  ATTN_RETURN_IF_ERROR(ValidateForwardBatch(config_, batch));
+  const int n = batch.num_sequences();
+  if (static_cast<int>(caches.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("caches: expected ", n, " entries (one per sequence), got ", caches.size()));
+  }
+  const ForwardShape shape(config_, batch);
+  // The projected rows as AttendWithCache reads them, in buffers sized now so
+  // that the whole cached batch is validated before any compute.
+  Scratch& scratch = Scratch::ForThisThread();
+  const size_t kv_elems = static_cast<size_t>(shape.nq) * shape.kvd;
+  float* q = Scratch::Get(scratch.dense_q, shape.q_elems());
+  float* k = Scratch::Get(scratch.dense_k, kv_elems);
+  float* v = Scratch::Get(scratch.dense_v, kv_elems);
+  CachedAttentionBatch cached;
+  cached.q = absl::MakeConstSpan(q, shape.q_elems());
+  cached.k = absl::MakeConstSpan(k, kv_elems);
+  cached.v = absl::MakeConstSpan(v, kv_elems);
+  cached.q_offsets = batch.q_offsets;
+  cached.kv_offsets = batch.q_offsets;
+  cached.sequences.assign(caches.begin(), caches.end());
+  cached.causal = batch.causal;
+  cached.need_probs = batch.need_probs;
+  ATTN_RETURN_IF_ERROR(ValidateCachedAttentionBatch(shape.sdpa(), cached));
+  std::vector<int64_t> cached_keys(n, 0);
+  for (int s = 0; s < n; ++s) {
+    if (caches[s].cache != nullptr) cached_keys[s] = caches[s].cache->length(caches[s].layer);
+  }
+  const bool solo = RunsSolo(config_, shape, batch.causal, cached_keys);
+  auto attend = [&](const ProjectedQkv& qkv, Scratch& own) -> absl::StatusOr<const float*> {
+    // Project's queries carry the 1/sqrt(head_dim) of the weights, which
+    // AttendWithCache applies itself.
+    const float unscale = std::sqrt(static_cast<float>(shape.hd));
+    for (int64_t t = 0; t < shape.nq; ++t) {
+      const float* row = qkv.q + t * qkv.ldq;
+      for (int c = 0; c < shape.e; ++c) q[t * shape.e + c] = row[c] * unscale;
+      std::copy_n(qkv.k + t * qkv.ldk, shape.kvd, k + t * shape.kvd);
+      std::copy_n(qkv.v + t * qkv.ldk, shape.kvd, v + t * shape.kvd);
+    }
+    ATTN_RETURN_IF_ERROR(AttendWithCache(shape.sdpa(), cached, result, stats));
+    // The attention rows move aside; result->output gets the layer's output.
+    own.cached_attn.swap(result->output);
+    return own.cached_attn.data();
+  };
+  return impl_->RunLayer(batch, shape, solo, attend, t0, result, timings);
+}
+
+KvCacheShape MultiHeadAttention::CacheShape(DType storage) const {
+  KvCacheShape shape;
+  shape.num_layers = 1;
+  shape.num_kv_heads = config_.kv_heads();
+  shape.head_dim = config_.head_dim();
+  shape.dtype = storage;
+  return shape;
 }
 
 std::vector<std::string> MultiHeadAttention::ImplementationNames() const {

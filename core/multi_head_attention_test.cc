@@ -4,12 +4,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/attention_kernels.h"
+#include "core/kv_cache.h"
 #include "core/reference_attention.h"
 #include "gtest/gtest.h"
 #include "oneapi/dnnl/dnnl.h"
@@ -497,6 +499,227 @@ TEST(MultiHeadAttentionTest, CreateRefusesFloat16Compute) {
   auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});
   EXPECT_EQ(mha.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(mha.status().message(), "dtype: expected float32 or bfloat16, got float16");
+}
+
+// --- Sessions: ForwardWithCache -------------------------------------------
+
+// Rows [begin, begin + n) of a [rows, width] result.
+std::vector<float> RowsOf(const std::vector<float>& v, int width, int64_t begin, int64_t n) {
+  return std::vector<float>(v.begin() + begin * width, v.begin() + (begin + n) * width);
+}
+
+// ExpectNear within tol relative to want's largest magnitude (at least 1).
+void ExpectNearScaled(const std::vector<float>& got, const std::vector<float>& want, float tol,
+                      const std::string& what) {
+  float scale = 1.0f;
+  for (float x : want) scale = std::max(scale, std::abs(x));
+  ExpectNear(got, want, tol * scale, what);
+}
+
+std::unique_ptr<KvBlockPool> CachePool(const MultiHeadAttention& mha, DType storage) {
+  KvBlockPool::Options options;
+  options.shape = mha.CacheShape(storage);
+  options.max_bytes = 256 * options.shape.block_bytes();
+  auto pool = KvBlockPool::Create(options);
+  EXPECT_TRUE(pool.ok()) << pool.status();
+  return std::move(*pool);
+}
+
+// Self-attention of rows [begin, begin + n) of x (one sequence).
+AttentionBatch Rows(const std::vector<float>& x, int e, int64_t begin, int64_t n,
+                    bool need_probs = false) {
+  AttentionBatch b;
+  b.query = absl::MakeConstSpan(x.data() + begin * e, n * e);
+  b.q_offsets = {0, n};
+  b.causal = true;
+  b.need_probs = need_probs;
+  return b;
+}
+
+struct SessionCase {
+  std::string name;
+  AttentionConfig config;
+  DType storage;
+  int64_t prefill;
+  int64_t steps;
+  BF16Compute bf16_compute = BF16Compute::kAuto;
+};
+
+void PrintTo(const SessionCase& c, std::ostream* os) { *os << c.name; }
+
+AttentionConfig WithDType(AttentionConfig c, DType dtype) {
+  c.dtype = dtype;
+  return c;
+}
+
+class ForwardWithCacheDecode : public ::testing::TestWithParam<SessionCase> {};
+
+// The target through the whole layer: a prefill then one-token steps
+// give, at every step, Forward over the whole prefix with a causal mask.
+TEST_P(ForwardWithCacheDecode, EqualsForwardOverThePrefixAtEveryStep) {
+  const SessionCase& c = GetParam();
+  if (c.bf16_compute == BF16Compute::kNative && !OneDnnHasBf16Matmuls()) {
+    GTEST_SKIP() << "oneDNN has no bf16 matmul at this ISA";
+  }
+  const float tol = c.config.dtype == DType::kBF16 || c.storage == DType::kBF16 ? 2e-2f : 1e-5f;
+  auto mha = MultiHeadAttention::Create(c.config, RandomAttentionWeights(c.config, 3),
+                                        WithBf16(c.bf16_compute));
+  ASSERT_TRUE(mha.ok()) << mha.status();
+  auto pool = CachePool(**mha, c.storage);
+  const int64_t total = c.prefill + c.steps;
+  KvCache cache(pool.get(), total);
+  const int e = c.config.embed_dim;
+  std::mt19937_64 rng(std::hash<std::string>()(c.name));
+  const std::vector<float> x = RandomVector(total * e, rng);
+  int64_t t = 0;
+  while (t < total) {
+    const int64_t n = t == 0 ? c.prefill : 1;
+    ASSERT_TRUE(cache.Reserve(0, n).ok());
+    AttentionResult got, want;
+    ForwardTimings timings;
+    const CachedSequence session{&cache, 0};
+    ASSERT_TRUE((*mha)->ForwardWithCache(Rows(x, e, t, n), {session}, &got, &timings).ok());
+    EXPECT_GT(timings.projections_seconds, 0);
+    t += n;
+    ASSERT_EQ(cache.length(0), t);
+    ASSERT_TRUE((*mha)->Forward(Rows(x, e, 0, t), &want).ok());
+    ExpectNearScaled(got.output, RowsOf(want.output, e, t - n, n), tol,
+                     "step at " + std::to_string(t) + " tokens");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sessions, ForwardWithCacheDecode,
+    ::testing::Values(
+        // Cache blocks of 32 tokens, key panels of 64: steps cross both edges.
+        SessionCase{"Mha", Config(64, 4), DType::kF32, 1, 69},
+        SessionCase{"Gqa4to1", Config(128, 8, 2), DType::kF32, 31, 120},
+        SessionCase{"Mqa", Config(64, 4, 1), DType::kF32, 33, 70},
+        SessionCase{"GqaBf16Storage", Config(128, 8, 2), DType::kBF16, 40, 60},
+        SessionCase{"Bf16ModelF32Storage", WithDType(Config(64, 4, 1), DType::kBF16), DType::kF32,
+                    32, 60, BF16Compute::kEmulated},
+        SessionCase{"Bf16ModelBf16Storage", WithDType(Config(128, 8, 2), DType::kBF16),
+                    DType::kBF16, 65, 40, BF16Compute::kEmulated},
+        SessionCase{"Bf16NativeModel", WithDType(Config(64, 4, 1), DType::kBF16), DType::kBF16, 20,
+                    50, BF16Compute::kNative},
+        SessionCase{"LongPrefill", Config(128, 2, 1), DType::kF32, 300, 5}),
+    [](const ::testing::TestParamInfo<SessionCase>& info) { return info.param.name; });
+
+// Sessions at different lengths in one call, some with several new tokens,
+// one without a cache; probabilities count the cached keys.
+TEST(MultiHeadAttentionTest, ForwardWithCacheRaggedBatchEqualsEachPrefix) {
+  const AttentionConfig c = Config(128, 8, 2);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 4), {});
+  ASSERT_TRUE(mha.ok());
+  auto pool = CachePool(**mha, DType::kF32);
+  const int e = c.embed_dim;
+  std::mt19937_64 rng(12);
+  const std::vector<int64_t> history = {50, 1, 0, 90};  // 0: the sequence without a cache
+  const std::vector<int64_t> rows = {1, 6, 9, 2};
+  std::vector<std::vector<float>> x;
+  std::vector<std::unique_ptr<KvCache>> caches;
+  for (size_t s = 0; s < history.size(); ++s) {
+    x.push_back(RandomVector((history[s] + rows[s]) * e, rng));
+    caches.push_back(std::make_unique<KvCache>(pool.get(), 200));
+    if (history[s] == 0) continue;
+    ASSERT_TRUE(caches[s]->Reserve(0, history[s]).ok());
+    AttentionResult r;
+    ASSERT_TRUE(
+        (*mha)->ForwardWithCache(Rows(x[s], e, 0, history[s]), {{caches[s].get(), 0}}, &r).ok());
+  }
+  std::vector<float> packed;
+  std::vector<CachedSequence> sessions;
+  for (size_t s = 0; s < history.size(); ++s) {
+    packed.insert(packed.end(), x[s].begin() + history[s] * e, x[s].end());
+    sessions.push_back({history[s] == 0 ? nullptr : caches[s].get(), 0});
+    if (history[s] > 0) {
+      ASSERT_TRUE(caches[s]->Reserve(0, rows[s]).ok());
+    }
+  }
+  AttentionBatch batch;
+  batch.query = packed;
+  batch.q_offsets = OffsetsFromLengths(rows);
+  batch.causal = true;
+  batch.need_probs = true;
+  AttentionResult got;
+  ASSERT_TRUE((*mha)->ForwardWithCache(batch, sessions, &got).ok());
+  for (size_t s = 0; s < history.size(); ++s) {
+    SCOPED_TRACE("session " + std::to_string(s));
+    const int64_t t = history[s] + rows[s];
+    AttentionResult want;
+    ASSERT_TRUE((*mha)->Forward(Rows(x[s], e, 0, t, /*need_probs=*/true), &want).ok());
+    ExpectNearScaled(RowsOf(got.output, e, batch.q_offsets[s], rows[s]),
+                     RowsOf(want.output, e, history[s], rows[s]), 1e-5f, "output");
+    for (int h = 0; h < c.num_heads; ++h) {
+      const std::vector<float> probs(
+          got.probs.data() + got.probs_offsets[s] + h * rows[s] * t,
+          got.probs.data() + got.probs_offsets[s] + (h + 1) * rows[s] * t);
+      ExpectNear(probs, RowsOf(want.probs, t, h * t + history[s], rows[s]), 1e-5f, "probs");
+    }
+    if (history[s] > 0) {
+      EXPECT_EQ(caches[s]->length(0), t);
+    }
+  }
+}
+
+TEST(MultiHeadAttentionTest, ForwardWithCacheRejectsWithoutAppending) {
+  const AttentionConfig c = Config(64, 4, 2);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});
+  ASSERT_TRUE(mha.ok());
+  auto pool = CachePool(**mha, DType::kF32);
+  AttentionConfig other = Config(64, 4);
+  auto other_mha = MultiHeadAttention::Create(other, RandomAttentionWeights(other, 1), {});
+  ASSERT_TRUE(other_mha.ok());
+  auto other_pool = CachePool(**other_mha, DType::kF32);
+  KvCache a(pool.get(), 100), b(pool.get(), 100), wrong(other_pool.get(), 100);
+  ASSERT_TRUE(a.Reserve(0, 2).ok());
+  ASSERT_TRUE(wrong.Reserve(0, 2).ok());
+  std::mt19937_64 rng(1);
+  const std::vector<float> x = RandomVector(4 * c.embed_dim, rng);
+  AttentionBatch two;
+  two.query = x;
+  two.q_offsets = {0, 2, 4};
+  two.causal = true;
+  AttentionResult r;
+  // b has no room reserved.
+  absl::Status s = (*mha)->ForwardWithCache(two, {{&a, 0}, {&b, 0}}, &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("sequences[1].cache"), std::string::npos) << s;
+  // A cache of another model's shape; a layer the cache has not.
+  s = (*mha)->ForwardWithCache(two, {{&a, 0}, {&wrong, 0}}, &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("num_kv_heads"), std::string::npos) << s;
+  s = (*mha)->ForwardWithCache(two, {{&a, 0}, {&b, 1}}, &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("sequences[1].layer"), std::string::npos) << s;
+  // One entry per sequence.
+  s = (*mha)->ForwardWithCache(two, {{&a, 0}}, &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("caches"), std::string::npos) << s;
+  // Sessions are self-attention.
+  AttentionBatch cross = two;
+  cross.cross_attention = true;
+  cross.kv_offsets = two.q_offsets;
+  cross.key = x;
+  cross.value = x;
+  s = (*mha)->ForwardWithCache(cross, {{&a, 0}, {nullptr, 0}}, &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("cross_attention"), std::string::npos) << s;
+  EXPECT_EQ(a.length(0), 0);
+  EXPECT_EQ(b.length(0), 0);
+  EXPECT_EQ(wrong.length(0), 0);
+}
+
+TEST(MultiHeadAttentionTest, CacheShapeIsOneLayerOfKvHeads) {
+  const AttentionConfig c = Config(96, 6, 2);
+  auto mha = MultiHeadAttention::Create(c, RandomAttentionWeights(c, 1), {});
+  ASSERT_TRUE(mha.ok());
+  const KvCacheShape shape = (*mha)->CacheShape(DType::kBF16);
+  EXPECT_EQ(shape.num_layers, 1);
+  EXPECT_EQ(shape.num_kv_heads, 2);
+  EXPECT_EQ(shape.head_dim, 16);
+  EXPECT_EQ(shape.dtype, DType::kBF16);
+  EXPECT_TRUE(ValidateKvCacheShape(shape).ok());
 }
 
 TEST(MultiHeadAttentionTest, ReportsOneDnnVersionAndIsa) {

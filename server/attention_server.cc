@@ -110,6 +110,33 @@ class CallCounter {
 
 namespace {
 
+// Tells two session observers, in order.
+class TeeSessionObserver final : public SessionObserver {
+ public:
+  TeeSessionObserver(SessionObserver* first, SessionObserver* second)
+      : first_(first), second_(second) {}
+  void SessionStarted(const std::string& model) override {
+    first_->SessionStarted(model);
+    second_->SessionStarted(model);
+  }
+  void SessionEnded(const std::string& model, SessionEnd why) override {
+    first_->SessionEnded(model, why);
+    second_->SessionEnded(model, why);
+  }
+  void SessionNotFound(const std::string& model, const SessionEnd* why) override {
+    first_->SessionNotFound(model, why);
+    second_->SessionNotFound(model, why);
+  }
+  void SessionAppended(const std::string& model, int64_t tokens) override {
+    first_->SessionAppended(model, tokens);
+    second_->SessionAppended(model, tokens);
+  }
+
+ private:
+  SessionObserver* const first_;
+  SessionObserver* const second_;
+};
+
 // Opens and closes one TCP connection to every address `listen` (host:port,
 // as given to --metrics_listen) can be reached at on this machine; a
 // wildcard host means loopback. Errors are ignored: this only wakes a
@@ -208,6 +235,19 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   if (options.observers == nullptr) {
     return absl::InvalidArgumentError("observers: required (the default ignores everything)");
   }
+  if (options.session_observer == nullptr) {
+    return absl::InvalidArgumentError(
+        "session_observer: required (the default ignores everything)");
+  }
+  if (options.max_sessions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_sessions: expected >= 0 (0 disables sessions), got ", options.max_sessions));
+  }
+  if (options.session_idle_timeout < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--session_idle_timeout: expected at least 1ms, got ",
+                     absl::FormatDuration(options.session_idle_timeout)));
+  }
   if (options.max_response_bytes_in_flight < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_response_bytes_in_flight: expected >= 1, got ",
@@ -230,6 +270,18 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   if (options.observers != core::BatchObservers::Noop()) {
     s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), options.observers);
     s->env_.observers = s->tee_.get();
+  }
+  if (options.max_sessions > 0) {
+    SessionManager::Options session_options;
+    session_options.max_sessions = options.max_sessions;
+    session_options.observer = s->metrics_->sessions();
+    if (options.session_observer != SessionObserver::Noop()) {
+      s->session_tee_ =
+          std::make_unique<TeeSessionObserver>(s->metrics_->sessions(), options.session_observer);
+      session_options.observer = s->session_tee_.get();
+    }
+    session_options.clock = options.clock;
+    ATTN_ASSIGN_OR_RETURN(s->sessions_, SessionManager::Create(session_options));
   }
   s->env_.logger = s->logger_.get();
   s->env_.clock = options.clock;
@@ -305,6 +357,8 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   AttentionService::Options service_options;
   service_options.max_response_bytes = options.max_message_bytes;
   service_options.max_response_bytes_in_flight = options.max_response_bytes_in_flight;
+  service_options.sessions = s->sessions_.get();
+  service_options.session_idle_timeout = options.session_idle_timeout;
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->env_,
                                                    s->batcher_.get(), service_options);
   // Warm every model up on the batcher's executor thread (the one that will
@@ -400,6 +454,7 @@ void AttentionServer::Shutdown() {
   server_.reset();
   service_.reset();
   health_.reset();
+  sessions_.reset();  // no call holds a lease now
   StopExposer(std::move(exposer_), options_.metrics_listen, metrics_port_);
 }
 

@@ -8,8 +8,9 @@
 // the grace period, for calls in flight (an open AttendStream ends when its
 // client closes it); once the last call has ended, connections get
 // shutdown_close_wait to close before they are closed; the batcher then
-// stops and joins, and the metrics endpoint closes last (its open
-// connections are closed, not waited for).
+// stops and joins; the session table stops its expiry thread and frees
+// every session (before the models' KV pools go); the metrics endpoint
+// closes last (its open connections are closed, not waited for).
 //
 // Thread-compatible: Start() and Shutdown() from one thread; serving itself
 // is concurrent.
@@ -33,6 +34,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
+#include "server/session_manager.h"
 
 // Only a pointer to it here, so code that includes this header needs none of
 // prometheus-cpp's pull library (civetweb): it is a private dependency.
@@ -79,6 +81,13 @@ class AttentionServer {
     // RESOURCE_EXHAUSTED.
     int max_queue_size = 1024;
     int64_t max_queue_tokens = int64_t{1} << 20;
+    // KV-cache sessions open at once over all models (past it CreateSession
+    // is RESOURCE_EXHAUSTED); 0 disables sessions (the session RPCs answer
+    // UNIMPLEMENTED).
+    int max_sessions = 65536;
+    // A session's idle timeout when CreateSession gives none, and the
+    // longest it may ask for.
+    absl::Duration session_idle_timeout = absl::Seconds(120);
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
@@ -95,6 +104,9 @@ class AttentionServer {
     // the server's metrics (so a test that waits on a fake here may then
     // read the metrics). Must outlive the server.
     core::BatchObservers* observers = core::BatchObservers::Noop();
+    // Also told of every session event, after the server's metrics. Must
+    // outlive the server.
+    SessionObserver* session_observer = SessionObserver::Noop();
     // Runs on the executor before each batch computes, with the
     // batch's calls (e.g. to hold it while a test cancels a call that is
     // already in the batch).
@@ -120,6 +132,8 @@ class AttentionServer {
   // Requests waiting in the batcher.
   int queued_requests() const { return batcher_ == nullptr ? 0 : batcher_->queued().first; }
   ServerMetrics& metrics() { return *metrics_; }
+  // Null when sessions are disabled.
+  SessionManager* sessions() { return sessions_.get(); }
 
  private:
   AttentionServer();
@@ -132,6 +146,11 @@ class AttentionServer {
   std::shared_ptr<Logger> logger_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<core::TeeBatchObservers> tee_;  // metrics_, then options_.observers
+  // metrics_->sessions(), then options_.session_observer.
+  std::unique_ptr<SessionObserver> session_tee_;
+  // Before the batcher and service (which hold leases), after the models
+  // (whose pools hold its blocks).
+  std::unique_ptr<SessionManager> sessions_;
   CallEnv env_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;

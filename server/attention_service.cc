@@ -28,7 +28,9 @@ AttentionService::AttentionService(const ModelRepository* repository, const Call
       batcher_(batcher),
       decode_options_{.max_response_bytes = options.max_response_bytes},
       response_budget_(options.max_response_bytes_in_flight),
-      unknown_model_observer_(env->observers->For("")) {
+      unknown_model_observer_(env->observers->For("")),
+      sessions_(options.sessions),
+      session_idle_timeout_(options.session_idle_timeout) {
   for (const Model* model : repository->models()) {
     model_observers_[model] = env->observers->For(model->name);
   }

@@ -23,8 +23,13 @@
 // call at the real deadline on its own; the batcher then drops it as
 // cancelled.
 //
-// Thread-safe. The repository, env (and its observers) and batcher must
-// outlive the service (and the grpc::Server it is registered with).
+// The session RPCs (CreateSession, CloseSession, GetSession,
+// TruncateSession; server/session_rpcs.cc) answer inline from
+// Options::sessions: UNIMPLEMENTED when it is null.
+//
+// Thread-safe. The repository, env (and its observers), batcher and session
+// table must outlive the service (and the grpc::Server it is registered
+// with).
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
 #define ATTN_SERVER_ATTENTION_SERVICE_H_
 
@@ -33,6 +38,7 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/attend_call.h"
 #include "server/model_repository.h"
+#include "server/session_manager.h"
 
 namespace attn::server {
 
@@ -53,6 +59,13 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
     // (RESOURCE_EXHAUSTED) until responses have been sent. A request
     // always fits when nothing is held.
     int64_t max_response_bytes_in_flight = int64_t{2} << 30;
+    // The KV-cache sessions; null disables them (the session RPCs answer
+    // UNIMPLEMENTED).
+    SessionManager* sessions = nullptr;
+    // A session's idle timeout when CreateSession gives none, and the
+    // longest it may give. Server-wide until models carry their own
+    // (ModelConfig.session_idle_timeout_ms).
+    absl::Duration session_idle_timeout = absl::Seconds(120);
   };
 
   // Asks env->observers for every model's observer.
@@ -71,6 +84,19 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
                                      const attention::v1::GetModelRequest* request,
                                      attention::v1::ModelInfo* response) override;
 
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const attention::v1::CreateSessionRequest* request,
+                                          attention::v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
+                                         const attention::v1::CloseSessionRequest* request,
+                                         attention::v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const attention::v1::GetSessionRequest* request,
+                                       attention::v1::SessionInfo* response) override;
+  grpc::ServerUnaryReactor* TruncateSession(grpc::CallbackServerContext* context,
+                                            const attention::v1::TruncateSessionRequest* request,
+                                            attention::v1::SessionInfo* response) override;
+
  private:
   class StreamReactor;
 
@@ -80,6 +106,8 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   // when known.
   absl::Status Admit(const attention::v1::AttendRequest& request,
                      std::unique_ptr<AttendCall>* call);
+  // CreateSession's checks and defaults, then the table's CreateSession.
+  absl::StatusOr<SessionInfo> NewSession(const attention::v1::CreateSessionRequest& request);
 
   const ModelRepository* const repository_;
   const CallEnv* const env_;
@@ -89,6 +117,8 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   // Filled in the constructor, read-only after: no lock on the hot path.
   std::unordered_map<const Model*, core::BatchObserver*> model_observers_;
   core::BatchObserver* const unknown_model_observer_;
+  SessionManager* const sessions_;
+  const absl::Duration session_idle_timeout_;
 };
 
 // Fills `info` from a loaded model (wire::ToModelInfo).

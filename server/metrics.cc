@@ -37,6 +37,9 @@ const prometheus::Histogram::BucketBoundaries& TokenBuckets() {
 
 }  // namespace
 
+constexpr SessionEnd kSessionEnds[] = {SessionEnd::kClosed, SessionEnd::kExpired,
+                                       SessionEnd::kEvicted};
+
 // The codes a model's requests end with (see README, Metrics): their series
 // exist at 0 from the start, so rate() and alerts on them work before the
 // first such request. The unknown model only ever answers NOT_FOUND.
@@ -119,6 +122,32 @@ void ModelMetrics::SetReady(bool ready) {
   ready_->Set(ready ? 1 : 0);
 }
 
+void ModelMetrics::SessionStarted() {
+  if (sessions_active_ == nullptr) return;
+  sessions_active_->Increment();
+}
+
+void ModelMetrics::SessionEnded(SessionEnd why) {
+  if (sessions_active_ == nullptr) return;
+  sessions_active_->Decrement();
+  session_ends_[static_cast<size_t>(why)]->Increment();
+}
+
+ModelMetrics* SessionMetrics::ModelFor(const std::string& model) {
+  ModelMetrics* m = server_->Find(model);
+  return m != nullptr ? m : server_->AddModel(model);
+}
+
+void SessionMetrics::SessionStarted(const std::string& model) { ModelFor(model)->SessionStarted(); }
+
+void SessionMetrics::SessionEnded(const std::string& model, SessionEnd why) {
+  ModelFor(model)->SessionEnded(why);
+}
+
+void SessionMetrics::SessionNotFound(const std::string& /*model*/, const SessionEnd* why) {
+  not_found_[why == nullptr ? 3 : static_cast<size_t>(*why)]->Increment();
+}
+
 ServerMetrics::ServerMetrics(const Options& options)
     : registry_(std::make_shared<prometheus::Registry>()),
       requests_(&prometheus::BuildCounter()
@@ -169,12 +198,21 @@ ServerMetrics::ServerMetrics(const Options& options)
                         .Name("attn_flops_total")
                         .Help("Floating-point operations of the batches run.")
                         .Register(*registry_)),
+      sessions_active_(&prometheus::BuildGauge()
+                            .Name("attn_sessions_active")
+                            .Help("Open KV-cache sessions.")
+                            .Register(*registry_)),
+      session_ends_(&prometheus::BuildCounter()
+                         .Name("attn_session_ends_total")
+                         .Help("KV-cache sessions ended, by reason (closed, expired, evicted).")
+                         .Register(*registry_)),
       inflight_(&prometheus::BuildGauge()
                      .Name("attn_inflight_requests")
                      .Help("Requests accepted and not yet answered (queued or computing).")
                      .Register(*registry_)
                      .Add({})),
-      process_(std::make_shared<ProcessMetrics>()) {
+      process_(std::make_shared<ProcessMetrics>()),
+      sessions_(new SessionMetrics(this)) {
   prometheus::BuildGauge()
       .Name("attn_build_info")
       .Help("Build and runtime information; always 1.")
@@ -197,6 +235,18 @@ ServerMetrics::ServerMetrics(const Options& options)
       .Register(*registry_)
       .Add({})
       .Set(static_cast<double>(options.max_queue_tokens));
+
+  auto& not_found = prometheus::BuildCounter()
+                        .Name("attn_session_not_found_total")
+                        .Help(
+                            "Calls and requests naming a session that is gone, by reason "
+                            "(closed, expired, evicted, unknown).")
+                        .Register(*registry_);
+  for (SessionEnd why : kSessionEnds) {
+    sessions_->not_found_[static_cast<size_t>(why)] =
+        &not_found.Add({{"reason", std::string(SessionEndName(why))}});
+  }
+  sessions_->not_found_[3] = &not_found.Add({{"reason", "unknown"}});
 
   // model="": request counters only (see ModelMetrics), created per code on
   // first use like every model's.
@@ -229,6 +279,11 @@ ModelMetrics* ServerMetrics::AddModelSeries(absl::string_view model) {
   m->ready_->Set(0);
   m->tokens_total_ = &tokens_total_->Add(labels);
   m->flops_total_ = &flops_total_->Add(labels);
+  m->sessions_active_ = &sessions_active_->Add(labels);
+  for (SessionEnd why : kSessionEnds) {
+    m->session_ends_[static_cast<size_t>(why)] =
+        &session_ends_->Add({{"model", m->name_}, {"reason", std::string(SessionEndName(why))}});
+  }
   ModelMetrics* result = m.get();
   models_.emplace(m->name_, std::move(m));
   return result;

@@ -1,6 +1,7 @@
 // The server's Prometheus metrics. Holds a registry that an Exposer serves
 // on /metrics, and tests read directly. It is the serving path's
-// core::BatchObservers: each model's ModelMetrics is its BatchObserver.
+// core::BatchObservers: each model's ModelMetrics is its BatchObserver; and
+// sessions() is the session table's SessionObserver.
 //
 // Per-model series are resolved once (AddModel) into a ModelMetrics of
 // stable pointers, so recording on the hot path is a few atomic adds, never
@@ -38,6 +39,19 @@
 //                                               requests
 //   attn_flops_total{model}                    counter, floating-point
 //                                               operations of batches run
+//   attn_sessions_active{model}                gauge, open KV-cache sessions
+//   attn_session_ends_total{model,reason}      counter, sessions ended by
+//                                               reason: closed (CloseSession),
+//                                               expired (idle timeout),
+//                                               evicted (cache full, LRU);
+//                                               all at 0 from the start
+//   attn_session_not_found_total{reason}       counter, calls and requests
+//                                               that named a session that is
+//                                               gone: closed, expired,
+//                                               evicted, or unknown (never
+//                                               existed, or forgotten); no
+//                                               model label (an unknown id
+//                                               has none)
 //   attn_build_info{version,onednn_version,isa,kernel_target,threads}  gauge = 1
 //   process_cpu_seconds_total, process_resident_memory_bytes,
 //   process_virtual_memory_bytes, process_open_fds, process_max_fds,
@@ -66,6 +80,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/session_manager.h"
 
 namespace attn::server {
 
@@ -95,6 +110,9 @@ class ModelMetrics final : public core::BatchObserver {
   // Requests/tokens entered (+) or left (-) this model's queues.
   void QueueChanged(int64_t requests_delta, int64_t tokens_delta);
   void SetReady(bool ready);
+  // attn_sessions_active += 1; or -= 1 and attn_session_ends_total{why} += 1.
+  void SessionStarted();
+  void SessionEnded(SessionEnd why);
 
  private:
   friend class ServerMetrics;
@@ -117,6 +135,29 @@ class ModelMetrics final : public core::BatchObserver {
   prometheus::Gauge* ready_ = nullptr;
   prometheus::Counter* tokens_total_ = nullptr;
   prometheus::Counter* flops_total_ = nullptr;
+  prometheus::Gauge* sessions_active_ = nullptr;
+  std::array<prometheus::Counter*, 3> session_ends_{};  // by SessionEnd
+};
+
+// The session table's observer: each event lands on its model's series
+// (ModelMetrics::SessionStarted/SessionEnded) and on
+// attn_session_not_found_total. Thread-safe.
+class SessionMetrics final : public SessionObserver {
+ public:
+  void SessionStarted(const std::string& model) override;
+  void SessionEnded(const std::string& model, SessionEnd why) override;
+  void SessionNotFound(const std::string& model, const SessionEnd* why) override;
+
+ private:
+  friend class ServerMetrics;
+  explicit SessionMetrics(ServerMetrics* server) : server_(server) {}
+  // The model's series, added on first use (names come from models the
+  // server serves, so this cannot grow unboundedly).
+  ModelMetrics* ModelFor(const std::string& model);
+
+  ServerMetrics* const server_;
+  // closed, expired, evicted (by SessionEnd), then unknown.
+  std::array<prometheus::Counter*, 4> not_found_{};
 };
 
 class ServerMetrics final : public core::BatchObservers {
@@ -166,6 +207,9 @@ class ServerMetrics final : public core::BatchObservers {
   // scrape); register it with the Exposer beside registry().
   std::shared_ptr<prometheus::Collectable> process_collectable() const { return process_; }
 
+  // The session table's observer (SessionManager::Options::observer).
+  SessionMetrics* sessions() { return sessions_.get(); }
+
  private:
   friend class ModelMetrics;
   ModelMetrics* AddModelSeries(absl::string_view model);
@@ -183,8 +227,11 @@ class ServerMetrics final : public core::BatchObservers {
   prometheus::Family<prometheus::Gauge>* ready_;
   prometheus::Family<prometheus::Counter>* tokens_total_;
   prometheus::Family<prometheus::Counter>* flops_total_;
+  prometheus::Family<prometheus::Gauge>* sessions_active_;
+  prometheus::Family<prometheus::Counter>* session_ends_;
   prometheus::Gauge* inflight_;
   std::shared_ptr<prometheus::Collectable> process_;
+  std::unique_ptr<SessionMetrics> sessions_;
 
   mutable Mutex mu_;
   std::map<std::string, std::unique_ptr<ModelMetrics>, std::less<>> models_ ABSL_GUARDED_BY(mu_);

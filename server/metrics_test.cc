@@ -417,5 +417,45 @@ TEST_F(MetricsTest, ConcurrentRecordingIsExact) {
   EXPECT_EQ(SeriesCount("attn_model_ready"), 2 + kThreads * (kIterations / 500));
 }
 
+TEST_F(MetricsTest, SessionSeriesStartAtZero) {
+  metrics_.AddModel("m");
+  Collect();
+  EXPECT_EQ(GaugeValue("attn_sessions_active", {{"model", "m"}}), 0);
+  for (const char* reason : {"closed", "expired", "evicted"}) {
+    EXPECT_EQ(CounterValue("attn_session_ends_total", {{"model", "m"}, {"reason", reason}}), 0)
+        << reason;
+  }
+  for (const char* reason : {"closed", "expired", "evicted", "unknown"}) {
+    EXPECT_EQ(CounterValue("attn_session_not_found_total", {{"reason", reason}}), 0) << reason;
+  }
+  // The unknown model has no session series.
+  EXPECT_EQ(SeriesCount("attn_sessions_active"), 1);
+  EXPECT_EQ(SeriesCount("attn_session_ends_total"), 3);
+}
+
+TEST_F(MetricsTest, SessionEventsLandOnTheirSeries) {
+  SessionObserver* observer = metrics_.sessions();
+  metrics_.AddModel("m");
+  for (int i = 0; i < 4; ++i) observer->SessionStarted("m");
+  observer->SessionStarted("late");  // a model never added gets its series
+  observer->SessionEnded("m", SessionEnd::kClosed);
+  observer->SessionEnded("m", SessionEnd::kExpired);
+  observer->SessionEnded("m", SessionEnd::kExpired);
+  const SessionEnd evicted = SessionEnd::kEvicted;
+  observer->SessionNotFound("m", &evicted);
+  observer->SessionNotFound("", nullptr);
+  observer->SessionNotFound("", nullptr);
+  observer->SessionAppended("m", 5);  // not a series of its own
+  Collect();
+  EXPECT_EQ(GaugeValue("attn_sessions_active", {{"model", "m"}}), 1);
+  EXPECT_EQ(GaugeValue("attn_sessions_active", {{"model", "late"}}), 1);
+  EXPECT_EQ(CounterValue("attn_session_ends_total", {{"model", "m"}, {"reason", "closed"}}), 1);
+  EXPECT_EQ(CounterValue("attn_session_ends_total", {{"model", "m"}, {"reason", "expired"}}), 2);
+  EXPECT_EQ(CounterValue("attn_session_ends_total", {{"model", "m"}, {"reason", "evicted"}}), 0);
+  EXPECT_EQ(CounterValue("attn_session_not_found_total", {{"reason", "evicted"}}), 1);
+  EXPECT_EQ(CounterValue("attn_session_not_found_total", {{"reason", "unknown"}}), 2);
+  EXPECT_EQ(CounterValue("attn_session_not_found_total", {{"reason", "closed"}}), 0);
+}
+
 }  // namespace
 }  // namespace attn::server

@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "attention/v1/model_config.pb.h"
 #include "core/batching/batch_policy.h"
+#include "core/kv_cache.h"
 #include "core/multi_head_attention.h"
 
 namespace attn::server {
@@ -34,6 +35,8 @@ struct Model {
   // empty when the config sets none.
   std::optional<core::BatchPolicy> batching;
   std::unique_ptr<core::MultiHeadAttention> mha;
+  // Blocks of this model's session caches; null: the model keeps no sessions.
+  std::unique_ptr<core::KvBlockPool> kv_pool;
 };
 
 // A config.pbtxt parsed and validated, before any weights are read.
