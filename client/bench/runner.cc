@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -91,15 +92,11 @@ absl::StatusOr<attention::v1::AttendResponse> SampleStep(client::AttentionClient
 
 // --sessions: every level of the sweep (session_runner.h), the table, the
 // reports. Exit codes as Run's.
-int RunSessions(const Options& options, const client::AttentionClient::Options& copts,
+int RunSessions(const Options& options, const SessionPlan& plan,
+                const client::AttentionClient::Options& copts,
                 std::unique_ptr<client::AttentionClient> client,
                 const attention::v1::ModelInfo& info) {
-  absl::StatusOr<SessionPlan> plan = ParseSessionPlan(options);
-  if (!plan.ok()) {
-    std::cerr << "attention-bench: " << plan.status().message() << "\n";
-    return 2;
-  }
-  absl::StatusOr<SessionWorkload> workload = BuildSessionWorkload(info, *plan, options);
+  absl::StatusOr<SessionWorkload> workload = BuildSessionWorkload(info, plan, options);
   if (!workload.ok()) {
     std::cerr << "attention-bench: " << workload.status().message() << "\n";
     return 2;
@@ -120,11 +117,11 @@ int RunSessions(const Options& options, const client::AttentionClient::Options& 
       info.num_heads(), info.num_kv_heads(), info.head_dim(), workload->num_layers,
       workload->projections ? "projections" : "offload",
       attention::v1::DataType_Name(info.kv_cache_dtype()).c_str(),
-      static_cast<long long>(plan->context), static_cast<long long>(plan->steps), plan->step_tokens,
+      static_cast<long long>(plan.context), static_cast<long long>(plan.steps), plan.step_tokens,
       options.dtype.c_str());
   PrintSessionHeader(stdout);
   std::vector<SessionReport> levels;
-  for (double level : plan->levels) {
+  for (double level : plan.levels) {
     absl::StatusOr<SessionReport> r =
         RunSessionLevel(client.get(), *workload, static_cast<int>(level));
     if (!r.ok()) {
@@ -134,8 +131,7 @@ int RunSessions(const Options& options, const client::AttentionClient::Options& 
     PrintSessionRow(stdout, *r);
     levels.push_back(*std::move(r));
   }
-  if (absl::Status s =
-          WriteSessionReports(options, SessionJsonHeader(options, info, *plan), levels);
+  if (absl::Status s = WriteSessionReports(options, SessionJsonHeader(options, info, plan), levels);
       !s.ok()) {
     std::cerr << "attention-bench: " << s.message() << "\n";
     return 2;
@@ -150,6 +146,16 @@ int RunSessions(const Options& options, const client::AttentionClient::Options& 
 }  // namespace
 
 int Run(const Options& options, const CoreRun& core_run) {
+  // --sessions' flags are checked before anything is sent.
+  std::optional<SessionPlan> session_plan;
+  if (!options.sessions.empty()) {
+    absl::StatusOr<SessionPlan> plan = ParseSessionPlan(options);
+    if (!plan.ok()) {
+      std::cerr << "attention-bench: " << plan.status().message() << "\n";
+      return 2;
+    }
+    session_plan = *std::move(plan);
+  }
   client::AttentionClient::Options copts;
   copts.targets = absl::StrSplit(options.target, ',', absl::SkipEmpty());
   copts.timeout = options.timeout;
@@ -164,7 +170,7 @@ int Run(const Options& options, const CoreRun& core_run) {
     std::cerr << "attention-bench: GetModel(" << options.model << "): " << info.status() << "\n";
     return 2;
   }
-  if (!options.sessions.empty()) return RunSessions(options, copts, *std::move(real), *info);
+  if (session_plan) return RunSessions(options, *session_plan, copts, *std::move(real), *info);
   auto workload = BuildWorkload(*info, options);
   if (!workload.ok()) {
     std::cerr << "attention-bench: " << workload.status().message() << "\n";
