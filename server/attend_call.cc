@@ -9,16 +9,23 @@
 namespace attn::server {
 
 std::string BatchKey(const Model& model, const DecodedRequest& request) {
+  if (request.session()) {
+    return absl::StrCat(model.name, "|session|causal=", request.causal,
+                        "|probs=", request.need_probs);
+  }
   return absl::StrCat(model.name, "|causal=", request.causal, "|cross=", request.cross,
                       "|probs=", request.need_probs);
 }
 
 namespace {
 
-// Client mistakes: logged at info, not warning.
+// Client mistakes: logged at info, not warning. A session step with a stale
+// expected_length (a retry that already went through) and a second request
+// of a session in flight are the client's too.
 bool IsClientError(absl::StatusCode code) {
   return code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kNotFound ||
-         code == absl::StatusCode::kCancelled;
+         code == absl::StatusCode::kCancelled || code == absl::StatusCode::kFailedPrecondition ||
+         code == absl::StatusCode::kAborted;
 }
 
 }  // namespace
@@ -121,6 +128,9 @@ void LeftQueue(const AttendCall& call) {
 }
 
 void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& status) {
+  // Before anyone can hear back: a client's next step on the session must
+  // find it free.
+  call->lease.Release();
   CallOutcome outcome;
   outcome.env = call->env;
   outcome.observer = call->observer;
@@ -178,29 +188,64 @@ void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status, const
     timing->set_compute_us(absl::ToInt64Microseconds(run.end - run.start));
     timing->set_batch_size(run.size);
     timing->set_batch_tokens(run.tokens);
+    if (call->request.session()) {
+      // Prepare found expected_length cached tokens; this call appended its own.
+      call->response->set_session_length(call->request.cached + call->request.num_tokens());
+    }
   }
   FinishAttendCall(std::move(call), status);
 }
 
-// FLOPs of one call's sequences.
+// (query, key) pairs the mask lets through, bottom-right aligned.
+double VisiblePairs(int64_t lq, int64_t lk, bool causal) {
+  if (!causal) return static_cast<double>(lq) * static_cast<double>(lk);
+  double pairs = 0;
+  for (int64_t i = 0; i < lq; ++i) {
+    pairs += static_cast<double>(std::clamp<int64_t>(i + lk - lq + 1, 0, lk));
+  }
+  return pairs;
+}
+
+// FLOPs of one call's sequences: the projections of its new rows (none for
+// an offload model) and QKᵀ and PV, 4 * num_heads * head_dim per visible
+// pair, over cached and new keys.
 double CallFlops(const AttendCall& call) {
   const DecodedRequest& r = call.request;
+  const core::AttentionConfig& c = call.model->config;
   const std::vector<int64_t>& ko = r.cross ? r.kv_offsets : r.q_offsets;
+  const double width = static_cast<double>(c.num_heads) * c.head_dim();
   double flops = 0;
   for (size_t s = 1; s < r.q_offsets.size(); ++s) {
-    flops += core::ForwardFlops(call.model->config, r.q_offsets[s] - r.q_offsets[s - 1],
-                                ko[s] - ko[s - 1], r.causal);
+    const int64_t lq = r.q_offsets[s] - r.q_offsets[s - 1];
+    const int64_t new_keys = ko[s] - ko[s - 1];
+    if (call.model->projections && !r.session()) {
+      flops += core::ForwardFlops(c, lq, new_keys, r.causal);
+      continue;
+    }
+    if (call.model->projections) {
+      // ForwardFlops without its attention term: the new rows' projections.
+      flops += core::ForwardFlops(c, lq, new_keys, /*causal=*/false) -
+               4.0 * VisiblePairs(lq, new_keys, false) * width;
+    }
+    flops += 4.0 * VisiblePairs(lq, r.key_length(s - 1), r.causal) * width;
   }
   return flops;
 }
 
 void RecordBatch(const std::vector<std::unique_ptr<AttendCall>>& calls, const BatchRun& run,
-                 const absl::Status& status) {
+                 const absl::Status& status, const core::CachedAttentionStats* stats) {
   if (!status.ok()) return;
   double flops = 0;
   for (const auto& call : calls) flops += CallFlops(*call);
-  calls.front()->observer->OnBatch(
+  const AttendCall& first = *calls.front();
+  first.observer->OnBatch(
       {.requests = run.size, .tokens = run.tokens, .compute = run.end - run.start, .flops = flops});
+  if (stats != nullptr) {
+    first.kv_observer->OnKvBatch(stats->kv_bytes_read,
+                                 first.request.session()
+                                     ? std::optional<absl::Duration>(run.end - run.start)
+                                     : std::nullopt);
+  }
 }
 
 // Bytes of the probabilities the core computes for `call` (its valid rows
@@ -238,60 +283,123 @@ void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls, int64_t max_
 
 namespace {
 
+// The rows of a group's calls as one ragged batch: a lone call's own packed
+// buffers (no copy), or every call's sequences concatenated. Not copyable:
+// the spans may point into it.
+struct GroupRows {
+  absl::Span<const float> query, key, value;
+  std::vector<int64_t> q_offsets, kv_offsets;  // kv_offsets only for cross
+  int64_t tokens = 0;
+  std::vector<float> packed_query, packed_key, packed_value;
+
+  GroupRows(const std::vector<std::unique_ptr<AttendCall>>& calls, bool cross) {
+    if (calls.size() == 1) {
+      const DecodedRequest& r = calls.front()->request;
+      query = r.query;
+      key = r.key;
+      value = r.value;
+      q_offsets = r.q_offsets;
+      if (cross) kv_offsets = r.kv_offsets;
+      tokens = r.num_tokens();
+      return;
+    }
+    q_offsets = {0};
+    if (cross) kv_offsets = {0};
+    for (const auto& call : calls) {
+      const DecodedRequest& r = call->request;
+      packed_query.insert(packed_query.end(), r.query.begin(), r.query.end());
+      for (size_t s = 1; s < r.q_offsets.size(); ++s) {
+        q_offsets.push_back(q_offsets.back() + r.q_offsets[s] - r.q_offsets[s - 1]);
+      }
+      if (cross) {
+        packed_key.insert(packed_key.end(), r.key.begin(), r.key.end());
+        packed_value.insert(packed_value.end(), r.value.begin(), r.value.end());
+        for (size_t s = 1; s < r.kv_offsets.size(); ++s) {
+          kv_offsets.push_back(kv_offsets.back() + r.kv_offsets[s] - r.kv_offsets[s - 1]);
+        }
+      }
+      tokens += r.num_tokens();
+    }
+    query = packed_query;
+    key = packed_key;
+    value = packed_value;
+  }
+  GroupRows(const GroupRows&) = delete;
+  GroupRows& operator=(const GroupRows&) = delete;
+};
+
+// Prepares every session call of a group on its session (in order): the
+// calls that may compute, and their caches. A call whose session is gone,
+// whose expected_length is stale or that finds no room fails here, alone.
+std::vector<core::CachedSequence> PrepareSessions(std::vector<std::unique_ptr<AttendCall>>* calls) {
+  std::vector<core::CachedSequence> caches;
+  std::vector<std::unique_ptr<AttendCall>> ready;
+  for (auto& call : *calls) {
+    const DecodedRequest& r = call->request;
+    absl::StatusOr<core::KvCache*> cache =
+        call->sessions->Prepare(call->lease, r.layer, r.cached, r.num_tokens());
+    if (!cache.ok()) {
+      FinishAttendCall(std::move(call), cache.status());
+      continue;
+    }
+    caches.push_back({.cache = *cache, .layer = r.layer});
+    ready.push_back(std::move(call));
+  }
+  *calls = std::move(ready);
+  return caches;
+}
+
 void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
+  const bool session = calls.front()->request.session();
+  std::vector<core::CachedSequence> caches;
+  if (session) {
+    caches = PrepareSessions(&calls);
+    if (calls.empty()) return;
+  }
   const Model& model = *calls.front()->model;
   const Clock& clock = *calls.front()->env->clock;
   const DecodedRequest& first = calls.front()->request;
   const int e = model.config.embed_dim;
+  const GroupRows rows(calls, first.cross);
 
-  if (calls.size() == 1) {
-    // A lone request: its own packed buffers are the batch, no copy.
-    const DecodedRequest& r = calls.front()->request;
-    const absl::Time start = clock.Now();
-    core::AttentionResult result;
-    const absl::Status status = model.mha->Forward(r.batch_view(), &result);
-    const BatchRun run{start, clock.Now(), 1, r.num_tokens()};
-    RecordBatch(calls, run, status);
-    Respond(std::move(calls.front()), status, {result.output, result.probs, result.probs_offsets},
-            run);
-    return;
-  }
-  // Concatenate every call's sequences into one ragged batch.
-  std::vector<float> query, key, value;
-  std::vector<int64_t> q_offsets = {0}, kv_offsets = {0};
-  int64_t tokens = 0;
-  for (const auto& call : calls) {
-    const DecodedRequest& r = call->request;
-    query.insert(query.end(), r.query.begin(), r.query.end());
-    for (size_t s = 1; s < r.q_offsets.size(); ++s) {
-      q_offsets.push_back(q_offsets.back() + r.q_offsets[s] - r.q_offsets[s - 1]);
-    }
-    if (first.cross) {
-      key.insert(key.end(), r.key.begin(), r.key.end());
-      value.insert(value.end(), r.value.begin(), r.value.end());
-      for (size_t s = 1; s < r.kv_offsets.size(); ++s) {
-        kv_offsets.push_back(kv_offsets.back() + r.kv_offsets[s] - r.kv_offsets[s - 1]);
-      }
-    }
-    tokens += r.num_tokens();
-  }
-  core::AttentionBatch batch;
-  batch.query = query;
-  batch.q_offsets = std::move(q_offsets);
-  batch.cross_attention = first.cross;
-  if (first.cross) {
-    batch.key = key;
-    batch.value = value;
-    batch.kv_offsets = std::move(kv_offsets);
-  }
-  batch.causal = first.causal;
-  batch.need_probs = first.need_probs;
-
-  const absl::Time start = clock.Now();
   core::AttentionResult all;
-  const absl::Status status = model.mha->Forward(batch, &all);
-  const BatchRun run{start, clock.Now(), static_cast<int>(calls.size()), tokens};
-  RecordBatch(calls, run, status);
+  core::CachedAttentionStats stats;
+  bool has_stats = false;
+  const absl::Time start = clock.Now();
+  absl::Status status;
+  if (model.sdpa != nullptr) {
+    core::CachedAttentionBatch batch;
+    batch.q = rows.query;
+    batch.k = rows.key;
+    batch.v = rows.value;
+    batch.q_offsets = rows.q_offsets;
+    batch.kv_offsets = rows.kv_offsets;
+    batch.sequences = std::move(caches);
+    batch.causal = first.causal;
+    batch.need_probs = first.need_probs;
+    status = model.sdpa->Forward(batch, &all, &stats);
+    has_stats = true;
+  } else {
+    core::AttentionBatch batch;
+    batch.query = rows.query;
+    batch.q_offsets = rows.q_offsets;
+    batch.cross_attention = first.cross;
+    if (first.cross) {
+      batch.key = rows.key;
+      batch.value = rows.value;
+      batch.kv_offsets = rows.kv_offsets;
+    }
+    batch.causal = first.causal;
+    batch.need_probs = first.need_probs;
+    if (session) {
+      status = model.mha->ForwardWithCache(batch, caches, &all, nullptr, &stats);
+      has_stats = true;
+    } else {
+      status = model.mha->Forward(batch, &all);
+    }
+  }
+  const BatchRun run{start, clock.Now(), static_cast<int>(calls.size()), rows.tokens};
+  RecordBatch(calls, run, status, has_stats ? &stats : nullptr);
 
   // Each call answers from its own rows of the batch's result (no copy
   // here: the response encoder reads the batch's buffers).
@@ -302,7 +410,7 @@ void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
     const int num_seqs = static_cast<int>(r.q_offsets.size()) - 1;
     CallResult mine;
     if (status.ok()) {
-      const int64_t row0 = batch.q_offsets[seq];
+      const int64_t row0 = rows.q_offsets[seq];
       mine.output =
           absl::MakeConstSpan(all.output)
               .subspan(static_cast<size_t>(row0 * e), static_cast<size_t>(r.num_tokens() * e));
@@ -323,23 +431,35 @@ void RunGroup(std::vector<std::unique_ptr<AttendCall>> calls) {
 
 absl::Status WarmUp(const Model& model) {
   const core::AttentionConfig& c = model.config;
-  const bool cross = c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
+  const bool cross =
+      !model.projections || c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
   for (int64_t len : {1, 16, 128}) {
     len = std::min<int64_t>(len, model.max_seq_len);
     std::vector<float> q(static_cast<size_t>(len) * c.embed_dim, 0.5f);
     std::vector<float> k(static_cast<size_t>(len) * c.key_dim(), 0.5f);
     std::vector<float> v(static_cast<size_t>(len) * c.value_dim(), 0.5f);
-    core::AttentionBatch batch;
-    batch.query = q;
-    batch.q_offsets = {0, len};
-    if (cross) {
-      batch.cross_attention = true;
-      batch.key = k;
-      batch.value = v;
-      batch.kv_offsets = {0, len};
-    }
     core::AttentionResult result;
-    if (absl::Status s = model.mha->Forward(batch, &result); !s.ok()) {
+    absl::Status s;
+    if (model.sdpa != nullptr) {
+      core::CachedAttentionBatch batch;
+      batch.q = q;
+      batch.k = k;
+      batch.v = v;
+      batch.q_offsets = batch.kv_offsets = {0, len};
+      s = model.sdpa->Forward(batch, &result);
+    } else {
+      core::AttentionBatch batch;
+      batch.query = q;
+      batch.q_offsets = {0, len};
+      if (cross) {
+        batch.cross_attention = true;
+        batch.key = k;
+        batch.value = v;
+        batch.kv_offsets = {0, len};
+      }
+      s = model.mha->Forward(batch, &result);
+    }
+    if (!s.ok()) {
       return absl::InternalError(
           absl::StrCat("model '", model.name, "': warm-up failed: ", s.message()));
     }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,10 @@
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/attend_codec.h"
+#include "server/kv_batch_observer.h"
 #include "server/log.h"
 #include "server/model_repository.h"
+#include "server/session_manager.h"
 
 namespace attn::server {
 
@@ -58,6 +61,8 @@ struct CallEnv {
   // Every model's observer: queue, batches, finished requests (the server's
   // metrics, or a fake in tests). Asked once per model (AttentionService).
   core::BatchObservers* observers = core::BatchObservers::Noop();
+  // Every model's KV observer (the server's metrics); asked once per model.
+  KvBatchObservers* kv_observers = KvBatchObservers::Noop();
   Logger* logger = nullptr;  // required
   // Every timestamp of a call: arrival, deadline, queue and compute times,
   // and the deadline-or-cancelled judgement of an undelivered call. The
@@ -118,6 +123,7 @@ struct AttendCall {
   // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
   core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s
+  KvBatchObserver* kv_observer = nullptr;   // the model's; required once `model` is set
   bool admitted = false;                    // in the batcher: counted in flight and queued
   ResponseBudget* budget = nullptr;         // set once budget_bytes are taken from it
   int64_t budget_bytes = 0;
@@ -132,6 +138,11 @@ struct AttendCall {
   AttendResponder* responder = nullptr;
   attention::v1::AttendResponse* response = nullptr;
   attention::v1::AttendResponse stream_response;
+  // Session requests (request.session()): the session table, and the hold
+  // on the session taken at admission. It ends with the call, run or not
+  // (FinishAttendCall releases it before the client can hear back).
+  SessionManager* sessions = nullptr;
+  SessionManager::Lease lease;
 
   int64_t tokens() const { return request.num_tokens(); }
   absl::Time deadline() const { return deadline_at; }
@@ -173,16 +184,25 @@ inline bool AttendCall::cancelled() const {
 }
 
 // Requests that may share a batch: same model and the same batch-wide
-// options (causal, cross-attention, probabilities). Starts with the model
-// name and a '|'.
+// options (causal, cross-attention, probabilities); session requests apart
+// from the others, so decode steps of any sessions (and layers) of a model
+// batch together. Starts with the model name and a '|'.
 std::string BatchKey(const Model& model, const DecodedRequest& request);
 
-// Runs `calls` (one key, all admitted) as one Forward over all their
-// sequences, records the batch, then finishes each call: its response (with
-// timings: queue, compute, the batch's size and tokens) or the error. A
-// batch asking for probabilities runs as consecutive Forwards whose
+// Runs `calls` (one key, all admitted) as one core call over all their
+// sequences (MultiHeadAttention::Forward; for sessions ForwardWithCache; for
+// offload models ScaledDotProductAttention::Forward), records the batch,
+// then finishes each call: its response (with timings: queue, compute, the
+// batch's size and tokens; for sessions session_length) or the error. A
+// batch asking for probabilities runs as consecutive core calls whose
 // probabilities each hold at most `max_probs_bytes` (or one call), so a
 // batch never holds more than one response's worth of them at once.
+//
+// Session calls are first prepared one by one (SessionManager::Prepare:
+// still open, expected_length, room reserved); a call that fails there
+// (NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED) fails alone and the
+// rest compute. No session lock is held while computing: each lease makes
+// its cache this batch's alone.
 void RunAttendBatch(std::vector<std::unique_ptr<AttendCall>> calls, int64_t max_probs_bytes);
 
 // The one way a call ends, run or not (invalid, shed, expired, cancelled,
@@ -195,7 +215,8 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
 // rejected): tells its observer.
 void LeftQueue(const AttendCall& call);
 
-// Runs a few small batches through `model` so oneDNN's kernels exist and
+// Runs a few small batches through `model` (its MultiHeadAttention, or an
+// offload model's ScaledDotProductAttention) so oneDNN's kernels exist and
 // the calling thread's OpenMP team is started before the first request (the
 // first call on a thread costs tens of milliseconds otherwise). Call it on
 // the thread that will compute (Batcher::RunOnExecutor).

@@ -169,6 +169,45 @@ absl::Status CheckFinite(const char* field, const std::vector<float>& packed, in
                  " (NaN and Inf inputs are refused)");
 }
 
+// The session fields: session_id, expected_length and layer, which only a
+// session request may set. `d` has the query's batch.
+absl::Status DecodeSessionFields(const attention::v1::AttendRequest& request, const Model& model,
+                                 DecodedRequest* d) {
+  if (request.session_id().empty()) {
+    if (request.has_expected_length()) return Invalid("expected_length: only with session_id");
+    if (request.layer() != 0) {
+      return Invalid("layer: only with session_id (it names the session's cache layer), got ",
+                     request.layer());
+    }
+    return absl::OkStatus();
+  }
+  if (!request.has_expected_length()) {
+    return Invalid(
+        "expected_length: required with session_id (the session's length this request "
+        "extends: 0 after CreateSession)");
+  }
+  if (request.expected_length() < 0 || request.expected_length() > model.max_seq_len) {
+    return Invalid("expected_length: expected 0..", model.max_seq_len,
+                   " (the model's max_seq_len), got ", request.expected_length());
+  }
+  if (d->batch != 1) {
+    return Invalid("query.shape[0]: expected 1 with session_id (one sequence per request), got ",
+                   d->batch);
+  }
+  if (model.projections && request.layer() != 0) {
+    return Invalid("layer: expected 0 (model '", model.name, "' has projections: one layer), got ",
+                   request.layer());
+  }
+  if (request.layer() < 0 || request.layer() >= model.num_layers) {
+    return Invalid("layer: expected 0..", model.num_layers - 1, " (model '", model.name,
+                   "' has num_layers ", model.num_layers, "), got ", request.layer());
+  }
+  d->session_id = request.session_id();
+  d->layer = request.layer();
+  d->cached = request.expected_length();
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 core::AttentionBatch DecodedRequest::batch_view() const {
@@ -214,14 +253,32 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
   }
   d.packed_probs = request.attention_probs_layout() == attention::v1::PROBS_LAYOUT_PACKED;
 
+  ATTN_RETURN_IF_ERROR(DecodeSessionFields(request, model, &d));
+
+  const bool offload = !model.projections;
   const bool has_key = IsSet(request.key());
   const bool has_value = IsSet(request.value());
   if (has_key != has_value) {
     return Invalid(has_key ? "value" : "key", ": required when ", has_key ? "key" : "value",
                    " is set (cross-attention needs both)");
   }
-  d.cross = has_key;
+  if (offload && !has_key) {
+    return Invalid("key: required for offload model '", model.name, "' (projected keys: [",
+                   d.rank2 ? "" : "batch, ", "seq_k, ", c.key_dim(), "])");
+  }
   const bool kv_differ = c.key_dim() != c.embed_dim || c.value_dim() != c.embed_dim;
+  if (d.session() && !offload) {
+    if (kv_differ) {
+      return Invalid("session_id: model '", model.name, "' has kdim ", c.key_dim(), " and vdim ",
+                     c.value_dim(), " (embed_dim ", c.embed_dim,
+                     "): it only does cross-attention, which has no sessions");
+    }
+    if (has_key) {
+      return Invalid("key: not allowed with session_id for model '", model.name,
+                     "': a session of a model with projections attends over its own tokens");
+    }
+  }
+  d.cross = has_key;
   if (!d.cross && kv_differ) {
     return Invalid("key: required: model '", model.name, "' has kdim ", c.key_dim(), " and vdim ",
                    c.value_dim(), " (embed_dim ", c.embed_dim,
@@ -232,10 +289,12 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
       Lengths("query_lengths", request.query_lengths(), d.batch, d.seq_q, "query.shape seq"));
   std::vector<int64_t> k_lengths;
   if (d.cross) {
+    const char* key_width = offload ? "num_kv_heads * head_dim" : "kdim";
+    const char* value_width = offload ? "num_kv_heads * head_dim" : "vdim";
     ATTN_RETURN_IF_ERROR(
-        CheckTensor("key", request.key(), rank, c.key_dim(), "kdim", model.max_seq_len));
+        CheckTensor("key", request.key(), rank, c.key_dim(), key_width, model.max_seq_len));
     ATTN_RETURN_IF_ERROR(
-        CheckTensor("value", request.value(), rank, c.value_dim(), "vdim", model.max_seq_len));
+        CheckTensor("value", request.value(), rank, c.value_dim(), value_width, model.max_seq_len));
     for (int i = 0; i + 1 < rank; ++i) {
       if (request.key().shape(i) != request.value().shape(i)) {
         return Invalid("value.shape[", i, "]: expected ", request.key().shape(i),
@@ -247,8 +306,25 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
                      request.key().shape(0));
     }
     d.seq_k = request.key().shape(rank - 2);
-    ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch, d.seq_k,
-                                             "key.shape seq"));
+    if (d.session()) {
+      // Each new query token brings its own key and value.
+      if (d.seq_k != d.seq_q) {
+        return Invalid("key.shape[", rank - 2, "]: expected ", d.seq_q,
+                       " (query.shape seq: with session_id each query token brings one key), got ",
+                       d.seq_k);
+      }
+      if (!request.key_lengths().empty() &&
+          !std::equal(request.key_lengths().begin(), request.key_lengths().end(), q_lengths.begin(),
+                      q_lengths.end())) {
+        return Invalid(
+            "key_lengths: expected empty or equal to query_lengths with session_id (each new "
+            "query token brings one key)");
+      }
+      k_lengths = q_lengths;
+    } else {
+      ATTN_ASSIGN_OR_RETURN(k_lengths, Lengths("key_lengths", request.key_lengths(), d.batch,
+                                               d.seq_k, "key.shape seq"));
+    }
   } else {
     d.seq_k = d.seq_q;
     if (!request.key_lengths().empty()) {
@@ -259,6 +335,15 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
       }
     }
   }
+  if (d.session() && d.cached + d.seq_q > model.max_seq_len) {
+    // No session holds more than max_seq_len tokens (CreateSession's
+    // max_tokens is at most it): this request could never fit.
+    return Invalid("query.shape[", rank - 2, "]: expected at most ", model.max_seq_len - d.cached,
+                   " with expected_length ", d.cached, " (the model's max_seq_len is ",
+                   model.max_seq_len, "), got ", d.seq_q);
+  }
+  // The padded key axis of the probabilities counts the cached tokens.
+  d.seq_k += d.cached;
   int64_t tokens = 0;
   for (int64_t len : q_lengths) tokens += len;
   if (tokens > model.max_request_tokens) {
@@ -281,10 +366,9 @@ absl::StatusOr<DecodedRequest> DecodeAttendRequest(const attention::v1::AttendRe
 }
 
 int64_t ValidProbsValues(const DecodedRequest& d, int heads) {
-  const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
   int64_t values = 0;
   for (size_t b = 0; b + 1 < d.q_offsets.size(); ++b) {
-    values += heads * (d.q_offsets[b + 1] - d.q_offsets[b]) * (ko[b + 1] - ko[b]);
+    values += heads * (d.q_offsets[b + 1] - d.q_offsets[b]) * d.key_length(b);
   }
   return values;
 }
@@ -344,10 +428,9 @@ void EncodeAttendResponse(const DecodedRequest& d, absl::Span<const float> outpu
       return;
     }
     wire::InitTensor({d.batch, heads, d.seq_q, d.seq_k}, {.dtype = attention::v1::FLOAT32}, p);
-    const std::vector<int64_t>& ko = d.cross ? d.kv_offsets : d.q_offsets;
     for (int64_t b = 0; b < d.batch; ++b) {
       const int64_t lq = d.q_offsets[b + 1] - d.q_offsets[b];
-      const int64_t lk = ko[b + 1] - ko[b];
+      const int64_t lk = d.key_length(static_cast<size_t>(b));
       if (lk == 0) continue;  // no keys, nothing to copy (probs may be empty: null)
       for (int h = 0; h < heads; ++h) {
         for (int64_t i = 0; i < lq; ++i) {

@@ -1,10 +1,20 @@
 // Turns an AttendRequest into a ragged core batch (validating every field)
 // and the core's result back into an AttendResponse.
+//
+// Offload models (Model::projections false) take projected tensors: query
+// [B, L, num_heads * head_dim] and key, value [B, Lk, num_kv_heads *
+// head_dim], both required. A request with session_id is one sequence (batch
+// 1 or rank 2) whose tokens are appended to the session's cache:
+// expected_length is required, layer in range; a model with projections
+// takes no key/value (self-attention over cache + new tokens), an offload
+// model takes key/value with one token per query token (query_lengths may
+// trim both).
 #ifndef ATTN_SERVER_ATTEND_CODEC_H_
 #define ATTN_SERVER_ATTEND_CODEC_H_
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,8 +41,20 @@ struct DecodedRequest {
   bool packed_floats = false;  // query used float_data: answer the same way
   std::vector<float> query, key, value;
   std::vector<int64_t> q_offsets, kv_offsets;
+  // Session requests: the session, the layer, and the tokens it holds
+  // before this request (expected_length; every key length counts them, and
+  // seq_k is cached + seq_q).
+  std::string session_id;
+  int layer = 0;
+  int64_t cached = 0;
 
+  bool session() const { return !session_id.empty(); }
   int64_t num_tokens() const { return q_offsets.empty() ? 0 : q_offsets.back(); }
+  // Sequence b's keys: its cached ones and its new rows.
+  int64_t key_length(size_t b) const {
+    const std::vector<int64_t>& ko = cross ? kv_offsets : q_offsets;
+    return cached + ko[b + 1] - ko[b];
+  }
   core::AttentionBatch batch_view() const;
 };
 

@@ -271,6 +271,10 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), options.observers);
     s->env_.observers = s->tee_.get();
   }
+  s->env_.kv_observers = s->metrics_->kv_observers();
+  for (const Model* model : s->repository_->models()) {
+    if (model->kv_pool != nullptr) s->metrics_->WatchKvPool(model->name, model->kv_pool.get());
+  }
   if (options.max_sessions > 0) {
     SessionManager::Options session_options;
     session_options.max_sessions = options.max_sessions;
@@ -325,6 +329,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     }
     s->exposer_->RegisterCollectable(s->metrics_->registry());
     s->exposer_->RegisterCollectable(s->metrics_->process_collectable());
+    s->exposer_->RegisterCollectable(s->metrics_->kv_cache_collectable());
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
     s->metrics_port_ = ports.empty() ? 0 : ports.front();
   }

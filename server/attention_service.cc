@@ -18,7 +18,15 @@ using attention::v1::AttendRequest;
 using attention::v1::AttendResponse;
 
 void FillModelInfo(const Model& model, attention::v1::ModelInfo* info) {
-  *info = wire::ToModelInfo(model.name, model.config, model.max_seq_len, model.max_request_tokens);
+  wire::ServingInfo serving;
+  serving.max_seq_len = model.max_seq_len;
+  serving.max_request_tokens = model.max_request_tokens;
+  serving.projections = model.projections;
+  serving.num_layers = model.num_layers;
+  serving.kv_cache_dtype = model.kv_cache_dtype;
+  serving.kv_cache_bytes = model.kv_cache_bytes;
+  serving.session_idle_timeout_ms = absl::ToInt64Milliseconds(model.session_idle_timeout);
+  *info = wire::ToModelInfo(model.name, model.config, serving);
 }
 
 AttentionService::AttentionService(const ModelRepository* repository, const CallEnv* env,
@@ -33,6 +41,7 @@ AttentionService::AttentionService(const ModelRepository* repository, const Call
       session_idle_timeout_(options.session_idle_timeout) {
   for (const Model* model : repository->models()) {
     model_observers_[model] = env->observers->For(model->name);
+    kv_observers_[model] = env->kv_observers->For(model->name);
   }
 }
 
@@ -50,9 +59,24 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
   c.response->set_model_name(model->name);
   c.model = model;
   c.observer = model_observers_.at(model);
+  c.kv_observer = kv_observers_.at(model);
   absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
+  if (c.request.session()) {
+    if (sessions_ == nullptr) {
+      // As the session RPCs answer then.
+      return absl::UnimplementedError(
+          "session_id: sessions are disabled on this server (max_sessions 0)");
+    }
+    // Held from here until the call ends (FinishAttendCall): a second
+    // request of the session meanwhile is ABORTED.
+    absl::StatusOr<SessionManager::Lease> lease =
+        sessions_->Acquire(c.request.session_id, model->name);
+    if (!lease.ok()) return lease.status();
+    c.sessions = sessions_;
+    c.lease = *std::move(lease);
+  }
   const int64_t response_bytes = c.request.response_bytes;
   if (!response_budget_.TryAcquire(response_bytes)) {
     return absl::ResourceExhaustedError(

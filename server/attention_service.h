@@ -23,9 +23,14 @@
 // call at the real deadline on its own; the batcher then drops it as
 // cancelled.
 //
-// The session RPCs (CreateSession, CloseSession, GetSession,
-// TruncateSession; server/session_rpcs.cc) answer inline from
-// Options::sessions: UNIMPLEMENTED when it is null.
+// Sessions: a request with session_id is decoded as one sequence
+// (attend_codec.h), then leases its session (Options::sessions) before it is
+// queued: NOT_FOUND when the session is gone, INVALID_ARGUMENT when it is
+// another model's, ABORTED when another request of it is in flight. The
+// lease ends when the call does (run, rejected, cancelled or shed). The
+// session RPCs (CreateSession, CloseSession, GetSession, TruncateSession;
+// server/session_rpcs.cc) answer inline from Options::sessions. Without
+// Options::sessions, both are UNIMPLEMENTED.
 //
 // Thread-safe. The repository, env (and its observers), batcher and session
 // table must outlive the service (and the grpc::Server it is registered
@@ -116,6 +121,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   ResponseBudget response_budget_;
   // Filled in the constructor, read-only after: no lock on the hot path.
   std::unordered_map<const Model*, core::BatchObserver*> model_observers_;
+  std::unordered_map<const Model*, KvBatchObserver*> kv_observers_;
   core::BatchObserver* const unknown_model_observer_;
   SessionManager* const sessions_;
   const absl::Duration session_idle_timeout_;

@@ -28,6 +28,7 @@
 #include "proto/wire/tensor_codec.h"
 #include "server/attend_codec.h"
 #include "server/attention_server.h"
+#include "server/serving_test_util.h"
 
 namespace attn::server {
 namespace {
@@ -45,33 +46,6 @@ core::AttentionConfig SmallConfig() {
   c.num_heads = kHeads;
   return c;
 }
-
-// Holds the executor inside its first batch until Release(): what is queued
-// meanwhile stays queued, and a call in that batch is computed only after
-// the test has acted on it.
-class ExecutorGate {
- public:
-  AttentionServer::BeforeBatch Hook() {
-    return [this](const auto& /*calls*/) {
-      if (batches_.fetch_add(1) == 0) {
-        entered_.set_value();
-        released_.wait();
-      }
-    };
-  }
-  void WaitEntered() { entered_.get_future().wait(); }
-  void Release() {
-    if (!released_flag_.exchange(true)) release_.set_value();
-  }
-  int batches() const { return batches_.load(); }
-  ~ExecutorGate() { Release(); }
-
- private:
-  std::atomic<int> batches_{0};
-  std::promise<void> entered_, release_;
-  std::shared_future<void> released_ = release_.get_future().share();
-  std::atomic<bool> released_flag_{false};
-};
 
 class AttentionServiceTest : public ::testing::Test {
  protected:
@@ -218,12 +192,6 @@ class AttentionServiceTest : public ::testing::Test {
 
 void SetRawFloat(attention::v1::Tensor* t, size_t index, float value) {
   std::memcpy(t->mutable_raw_data()->data() + index * sizeof(float), &value, sizeof(float));
-}
-
-std::vector<float> RawFloats(const attention::v1::Tensor& t) {
-  std::vector<float> v(t.raw_data().size() / sizeof(float));
-  std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(float));
-  return v;
 }
 
 TEST_F(AttentionServiceTest, AttendMatchesReferenceWithRaggedLengths) {

@@ -39,11 +39,20 @@ ABSL_FLAG(int64_t, max_response_bytes_in_flight, int64_t{2} << 30,
           "delivered) before new requests are shed with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_queue_tokens, int64_t{1} << 20,
           "Query tokens waiting over all models before new requests get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
+          "Bytes the KV caches of every model's sessions may hold together; each model's "
+          "kv_cache_bytes (config.pbtxt) defaults to it and may only be lower");
+ABSL_FLAG(absl::Duration, session_idle_timeout, absl::Seconds(120),
+          "How long a session may go unused before it expires, unless its model's "
+          "session_idle_timeout_ms says otherwise");
+ABSL_FLAG(int, max_sessions, 65536,
+          "KV-cache sessions open at once over all models (0: no sessions)");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
           "On SIGTERM/SIGINT, how long to wait for accepted requests before cancelling them");
 ABSL_FLAG(std::string, log_level, "info",
           "Least level logged: debug, info, warning, error or off. Failed requests log at info "
-          "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED) or warning");
+          "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED, FAILED_PRECONDITION, "
+          "ABORTED) or warning");
 ABSL_FLAG(bool, access_log, false, "Log one event=request line per successful Attend request");
 
 namespace {
@@ -82,6 +91,8 @@ int Run() {
   repo_options.default_batching.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   repo_options.default_batching.max_queue_delay =
       absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  repo_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  repo_options.session_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
   auto repository = attn::server::ModelRepository::Load(repo_options);
   if (!repository.ok()) {
     log->Log(LogLevel::kError, "start_failed",
@@ -91,16 +102,24 @@ int Run() {
   for (const attn::server::Model* model : (*repository)->models()) {
     const attn::core::AttentionConfig& c = model->config;
     const bool bf16 = c.dtype == attn::core::DType::kBF16;
+    // How the layer computes here (see MultiHeadAttention::Options); an
+    // offload model's attention runs in float32 on bf16 values.
+    const char* compute = !bf16                                                ? "float32"
+                          : model->mha != nullptr && model->mha->native_bf16() ? "bf16_native"
+                                                                               : "bf16_emulated";
     log->Log(LogLevel::kInfo, "model_loaded",
              {{"model", model->name},
+              {"projections", model->projections ? "true" : "false"},
               {"embed_dim", absl::StrCat(c.embed_dim)},
               {"num_heads", absl::StrCat(c.num_heads)},
               {"num_kv_heads", absl::StrCat(c.kv_heads())},
+              {"head_dim", absl::StrCat(c.head_dim())},
+              {"num_layers", absl::StrCat(model->num_layers)},
               {"dtype", bf16 ? "bfloat16" : "float32"},
-              // How the layer computes here (see MultiHeadAttention::Options).
-              {"compute", !bf16                       ? "float32"
-                          : model->mha->native_bf16() ? "bf16_native"
-                                                      : "bf16_emulated"},
+              {"compute", compute},
+              {"kv_cache_dtype",
+               model->kv_cache_dtype == attn::core::DType::kBF16 ? "bfloat16" : "float32"},
+              {"kv_cache_bytes", absl::StrCat(model->kv_cache_bytes)},
               {"max_seq_len", absl::StrCat(model->max_seq_len)},
               {"isa", attn::core::MultiHeadAttention::OneDnnIsa()},
               {"kernel_target", attn::core::MultiHeadAttention::KernelTarget()}});
@@ -118,6 +137,8 @@ int Run() {
   options.max_queue_tokens = absl::GetFlag(FLAGS_max_queue_tokens);
   options.max_response_bytes_in_flight = absl::GetFlag(FLAGS_max_response_bytes_in_flight);
   options.logger = log;
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.session_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
     log->Log(LogLevel::kError, "start_failed", {{"error", std::string(server.status().message())}});

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "prometheus/metric_family.h"
 #include "server/process_metrics.h"
 
 namespace attn::server {
@@ -37,6 +38,41 @@ const prometheus::Histogram::BucketBoundaries& TokenBuckets() {
 
 }  // namespace
 
+// attn_kv_cache_bytes and attn_kv_cache_capacity_bytes of every watched
+// pool, read at collection: the pools are atomic counters, so a scrape
+// costs a pass over the models and takes no session lock.
+class KvCacheCollectable final : public prometheus::Collectable {
+ public:
+  void Watch(std::string model, const core::KvBlockPool* pool) {
+    MutexLock lock(&mu_);
+    pools_.emplace_back(std::move(model), pool);
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    prometheus::MetricFamily used, capacity;
+    used.name = "attn_kv_cache_bytes";
+    used.help = "Bytes of KV cache blocks the model's sessions hold.";
+    used.type = prometheus::MetricType::Gauge;
+    capacity.name = "attn_kv_cache_capacity_bytes";
+    capacity.help = "Bytes of KV cache blocks the model's pool may hold.";
+    capacity.type = prometheus::MetricType::Gauge;
+    MutexLock lock(&mu_);
+    if (pools_.empty()) return {};
+    for (const auto& [model, pool] : pools_) {
+      prometheus::ClientMetric m;
+      m.label.push_back({"model", model});
+      m.gauge.value = static_cast<double>(pool->used_bytes());
+      used.metric.push_back(m);
+      m.gauge.value = static_cast<double>(pool->capacity_bytes());
+      capacity.metric.push_back(m);
+    }
+    return {std::move(used), std::move(capacity)};
+  }
+
+ private:
+  mutable Mutex mu_;
+  std::vector<std::pair<std::string, const core::KvBlockPool*>> pools_ ABSL_GUARDED_BY(mu_);
+};
 constexpr SessionEnd kSessionEnds[] = {SessionEnd::kClosed, SessionEnd::kExpired,
                                        SessionEnd::kEvicted};
 
@@ -115,6 +151,12 @@ void ModelMetrics::OnRequest(const core::RequestObservation& request) {
   if (request.code == absl::StatusCode::kOk) {
     RequestSucceeded(request.server_time, request.queue_time, request.tokens);
   }
+}
+
+void ModelMetrics::OnKvBatch(int64_t kv_bytes_read, std::optional<absl::Duration> decode_step) {
+  if (kv_bytes_read_ == nullptr) return;
+  kv_bytes_read_->Increment(static_cast<double>(kv_bytes_read));
+  if (decode_step) decode_step_duration_->Observe(absl::ToDoubleSeconds(*decode_step));
 }
 
 void ModelMetrics::SetReady(bool ready) {
@@ -198,6 +240,15 @@ ServerMetrics::ServerMetrics(const Options& options)
                         .Name("attn_flops_total")
                         .Help("Floating-point operations of the batches run.")
                         .Register(*registry_)),
+      kv_bytes_read_(&prometheus::BuildCounter()
+                          .Name("attn_kv_bytes_read_total")
+                          .Help("Bytes of cached and new K/V the attention kernels read in "
+                                "session and offload batches.")
+                          .Register(*registry_)),
+      decode_step_duration_(&prometheus::BuildHistogram()
+                                 .Name("attn_decode_step_duration_seconds")
+                                 .Help("Compute time per batch of session requests.")
+                                 .Register(*registry_)),
       sessions_active_(&prometheus::BuildGauge()
                             .Name("attn_sessions_active")
                             .Help("Open KV-cache sessions.")
@@ -212,6 +263,7 @@ ServerMetrics::ServerMetrics(const Options& options)
                      .Register(*registry_)
                      .Add({})),
       process_(std::make_shared<ProcessMetrics>()),
+      kv_cache_(std::make_shared<KvCacheCollectable>()),
       sessions_(new SessionMetrics(this)) {
   prometheus::BuildGauge()
       .Name("attn_build_info")
@@ -279,6 +331,8 @@ ModelMetrics* ServerMetrics::AddModelSeries(absl::string_view model) {
   m->ready_->Set(0);
   m->tokens_total_ = &tokens_total_->Add(labels);
   m->flops_total_ = &flops_total_->Add(labels);
+  m->kv_bytes_read_ = &kv_bytes_read_->Add(labels);
+  m->decode_step_duration_ = &decode_step_duration_->Add(labels, DurationBuckets());
   m->sessions_active_ = &sessions_active_->Add(labels);
   for (SessionEnd why : kSessionEnds) {
     m->session_ends_[static_cast<size_t>(why)] =
@@ -298,6 +352,18 @@ ModelMetrics* ServerMetrics::AddModel(absl::string_view model) {
 
 core::BatchObserver* ServerMetrics::For(absl::string_view model) {
   return model.empty() ? unknown_ : AddModel(model);
+}
+
+KvBatchObserver* ServerMetrics::KvObservers::For(absl::string_view model) {
+  return model.empty() ? metrics_->unknown_ : metrics_->AddModel(model);
+}
+
+void ServerMetrics::WatchKvPool(absl::string_view model, const core::KvBlockPool* pool) {
+  kv_cache_->Watch(std::string(model), pool);
+}
+
+std::shared_ptr<prometheus::Collectable> ServerMetrics::kv_cache_collectable() const {
+  return kv_cache_;
 }
 
 ModelMetrics* ServerMetrics::Find(absl::string_view model) const {

@@ -39,6 +39,24 @@
 //                                               requests
 //   attn_flops_total{model}                    counter, floating-point
 //                                               operations of batches run
+//   attn_kv_cache_bytes{model}                 gauge, bytes of KV cache
+//                                               blocks the model's sessions
+//                                               hold (read from its pool at
+//                                               each scrape)
+//   attn_kv_cache_capacity_bytes{model}        gauge, the most its pool may
+//                                               hold (the model's
+//                                               kv_cache_bytes in whole
+//                                               blocks; all pools also share
+//                                               --kv_cache_bytes)
+//   attn_kv_bytes_read_total{model}            counter, bytes of cached and
+//                                               new K/V the attention
+//                                               kernels read in session and
+//                                               offload batches (over
+//                                               compute time: the bandwidth
+//                                               a decode step gets)
+//   attn_decode_step_duration_seconds{model}   histogram, compute time of
+//                                               each batch of session
+//                                               requests
 //   attn_sessions_active{model}                gauge, open KV-cache sessions
 //   attn_session_ends_total{model,reason}      counter, sessions ended by
 //                                               reason: closed (CloseSession),
@@ -58,6 +76,11 @@
 //   process_start_time_seconds                 as Prometheus clients name
 //                                               them (from /proc/self)
 //
+// The two KV cache gauges come from kv_cache_collectable(), read from the
+// pools at each scrape (a pool changes when sessions close, expire or are
+// evicted, not only when a batch runs); register it with the Exposer beside
+// registry().
+//
 // Thread-safe.
 #ifndef ATTN_SERVER_METRICS_H_
 #define ATTN_SERVER_METRICS_H_
@@ -67,12 +90,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/batching/batch_observer.h"
+#include "core/kv_cache.h"
 #include "core/mutex.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
@@ -80,6 +105,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/kv_batch_observer.h"
 #include "server/session_manager.h"
 
 namespace attn::server {
@@ -88,7 +114,7 @@ class ServerMetrics;
 
 // The series of one model. Pointers stay valid for the ServerMetrics'
 // lifetime. Thread-safe.
-class ModelMetrics final : public core::BatchObserver {
+class ModelMetrics final : public core::BatchObserver, public KvBatchObserver {
  public:
   // core::BatchObserver, onto the methods below: OnQueueChanged is
   // QueueChanged, OnInflightChanged is ServerMetrics::InflightChanged,
@@ -98,6 +124,9 @@ class ModelMetrics final : public core::BatchObserver {
   void OnInflightChanged(int delta) override;
   void OnBatch(const core::BatchObservation& batch) override;
   void OnRequest(const core::RequestObservation& request) override;
+  // KvBatchObserver: attn_kv_bytes_read_total += kv_bytes_read; a decode
+  // step's compute time into attn_decode_step_duration_seconds.
+  void OnKvBatch(int64_t kv_bytes_read, std::optional<absl::Duration> decode_step) override;
 
   // attn_requests_total{model,code} += 1.
   void RequestFinished(absl::StatusCode code);
@@ -135,6 +164,8 @@ class ModelMetrics final : public core::BatchObserver {
   prometheus::Gauge* ready_ = nullptr;
   prometheus::Counter* tokens_total_ = nullptr;
   prometheus::Counter* flops_total_ = nullptr;
+  prometheus::Counter* kv_bytes_read_ = nullptr;
+  prometheus::Histogram* decode_step_duration_ = nullptr;
   prometheus::Gauge* sessions_active_ = nullptr;
   std::array<prometheus::Counter*, 3> session_ends_{};  // by SessionEnd
 };
@@ -160,6 +191,8 @@ class SessionMetrics final : public SessionObserver {
   std::array<prometheus::Counter*, 4> not_found_{};
 };
 
+class KvCacheCollectable;
+
 class ServerMetrics final : public core::BatchObservers {
  public:
   struct Options {
@@ -177,6 +210,14 @@ class ServerMetrics final : public core::BatchObservers {
 
   // core::BatchObservers: AddModel(model), or unknown_model() for "".
   core::BatchObserver* For(absl::string_view model) override;
+  // The same series as KvBatchObservers (for CallEnv::kv_observers).
+  KvBatchObservers* kv_observers() { return &kv_observers_; }
+  // Reports `pool` as `model`'s attn_kv_cache_bytes and
+  // attn_kv_cache_capacity_bytes from now on; the pool must outlive this
+  // object.
+  void WatchKvPool(absl::string_view model, const core::KvBlockPool* pool);
+  // The KV cache gauges, read from the watched pools at each scrape.
+  std::shared_ptr<prometheus::Collectable> kv_cache_collectable() const;
 
   // Creates (or returns) the series of `model`, all at zero, ready = 0,
   // with attn_requests_total at 0 for every code a model's requests end with
@@ -214,6 +255,15 @@ class ServerMetrics final : public core::BatchObservers {
   friend class ModelMetrics;
   ModelMetrics* AddModelSeries(absl::string_view model);
 
+  class KvObservers final : public KvBatchObservers {
+   public:
+    explicit KvObservers(ServerMetrics* metrics) : metrics_(metrics) {}
+    KvBatchObserver* For(absl::string_view model) override;
+
+   private:
+    ServerMetrics* const metrics_;
+  };
+
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
@@ -227,11 +277,15 @@ class ServerMetrics final : public core::BatchObservers {
   prometheus::Family<prometheus::Gauge>* ready_;
   prometheus::Family<prometheus::Counter>* tokens_total_;
   prometheus::Family<prometheus::Counter>* flops_total_;
+  prometheus::Family<prometheus::Counter>* kv_bytes_read_;
+  prometheus::Family<prometheus::Histogram>* decode_step_duration_;
   prometheus::Family<prometheus::Gauge>* sessions_active_;
   prometheus::Family<prometheus::Counter>* session_ends_;
   prometheus::Gauge* inflight_;
   std::shared_ptr<prometheus::Collectable> process_;
+  std::shared_ptr<KvCacheCollectable> kv_cache_;
   std::unique_ptr<SessionMetrics> sessions_;
+  KvObservers kv_observers_{this};
 
   mutable Mutex mu_;
   std::map<std::string, std::unique_ptr<ModelMetrics>, std::less<>> models_ ABSL_GUARDED_BY(mu_);

@@ -457,5 +457,47 @@ TEST_F(MetricsTest, SessionEventsLandOnTheirSeries) {
   EXPECT_EQ(CounterValue("attn_session_not_found_total", {{"reason", "closed"}}), 0);
 }
 
+TEST_F(MetricsTest, KvBatchesCountBytesReadAndDecodeSteps) {
+  KvBatchObserver* m = metrics_.kv_observers()->For("m");
+  EXPECT_EQ(m, metrics_.AddModel("m"));  // the model's series
+  m->OnKvBatch(1000, std::nullopt);      // an offload batch: no decode step
+  m->OnKvBatch(24, absl::Milliseconds(2));
+  metrics_.kv_observers()->For("")->OnKvBatch(7, absl::Milliseconds(1));  // no series: ignored
+  Collect();
+  const Labels labels = {{"model", "m"}};
+  EXPECT_EQ(CounterValue("attn_kv_bytes_read_total", labels), 1024);
+  const auto steps = Hist("attn_decode_step_duration_seconds", labels);
+  EXPECT_EQ(steps.sample_count, 1u);
+  EXPECT_DOUBLE_EQ(steps.sample_sum, 0.002);
+  EXPECT_EQ(SeriesCount("attn_kv_bytes_read_total"), 1);
+}
+
+TEST_F(MetricsTest, KvCacheGaugesReadTheWatchedPoolsAtEachScrape) {
+  EXPECT_TRUE(metrics_.kv_cache_collectable()->Collect().empty());  // no pool watched
+  core::KvBlockPool::Options options;
+  options.shape = {.num_layers = 1, .num_kv_heads = 1, .head_dim = 8, .dtype = core::DType::kF32};
+  options.max_bytes = 3 * options.shape.block_bytes();
+  auto pool = core::KvBlockPool::Create(options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  metrics_.WatchKvPool("m", pool->get());
+  auto read = [&](const std::string& name) {
+    for (const auto& family : metrics_.kv_cache_collectable()->Collect()) {
+      if (family.name != name) continue;
+      EXPECT_EQ(family.metric.size(), 1u);
+      EXPECT_EQ(family.metric[0].label[0].value, "m");
+      return family.metric[0].gauge.value;
+    }
+    ADD_FAILURE() << "no " << name;
+    return -1.0;
+  };
+  EXPECT_EQ(read("attn_kv_cache_bytes"), 0);
+  EXPECT_EQ(read("attn_kv_cache_capacity_bytes"), 3 * options.shape.block_bytes());
+  auto block = (*pool)->Allocate();
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(read("attn_kv_cache_bytes"), options.shape.block_bytes());
+  (*pool)->Free(*block);
+  EXPECT_EQ(read("attn_kv_cache_bytes"), 0);
+}
+
 }  // namespace
 }  // namespace attn::server

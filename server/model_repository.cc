@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -33,9 +34,81 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
 
 }  // namespace
 
+namespace {
+
+// The fields an offload model (no projections, no weights) refuses, each
+// with why.
+absl::Status CheckOffloadFields(const attention::v1::ModelConfig& pb, const auto& bad) {
+  constexpr char kNoWeights[] = " (an offload model, projections: false, has no weights)";
+  if (!pb.weights_file().empty()) return bad("weights_file: not allowed", kNoWeights);
+  if (pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO) {
+    return bad("weight_names: not allowed", kNoWeights);
+  }
+  if (!pb.weight_prefix().empty()) return bad("weight_prefix: not allowed", kNoWeights);
+  if (pb.has_random_weights_seed()) return bad("random_weights_seed: not allowed", kNoWeights);
+  if (pb.has_bias()) return bad("bias: not allowed", kNoWeights);
+  constexpr char kProjected[] =
+      " (an offload model's keys and values are projected: num_kv_heads * head_dim wide)";
+  if (pb.kdim() != 0) return bad("kdim: not allowed", kProjected);
+  if (pb.vdim() != 0) return bad("vdim: not allowed", kProjected);
+  if (pb.num_heads() < 1) {
+    return bad("num_heads: expected a positive integer (an offload model needs it), got ",
+               pb.num_heads());
+  }
+  if (pb.head_dim() < 1) {
+    return bad("head_dim: expected a positive integer (an offload model needs it), got ",
+               pb.head_dim());
+  }
+  const int64_t width = int64_t{pb.num_heads()} * pb.head_dim();
+  if (width > std::numeric_limits<int32_t>::max()) {
+    return bad("head_dim: num_heads * head_dim = ", width, " does not fit in an int32");
+  }
+  if (pb.embed_dim() != 0 && pb.embed_dim() != width) {
+    return bad("embed_dim: expected ", width, " (num_heads ", pb.num_heads(), " * head_dim ",
+               pb.head_dim(), ") or unset, got ", pb.embed_dim());
+  }
+  if (pb.num_layers() < 0) {
+    return bad("num_layers: expected a positive integer (default 1), got ", pb.num_layers());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+core::KvCacheShape Model::kv_cache_shape() const {
+  if (mha != nullptr) return mha->CacheShape(kv_cache_dtype);
+  return {.num_layers = num_layers,
+          .num_kv_heads = config.kv_heads(),
+          .head_dim = config.head_dim(),
+          .dtype = kv_cache_dtype};
+}
+
+absl::Status AttachKvPool(Model* model, core::ByteBudget* shared) {
+  core::KvBlockPool::Options options;
+  options.shape = model->kv_cache_shape();
+  options.max_bytes = model->kv_cache_bytes;
+  options.shared = shared;
+  absl::StatusOr<std::unique_ptr<core::KvBlockPool>> pool = core::KvBlockPool::Create(options);
+  if (!pool.ok()) {
+    return absl::Status(
+        pool.status().code(),
+        absl::StrCat("model '", model->name, "': KV cache: ", pool.status().message()));
+  }
+  model->kv_pool = *std::move(pool);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl::string_view name,
                                                    absl::string_view label,
                                                    const core::BatchPolicy& default_batching) {
+  ModelDefaults defaults;
+  defaults.batching = default_batching;
+  return ParseModelConfig(text, name, label, defaults);
+}
+
+absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl::string_view name,
+                                                   absl::string_view label,
+                                                   const ModelDefaults& defaults) {
   auto bad = [&](auto&&... parts) {
     return absl::InvalidArgumentError(absl::StrCat(label, ": ", parts...));
   };
@@ -50,13 +123,26 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
   }
   Model& model = parsed.model;
   model.name = std::string(name);
+  model.projections = !pb.has_projections() || pb.projections();
   core::AttentionConfig& c = model.config;
-  c.embed_dim = pb.embed_dim();
   c.num_heads = pb.num_heads();
   c.num_kv_heads = pb.num_kv_heads();
-  c.kdim = pb.kdim();
-  c.vdim = pb.vdim();
-  c.bias = pb.has_bias() ? pb.bias() : true;
+  if (model.projections) {
+    c.embed_dim = pb.embed_dim();
+    c.kdim = pb.kdim();
+    c.vdim = pb.vdim();
+    c.bias = pb.has_bias() ? pb.bias() : true;
+  } else {
+    // The widths its requests carry: projected q, k, v.
+    if (absl::Status s = CheckOffloadFields(pb, bad); !s.ok()) return s;
+    c.embed_dim = pb.num_heads() * pb.head_dim();
+    const int kv_heads = pb.num_kv_heads() > 0 ? pb.num_kv_heads() : pb.num_heads();
+    if (int64_t{kv_heads} * pb.head_dim() <= std::numeric_limits<int32_t>::max()) {
+      c.kdim = c.vdim = kv_heads * pb.head_dim();
+    }
+    c.bias = false;
+    model.num_layers = pb.num_layers() > 0 ? pb.num_layers() : 1;
+  }
   // Unset means FLOAT32; the core computes in FLOAT32 and BFLOAT16.
   static constexpr attention::v1::DataType kComputeTypes[] = {attention::v1::FLOAT32,
                                                               attention::v1::BFLOAT16};
@@ -67,6 +153,18 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
   }
   c.dtype = *wire::ToCoreDType(dtype);
   if (absl::Status s = core::ValidateAttentionConfig(c); !s.ok()) return bad(s.message());
+  if (model.projections) {
+    if (pb.num_layers() != 0 && pb.num_layers() != 1) {
+      return bad(
+          "num_layers: only for offload models (projections: false); a model with projections "
+          "caches one layer, got ",
+          pb.num_layers());
+    }
+    if (pb.head_dim() != 0 && pb.head_dim() != c.head_dim()) {
+      return bad("head_dim: expected ", c.head_dim(), " (embed_dim / num_heads) or unset, got ",
+                 pb.head_dim());
+    }
+  }
   if (pb.max_seq_len() < 0)
     return bad("max_seq_len: expected a positive integer, got ", pb.max_seq_len());
   model.max_seq_len = pb.max_seq_len() > 0 ? pb.max_seq_len() : ModelRepository::kDefaultMaxSeqLen;
@@ -77,7 +175,7 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
                                  ? pb.max_request_tokens()
                                  : ModelRepository::kDefaultMaxRequestTokens;
   if (pb.has_max_batch_size() || pb.has_max_batch_tokens() || pb.has_max_queue_delay_us()) {
-    core::BatchPolicy policy = default_batching;
+    core::BatchPolicy policy = defaults.batching;
     if (pb.has_max_batch_size()) policy.max_batch_size = pb.max_batch_size();
     if (pb.has_max_batch_tokens()) policy.max_batch_tokens = pb.max_batch_tokens();
     if (pb.has_max_queue_delay_us()) {
@@ -90,12 +188,88 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
                                        pb.weight_names() != attention::v1::WEIGHT_NAMES_AUTO)) {
     return bad("random_weights_seed: excludes weights_file, weight_names and weight_prefix");
   }
+
+  // Session KV caches.
+  static constexpr attention::v1::DataType kCacheTypes[] = {attention::v1::FLOAT32,
+                                                            attention::v1::BFLOAT16};
+  if (pb.kv_cache_dtype() == attention::v1::DATA_TYPE_UNSPECIFIED) {
+    model.kv_cache_dtype = c.dtype;
+  } else if (absl::Status s =
+                 wire::CheckDataType(pb.kv_cache_dtype(), "kv_cache_dtype", kCacheTypes);
+             !s.ok()) {
+    return bad(s.message());
+  } else {
+    model.kv_cache_dtype = *wire::ToCoreDType(pb.kv_cache_dtype());
+  }
+  const int64_t block_bytes = model.kv_cache_shape().block_bytes();
+  if (pb.has_kv_cache_bytes()) {
+    if (pb.kv_cache_bytes() > defaults.kv_cache_bytes) {
+      return bad("kv_cache_bytes: expected at most ", defaults.kv_cache_bytes,
+                 " (the server's --kv_cache_bytes), got ", pb.kv_cache_bytes());
+    }
+    if (pb.kv_cache_bytes() < block_bytes) {
+      return bad("kv_cache_bytes: expected at least ", block_bytes,
+                 " (one block: ", core::kKvBlockTokens, " tokens of one layer), got ",
+                 pb.kv_cache_bytes());
+    }
+    model.kv_cache_bytes = pb.kv_cache_bytes();
+  } else {
+    if (defaults.kv_cache_bytes < block_bytes) {
+      return bad("kv_cache_bytes: unset, and the server's --kv_cache_bytes (",
+                 defaults.kv_cache_bytes, ") is less than one block of this model (", block_bytes,
+                 " bytes: ", core::kKvBlockTokens, " tokens of one layer)");
+    }
+    model.kv_cache_bytes = defaults.kv_cache_bytes;
+  }
+  if (pb.has_session_idle_timeout_ms()) {
+    if (pb.session_idle_timeout_ms() < 1) {
+      return bad("session_idle_timeout_ms: expected a positive integer, got ",
+                 pb.session_idle_timeout_ms());
+    }
+    model.session_idle_timeout = absl::Milliseconds(pb.session_idle_timeout_ms());
+  } else {
+    model.session_idle_timeout = defaults.session_idle_timeout;
+  }
   return parsed;
 }
 
 namespace {
 
-absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Options& options) {
+ModelDefaults DefaultsOf(const ModelRepository::Options& options) {
+  ModelDefaults defaults;
+  defaults.batching = options.default_batching;
+  defaults.kv_cache_bytes = options.kv_cache_bytes;
+  defaults.session_idle_timeout = options.session_idle_timeout;
+  return defaults;
+}
+
+// The weights a model with projections names in its config.
+absl::StatusOr<core::AttentionWeights> LoadWeights(const fs::path& dir,
+                                                   const attention::v1::ModelConfig& pb,
+                                                   const core::AttentionConfig& c) {
+  if (pb.has_random_weights_seed())
+    return core::RandomAttentionWeights(c, pb.random_weights_seed());
+  const fs::path weights_path =
+      dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
+  ATTN_ASSIGN_OR_RETURN(auto file, core::SafetensorsFile::Open(weights_path.string()));
+  core::WeightLoadOptions load;
+  load.prefix = pb.weight_prefix();
+  switch (pb.weight_names()) {
+    case attention::v1::TORCH_MHA:
+      load.naming = core::WeightNaming::kTorchMha;
+      break;
+    case attention::v1::QKVO_PROJ:
+      load.naming = core::WeightNaming::kQkvo;
+      break;
+    default:
+      load.naming = core::WeightNaming::kAuto;
+      break;
+  }
+  return core::LoadAttentionWeights(*file, c, load);
+}
+
+absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Options& options,
+                                core::ByteBudget* kv_budget) {
   const fs::path config_path = dir / "config.pbtxt";
   std::ifstream in(config_path);
   if (!in) return absl::NotFoundError(absl::StrCat(config_path.string(), ": cannot read"));
@@ -103,41 +277,39 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
   text << in.rdbuf();
   ATTN_ASSIGN_OR_RETURN(ParsedModelConfig parsed,
                         ParseModelConfig(text.str(), dir.filename().string(), config_path.string(),
-                                         options.default_batching));
+                                         DefaultsOf(options)));
   Model model = std::move(parsed.model);
-  const attention::v1::ModelConfig& pb = parsed.proto;
   const core::AttentionConfig& c = model.config;
-  core::AttentionWeights weights;
-  if (pb.has_random_weights_seed()) {
-    weights = core::RandomAttentionWeights(c, pb.random_weights_seed());
+  if (model.projections) {
+    ATTN_ASSIGN_OR_RETURN(core::AttentionWeights weights, LoadWeights(dir, parsed.proto, c));
+    core::MultiHeadAttention::Options mha_options;
+    mha_options.num_threads = options.num_threads;
+    ATTN_ASSIGN_OR_RETURN(model.mha, core::MultiHeadAttention::Create(c, weights, mha_options));
   } else {
-    const fs::path weights_path =
-        dir / (pb.weights_file().empty() ? std::string("model.safetensors") : pb.weights_file());
-    ATTN_ASSIGN_OR_RETURN(auto file, core::SafetensorsFile::Open(weights_path.string()));
-    core::WeightLoadOptions load;
-    load.prefix = pb.weight_prefix();
-    switch (pb.weight_names()) {
-      case attention::v1::TORCH_MHA:
-        load.naming = core::WeightNaming::kTorchMha;
-        break;
-      case attention::v1::QKVO_PROJ:
-        load.naming = core::WeightNaming::kQkvo;
-        break;
-      default:
-        load.naming = core::WeightNaming::kAuto;
-        break;
-    }
-    ATTN_ASSIGN_OR_RETURN(weights, core::LoadAttentionWeights(*file, c, load));
+    core::ScaledDotProductAttention::Options sdpa_options;
+    sdpa_options.num_threads = options.num_threads;
+    ATTN_ASSIGN_OR_RETURN(model.sdpa, core::ScaledDotProductAttention::Create(
+                                          model.sdpa_shape(), c.dtype, sdpa_options));
   }
-  core::MultiHeadAttention::Options mha_options;
-  mha_options.num_threads = options.num_threads;
-  ATTN_ASSIGN_OR_RETURN(model.mha, core::MultiHeadAttention::Create(c, weights, mha_options));
+  if (absl::Status s = AttachKvPool(&model, kv_budget); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(config_path.string(), ": ", s.message()));
+  }
   return model;
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Options& options) {
+  if (options.kv_cache_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv_cache_bytes: expected a positive integer, got ", options.kv_cache_bytes));
+  }
+  if (options.session_idle_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--session_idle_timeout: expected a positive duration, got ",
+                     absl::FormatDuration(options.session_idle_timeout)));
+  }
+  auto kv_budget = std::make_unique<core::ByteBudget>(options.kv_cache_bytes);
   std::vector<Model> models;
   if (options.directory.empty()) {
     Model model;
@@ -146,14 +318,17 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Opt
     model.config.num_heads = kDefaultNumHeads;
     model.max_seq_len = kDefaultMaxSeqLen;
     model.max_request_tokens = kDefaultMaxRequestTokens;
+    model.kv_cache_bytes = options.kv_cache_bytes;
+    model.session_idle_timeout = options.session_idle_timeout;
     core::MultiHeadAttention::Options mha_options;
     mha_options.num_threads = options.num_threads;
     ATTN_ASSIGN_OR_RETURN(
         model.mha,
         core::MultiHeadAttention::Create(
             model.config, core::RandomAttentionWeights(model.config, kDefaultSeed), mha_options));
+    ATTN_RETURN_IF_ERROR(AttachKvPool(&model, kv_budget.get()));
     models.push_back(std::move(model));
-    return FromModels(std::move(models));
+    return FromModels(std::move(models), std::move(kv_budget));
   }
   std::error_code ec;
   const fs::path root(options.directory);
@@ -174,14 +349,16 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const Opt
   }
   std::sort(dirs.begin(), dirs.end());
   for (const auto& dir : dirs) {
-    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options));
+    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options, kv_budget.get()));
     models.push_back(std::move(model));
   }
-  return FromModels(std::move(models));
+  return FromModels(std::move(models), std::move(kv_budget));
 }
 
-std::unique_ptr<ModelRepository> ModelRepository::FromModels(std::vector<Model> models) {
+std::unique_ptr<ModelRepository> ModelRepository::FromModels(
+    std::vector<Model> models, std::unique_ptr<core::ByteBudget> kv_budget) {
   std::unique_ptr<ModelRepository> repo(new ModelRepository());
+  repo->kv_budget_ = std::move(kv_budget);
   for (auto& m : models) {
     std::string name = m.name;
     repo->models_.emplace(std::move(name), std::move(m));

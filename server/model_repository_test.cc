@@ -107,6 +107,101 @@ TEST(ParseModelConfigTest, ValidatesTextWithoutReadingAnyFile) {
       << both.status();
 }
 
+// An offload model: no weights; the widths its requests carry.
+TEST(ParseModelConfigTest, OffloadModelTakesItsWidthsFromHeadsAndHeadDim) {
+  ModelDefaults defaults;
+  defaults.kv_cache_bytes = int64_t{64} << 20;
+  defaults.session_idle_timeout = absl::Seconds(7);
+  auto parsed = ParseModelConfig(
+      "projections: false\nnum_heads: 8\nnum_kv_heads: 2\nhead_dim: 16\nnum_layers: 3\n"
+      "kv_cache_dtype: BFLOAT16\nkv_cache_bytes: 1048576\nsession_idle_timeout_ms: 2500\n",
+      "off", "off/config.pbtxt", defaults);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const Model& m = parsed->model;
+  EXPECT_FALSE(m.projections);
+  EXPECT_EQ(m.num_layers, 3);
+  EXPECT_EQ(m.config.embed_dim, 128);
+  EXPECT_EQ(m.config.key_dim(), 32);
+  EXPECT_EQ(m.config.value_dim(), 32);
+  EXPECT_EQ(m.config.head_dim(), 16);
+  EXPECT_FALSE(m.config.bias);
+  EXPECT_EQ(m.kv_cache_dtype, core::DType::kBF16);
+  EXPECT_EQ(m.kv_cache_bytes, 1048576);
+  EXPECT_EQ(m.session_idle_timeout, absl::Milliseconds(2500));
+  const core::KvCacheShape shape = m.kv_cache_shape();
+  EXPECT_EQ(shape.num_layers, 3);
+  EXPECT_EQ(shape.num_kv_heads, 2);
+  EXPECT_EQ(shape.head_dim, 16);
+
+  // Unset session fields take the server's; the cache, the model's dtype.
+  parsed = ParseModelConfig("projections: false\nnum_heads: 4\nhead_dim: 8\ndtype: BFLOAT16\n",
+                            "off", "off/config.pbtxt", defaults);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->model.num_layers, 1);
+  EXPECT_EQ(parsed->model.config.embed_dim, 32);
+  EXPECT_EQ(parsed->model.kv_cache_dtype, core::DType::kBF16);
+  EXPECT_EQ(parsed->model.kv_cache_bytes, int64_t{64} << 20);
+  EXPECT_EQ(parsed->model.session_idle_timeout, absl::Seconds(7));
+}
+
+TEST(ParseModelConfigTest, WeightedModelSessionFields) {
+  ModelDefaults defaults;
+  auto parsed = ParseModelConfig(
+      "embed_dim: 32\nnum_heads: 4\nhead_dim: 8\nnum_layers: 1\nkv_cache_dtype: BFLOAT16\n", "m",
+      "m/config.pbtxt", defaults);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->model.projections);
+  EXPECT_EQ(parsed->model.num_layers, 1);
+  EXPECT_EQ(parsed->model.kv_cache_dtype, core::DType::kBF16);
+  EXPECT_EQ(parsed->model.config.dtype, core::DType::kF32);
+  EXPECT_EQ(parsed->model.kv_cache_bytes, defaults.kv_cache_bytes);
+}
+
+// Every refusal names the file and the field, with the reason.
+TEST(ParseModelConfigTest, RefusesWhatAnOffloadOrSessionFieldCannotBe) {
+  ModelDefaults defaults;
+  defaults.kv_cache_bytes = 1 << 20;
+  const std::string offload = "projections: false\nnum_heads: 4\nhead_dim: 8\n";
+  const std::string weighted = "embed_dim: 32\nnum_heads: 4\n";
+  const std::pair<std::string, std::string> cases[] = {
+      {offload + "weights_file: \"w.safetensors\"\n", "weights_file: not allowed"},
+      {offload + "weight_names: QKVO_PROJ\n", "weight_names: not allowed"},
+      {offload + "weight_prefix: \"l0.\"\n", "weight_prefix: not allowed"},
+      {offload + "random_weights_seed: 1\n", "random_weights_seed: not allowed"},
+      {offload + "bias: false\n", "bias: not allowed"},
+      {offload + "kdim: 16\n", "kdim: not allowed"},
+      {offload + "vdim: 16\n", "vdim: not allowed"},
+      {"projections: false\nhead_dim: 8\n", "num_heads: expected a positive integer"},
+      {"projections: false\nnum_heads: 4\n", "head_dim: expected a positive integer"},
+      {offload + "embed_dim: 64\n", "embed_dim: expected 32 (num_heads 4 * head_dim 8)"},
+      {offload + "num_kv_heads: 3\n", "num_kv_heads: expected a divisor of num_heads 4"},
+      {offload + "num_layers: -1\n", "num_layers: expected a positive integer"},
+      {weighted + "num_layers: 2\n", "num_layers: only for offload models"},
+      {weighted + "head_dim: 4\n", "head_dim: expected 8 (embed_dim / num_heads)"},
+      {weighted + "kv_cache_dtype: FLOAT16\n",
+       "kv_cache_dtype: expected FLOAT32 or BFLOAT16, got FLOAT16"},
+      {weighted + "kv_cache_bytes: 2097152\n",
+       "kv_cache_bytes: expected at most 1048576 (the server's --kv_cache_bytes), got 2097152"},
+      // One block: 32 tokens * 2 (K and V) * 4 kv heads * 8 * 4 bytes.
+      {weighted + "kv_cache_bytes: 100\n", "kv_cache_bytes: expected at least 8192 (one block"},
+      {weighted + "session_idle_timeout_ms: 0\n",
+       "session_idle_timeout_ms: expected a positive integer, got 0"},
+  };
+  for (const auto& [text, want] : cases) {
+    auto parsed = ParseModelConfig(text, "m", "m/config.pbtxt", defaults);
+    ASSERT_FALSE(parsed.ok()) << text;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_TRUE(absl::StartsWith(parsed.status().message(), "m/config.pbtxt: " + want))
+        << text << " -> " << parsed.status();
+  }
+  defaults.kv_cache_bytes = 1000;  // the server's budget holds no block
+  auto parsed = ParseModelConfig(weighted, "m", "m/config.pbtxt", defaults);
+  EXPECT_TRUE(absl::StartsWith(parsed.status().message(),
+                               "m/config.pbtxt: kv_cache_bytes: unset, and the server's "
+                               "--kv_cache_bytes (1000) is less than one block"))
+      << parsed.status();
+}
+
 TEST_F(ModelRepositoryTest, LoadsEveryModelWithPrefixAndMixedDtypes) {
   WriteQkvoModel("b_model");
   WriteFile(root_ / "golden_mha" / "config.pbtxt",
@@ -180,6 +275,68 @@ TEST_F(ModelRepositoryTest, RandomWeightsSeedNeedsNoFileAndIsDeterministic) {
   ASSERT_TRUE(m->mha->Forward(b, &from_repo).ok());
   ASSERT_TRUE((*same)->Forward(b, &expected).ok());
   EXPECT_EQ(from_repo.output, expected.output);
+}
+
+TEST_F(ModelRepositoryTest, LoadsAnOffloadModelWithItsPool) {
+  WriteFile(root_ / "off" / "config.pbtxt",
+            "projections: false\nnum_heads: 4\nnum_kv_heads: 2\nhead_dim: 8\nnum_layers: 2\n"
+            "kv_cache_bytes: 65536\n");
+  WriteQkvoModel("weighted", "kv_cache_dtype: BFLOAT16\n");
+  ModelRepository::Options options;
+  options.directory = root_.string();
+  options.kv_cache_bytes = 1 << 20;
+  options.session_idle_timeout = absl::Seconds(9);
+  auto repo = ModelRepository::Load(options);
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  const Model* off = (*repo)->Find("off");
+  ASSERT_NE(off, nullptr);
+  EXPECT_EQ(off->mha, nullptr);
+  ASSERT_NE(off->sdpa, nullptr);
+  EXPECT_EQ(off->sdpa->shape().num_heads, 4);
+  EXPECT_EQ(off->sdpa->shape().num_kv_heads, 2);
+  EXPECT_EQ(off->sdpa->shape().head_dim, 8);
+  ASSERT_NE(off->kv_pool, nullptr);
+  EXPECT_EQ(off->kv_pool->shape().num_layers, 2);
+  EXPECT_EQ(off->kv_pool->shape().num_kv_heads, 2);
+  EXPECT_EQ(off->kv_pool->shape().dtype, core::DType::kF32);
+  EXPECT_EQ(off->kv_pool->capacity_bytes(), 65536);
+  EXPECT_EQ(off->session_idle_timeout, absl::Seconds(9));
+
+  // A weighted model's cache: one layer of its kv heads, in bf16.
+  const Model* w = (*repo)->Find("weighted");
+  ASSERT_NE(w->mha, nullptr);
+  EXPECT_EQ(w->sdpa, nullptr);
+  ASSERT_NE(w->kv_pool, nullptr);
+  EXPECT_EQ(w->kv_pool->shape().num_layers, 1);
+  EXPECT_EQ(w->kv_pool->shape().num_kv_heads, 2);
+  EXPECT_EQ(w->kv_pool->shape().head_dim, 8);
+  EXPECT_EQ(w->kv_pool->shape().dtype, core::DType::kBF16);
+  EXPECT_EQ(w->kv_cache_bytes, 1 << 20);  // the server's
+  // Both pools count against the server's one budget.
+  ASSERT_NE((*repo)->kv_budget(), nullptr);
+  EXPECT_EQ((*repo)->kv_budget()->limit(), 1 << 20);
+  auto block = off->kv_pool->Allocate();
+  ASSERT_TRUE(block.ok()) << block.status();
+  EXPECT_EQ((*repo)->kv_budget()->used(), off->kv_pool->block_bytes());
+  off->kv_pool->Free(*block);
+}
+
+TEST_F(ModelRepositoryTest, ServerKvCacheBytesCapsEveryModel) {
+  WriteQkvoModel("m", "kv_cache_bytes: 2097152\n");
+  ModelRepository::Options options;
+  options.directory = root_.string();
+  options.kv_cache_bytes = 1 << 20;
+  auto repo = ModelRepository::Load(options);
+  ASSERT_FALSE(repo.ok());
+  EXPECT_TRUE(absl::StrContains(repo.status().message(), "m/config.pbtxt: kv_cache_bytes"))
+      << repo.status();
+  options.kv_cache_bytes = 0;
+  EXPECT_TRUE(absl::StartsWith(ModelRepository::Load(options).status().message(),
+                               "--kv_cache_bytes: expected a positive integer"));
+  options.kv_cache_bytes = 1 << 20;
+  options.session_idle_timeout = absl::ZeroDuration();
+  EXPECT_TRUE(absl::StartsWith(ModelRepository::Load(options).status().message(),
+                               "--session_idle_timeout: expected a positive duration"));
 }
 
 TEST_F(ModelRepositoryTest, RandomWeightsSeedExcludesAWeightsFile) {

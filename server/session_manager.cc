@@ -281,9 +281,12 @@ absl::StatusOr<SessionInfo> SessionManager::CreateSession(const std::string& mod
   SessionInfo info;
   {
     MutexLock lock(&mu_);
-    if (chosen && sessions_.contains(new_id)) {
+    if (auto it = sessions_.find(new_id); chosen && it != sessions_.end()) {
       return absl::AlreadyExistsError(
-          absl::StrCat("session_id: session ", new_id, " exists (choose another id)"));
+          it->second->closed
+              ? absl::StrCat("session_id: session ", new_id,
+                             " is closed but its last request is still running; retry")
+              : absl::StrCat("session_id: session ", new_id, " exists (choose another id)"));
     }
     if (open_ >= options_.max_sessions) {
       return absl::ResourceExhaustedError(

@@ -431,8 +431,9 @@ TEST_F(SessionManagerTest, CloseDuringALeaseFreesAtRelease) {
   EXPECT_THAT(next.status().message(), HasSubstr(": closed"));
   EXPECT_EQ(pool_->used_bytes(), pool_->block_bytes());
   // A new session may not take the id while the old one's lease lasts.
-  EXPECT_EQ(manager_->CreateSession("m", pool_, 10, kTimeout, id).status().code(),
-            absl::StatusCode::kAlreadyExists);
+  const auto taken = manager_->CreateSession("m", pool_, 10, kTimeout, id);
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(taken.status().message(), HasSubstr("still running; retry"));
   lease->Release();
   EXPECT_EQ(pool_->used_bytes(), 0);
   EXPECT_EQ(manager_->Close(id).code(), absl::StatusCode::kNotFound);
@@ -507,6 +508,7 @@ TEST_F(SessionManagerTest, ClientChosenIds) {
   EXPECT_EQ(info->id, "conv-42.a_b");
   const auto taken = manager_->CreateSession("m", pool_, 10, kTimeout, "conv-42.a_b");
   EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(taken.status().message(), HasSubstr("exists (choose another id)"));
   for (const std::string& bad : {std::string("a b"), std::string("x/y"), std::string(129, 'a')}) {
     const auto s = manager_->CreateSession("m", pool_, 10, kTimeout, bad);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << bad;

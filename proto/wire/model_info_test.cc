@@ -31,6 +31,42 @@ TEST(ModelInfoTest, ToModelInfoResolvesEveryDefault) {
   EXPECT_TRUE(info.bias());
   EXPECT_EQ(info.max_seq_len(), 32);
   EXPECT_EQ(info.max_request_tokens(), 40);
+  // Without serving settings: projections, one layer cached in the dtype.
+  EXPECT_TRUE(info.projections());
+  EXPECT_EQ(info.num_layers(), 1);
+  EXPECT_EQ(info.kv_cache_dtype(), attention::v1::FLOAT32);
+}
+
+TEST(ModelInfoTest, OffloadModelReportsItsSessionSettings) {
+  // 8 query heads of 16 over 2 kv heads: q 128 wide, k and v 32.
+  core::AttentionConfig c;
+  c.embed_dim = 128;
+  c.num_heads = 8;
+  c.num_kv_heads = 2;
+  c.kdim = c.vdim = 32;
+  c.bias = false;
+  ServingInfo serving;
+  serving.max_seq_len = 256;
+  serving.max_request_tokens = 512;
+  serving.projections = false;
+  serving.num_layers = 4;
+  serving.kv_cache_dtype = core::DType::kBF16;
+  serving.kv_cache_bytes = 1 << 20;
+  serving.session_idle_timeout_ms = 30000;
+  const attention::v1::ModelInfo info = ToModelInfo("off", c, serving);
+  EXPECT_FALSE(info.projections());
+  EXPECT_EQ(info.head_dim(), 16);
+  EXPECT_EQ(info.kdim(), 32);
+  EXPECT_EQ(info.vdim(), 32);
+  EXPECT_EQ(info.num_layers(), 4);
+  EXPECT_EQ(info.kv_cache_dtype(), attention::v1::BFLOAT16);
+  EXPECT_EQ(info.kv_cache_bytes(), 1 << 20);
+  EXPECT_EQ(info.session_idle_timeout_ms(), 30000);
+  EXPECT_EQ(info.max_seq_len(), 256);
+  EXPECT_EQ(info.max_request_tokens(), 512);
+  absl::StatusOr<core::AttentionConfig> back = ConfigFromModelInfo(info);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->key_dim(), 32);
 }
 
 TEST(ModelInfoTest, ConfigFromModelInfoRoundTrips) {

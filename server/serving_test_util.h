@@ -1,0 +1,51 @@
+// Helpers the in-process gRPC tests of the server share.
+#ifndef ATTN_SERVER_SERVING_TEST_UTIL_H_
+#define ATTN_SERVER_SERVING_TEST_UTIL_H_
+
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <vector>
+
+#include "attention/v1/attention.pb.h"
+#include "server/attention_server.h"
+
+namespace attn::server {
+
+// Holds the executor inside its first batch until Release(): what is queued
+// meanwhile stays queued, and a call in that batch is computed only after
+// the test has acted on it.
+class ExecutorGate {
+ public:
+  AttentionServer::BeforeBatch Hook() {
+    return [this](const auto& /*calls*/) {
+      if (batches_.fetch_add(1) == 0) {
+        entered_.set_value();
+        released_.wait();
+      }
+    };
+  }
+  void WaitEntered() { entered_.get_future().wait(); }
+  void Release() {
+    if (!released_flag_.exchange(true)) release_.set_value();
+  }
+  int batches() const { return batches_.load(); }
+  ~ExecutorGate() { Release(); }
+
+ private:
+  std::atomic<int> batches_{0};
+  std::promise<void> entered_, release_;
+  std::shared_future<void> released_ = release_.get_future().share();
+  std::atomic<bool> released_flag_{false};
+};
+
+// The FLOAT32 raw_data of a tensor.
+inline std::vector<float> RawFloats(const attention::v1::Tensor& t) {
+  std::vector<float> v(t.raw_data().size() / sizeof(float));
+  if (!v.empty()) std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(float));
+  return v;
+}
+
+}  // namespace attn::server
+
+#endif  // ATTN_SERVER_SERVING_TEST_UTIL_H_
