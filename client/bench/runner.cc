@@ -108,6 +108,7 @@ int RunSessions(const Options& options, const SessionPlan& plan,
       std::cerr << "attention-bench: sample session step: " << sample.status() << "\n";
       return 2;
     }
+    sample->clear_timing();  // the no-op server computes nothing
     if (!SwapInNoop(*sample, copts, &noop, &client)) return 2;
   }
   std::printf(
@@ -127,6 +128,10 @@ int RunSessions(const Options& options, const SessionPlan& plan,
     if (!r.ok()) {
       std::cerr << "attention-bench: --sessions=" << level << ": " << r.status() << "\n";
       return 2;
+    }
+    if (options.noop_baseline) {  // no K/V was read
+      r->kv_bytes = 0;
+      r->kv_gb_per_s = 0;
     }
     PrintSessionRow(stdout, *r);
     levels.push_back(*std::move(r));
