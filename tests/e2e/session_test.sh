@@ -5,7 +5,8 @@
 # --sessions (and its no-op baseline), then the Python Session
 # (python_session_test.py against the live server, and session_example.py).
 # Usage: session_test.sh BIN_DIR BUILD_PYTHON_DIR
-# Exit 77 (skip) only when the server has no session RPCs (UNIMPLEMENTED).
+# Without Python's grpc/numpy (or the stubs) the Python part is left out,
+# with a note; everything else always runs.
 set -euo pipefail
 BIN=$(cd "$1" && pwd)
 PYDIR=${2:-}
@@ -40,13 +41,6 @@ sed 's/^max_seq_len.*/&\nkv_cache_dtype: BFLOAT16/' "$repo/offload/config.pbtxt"
 start_server "$work/server.log" --model_repository="$repo"
 echo "server at $GRPC_TARGET"
 cli() { "$BIN/attention-cli" --target="$GRPC_TARGET" "$@"; }
-
-rc=0; cli session --model=small --prefill=1 --steps=0 >"$work/probe.out" 2>&1 || rc=$?
-if [ "$rc" -ne 0 ] && grep -q "UNIMPLEMENTED" "$work/probe.out"; then
-  echo "SKIP: this attention-server has no KV-cache sessions: $(cat "$work/probe.out")"
-  exit 77
-fi
-[ "$rc" -eq 0 ] || fail "session probe: exit $rc"
 
 # attention-cli session --check: every output row against a one-shot causal Attend.
 cli session --model=small --prefill=16 --steps=8 --check >"$work/small.out" 2>&1 || fail "small --check: exit $?"
