@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/attention_kernels.h"
 #include "core/blocked_attention.h"
+#include "core/decode_attention.h"
 #include "core/status_macros.h"
 
 namespace attn::core {
@@ -106,10 +107,9 @@ T* Grow(kernels::AlignedVector<T>& buffer, size_t n) {
 
 // Lays out result->probs for sequence s's [num_heads, lq, lk] block, zeroed
 // (the kernels write only the visible pairs), and points seqs[s] at it;
-// probs_offsets are zeros without probabilities.
-void PrepareProbs(const SdpaShape& shape, bool need_probs,
+// probs_offsets are n zeros without probabilities.
+void PrepareProbs(const SdpaShape& shape, bool need_probs, int n,
                   std::vector<internal::BlockedSequence>& seqs, AttentionResult* result) {
-  const int n = static_cast<int>(seqs.size());
   result->probs.clear();
   result->probs_offsets.assign(n, 0);
   if (!need_probs) return;
@@ -201,33 +201,48 @@ absl::Status AttendWithCache(const SdpaShape& shape, const CachedAttentionBatch&
   // Threads write the output in head slices: on cache lines (see
   // kernels::CacheLineAllocator), copied to result->output at the end.
   static thread_local kernels::AlignedVector<float> out_buf, q_buf;
-  static thread_local std::vector<internal::BlockedSequence> seqs;
+  static thread_local std::vector<internal::BlockedSequence> blocked;
+  static thread_local std::vector<internal::DecodeSequence> decode;
   static thread_local std::vector<const void*> blocks;  // contiguous views' tables
   const int64_t nq = qo.back();
   float* out = Grow(out_buf, static_cast<size_t>(nq) * qw);
   // The blocked kernels read queries scaled by 1/sqrt(head_dim).
   float* qs = Grow(q_buf, static_cast<size_t>(nq) * qw);
   const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
-  seqs.assign(n, {});
+  blocked.clear();
+  decode.clear();
   blocks.resize(2 * static_cast<size_t>(n));
   for (int s = 0; s < n; ++s) {
-    internal::BlockedSequence& seq = seqs[s];
     const CachedSequence* c = cache_of(s);
-    seq.kv = c != nullptr ? c->cache->View(c->layer)
+    const KvView kv = c != nullptr
+                          ? c->cache->View(c->layer)
                           : ContiguousKvView(batch.k.data() + ko[s] * kvw, kvw,
                                              batch.v.data() + ko[s] * kvw, kvw, ko[s + 1] - ko[s],
                                              shape.head_dim, &blocks[2 * s], &blocks[2 * s + 1]);
-    seq.lq = static_cast<int>(qo[s + 1] - qo[s]);
-    seq.q = qs + qo[s] * qw;
+    const int lq = static_cast<int>(qo[s + 1] - qo[s]);
+    // Probabilities need every sequence in order on the blocked kernels
+    // (PrepareProbs); without them, rows of nothing are skipped.
+    if (!batch.need_probs && lq == 0) continue;
+    if (!batch.need_probs && lq <= internal::kMaxDecodeRows) {
+      // Few rows over the keys: memory-bound, split across threads by keys.
+      decode.push_back({batch.q.data() + qo[s] * qw, qw, lq, kv, out + qo[s] * qw, qw});
+      continue;
+    }
+    const float* q = batch.q.data() + qo[s] * qw;
+    float* scaled = qs + qo[s] * qw;
+    for (int64_t i = 0; i < int64_t{lq} * qw; ++i) scaled[i] = q[i] * scale;
+    internal::BlockedSequence& seq = blocked.emplace_back();
+    seq.kv = kv;
+    seq.lq = lq;
+    seq.q = scaled;
     seq.ldq = qw;
     seq.out = out + qo[s] * qw;
     seq.ldo = qw;
   }
-  PrepareProbs(shape, batch.need_probs, seqs, result);
-  const float* q = batch.q.data();
-  for (int64_t i = 0; i < nq * qw; ++i) qs[i] = q[i] * scale;
+  PrepareProbs(shape, batch.need_probs, n, blocked, result);
 
-  int64_t bytes = internal::BlockedAttention(shape, seqs, batch.causal);
+  int64_t bytes = internal::BlockedAttention(shape, blocked, batch.causal);
+  if (!decode.empty()) bytes += internal::DecodeAttention(shape, decode, batch.causal);
 
   result->output.assign(out, out + nq * qw);
   if (stats != nullptr) {

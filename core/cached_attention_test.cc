@@ -305,7 +305,9 @@ TEST(AttendWithCacheTest, RaggedBatchOfSessionsEqualsEachRecompute) {
   auto pool = MakePool(shape, DType::kF32);
   std::mt19937_64 rng(5);
   const std::vector<int64_t> history = {40, 1, 100, 64};  // prefilled alone
-  const std::vector<int64_t> rows = {1, 7, 1, 3};         // then together
+  // Then together: rows of up to 16 go to the decode path, 20 to the
+  // blocked kernels, in one call.
+  const std::vector<int64_t> rows = {1, 7, 1, 20};
   std::vector<std::unique_ptr<KvCache>> caches;
   std::vector<Tokens> tokens;
   for (size_t s = 0; s < history.size(); ++s) {
@@ -380,10 +382,13 @@ TEST(AttendWithCacheTest, TruncateThenReappendEqualsRecompute) {
   }
 }
 
-// The team's two schedules (few (sequence, kv head) units: packed first,
-// then tasks per query block; many: a unit per thread) give what one thread
-// gives, to the bit: every task runs the same kernel on the same packing.
-TEST(AttendWithCacheTest, TeamSchedulesEqualOneThread) {
+// With probabilities (the blocked kernels), the team's two schedules (few
+// (sequence, kv head) units: packed first, then tasks per query block; many:
+// a unit per thread) give what one thread gives, to the bit: every task runs
+// the same kernel on the same packing. Without (the decode path, which splits
+// a sequence's keys across threads and merges the partial softmax states),
+// the same up to rounding.
+TEST(AttendWithCacheTest, TeamEqualsOneThread) {
   const SdpaShape shape = Shape(8, 2, 32);
   const int qw = shape.q_width(), kvw = shape.kv_width();
   ScaledDotProductAttention::Options one, team;
@@ -396,28 +401,37 @@ TEST(AttendWithCacheTest, TeamSchedulesEqualOneThread) {
   std::mt19937_64 rng(10);
   // {sessions, cached tokens, new rows}: 1 x 2 units and 8 x 2 units, both
   // past the solo threshold.
-  for (const auto& [sessions, cached, rows] :
-       std::vector<std::tuple<int, int64_t, int64_t>>{{1, 700, 8}, {8, 600, 1}}) {
-    SCOPED_TRACE(std::to_string(sessions) + " sessions");
-    std::vector<Tokens> tokens;
-    std::vector<std::unique_ptr<KvCache>> caches[2];
-    BatchBuilder batches[2] = {BatchBuilder(shape), BatchBuilder(shape)};
-    for (int s = 0; s < sessions; ++s) {
-      tokens.emplace_back(shape, cached + rows, rng, false);
-      for (int copy = 0; copy < 2; ++copy) {
-        caches[copy].push_back(std::make_unique<KvCache>(pool.get(), 1000));
-        KvCache* cache = caches[copy].back().get();
-        AttentionResult r;
-        ASSERT_TRUE(AttendTokens(**solo, cache, tokens[s], 0, cached, &r).ok());
-        ASSERT_TRUE(cache->Reserve(0, rows).ok());
-        batches[copy].Add(tokens[s].q.data() + cached * qw, rows, tokens[s].k.data() + cached * kvw,
-                          tokens[s].v.data() + cached * kvw, rows, cache);
+  for (const bool probs : {true, false}) {
+    for (const auto& [sessions, cached, rows] :
+         std::vector<std::tuple<int, int64_t, int64_t>>{{1, 700, 8}, {8, 600, 1}}) {
+      SCOPED_TRACE(std::to_string(sessions) + " sessions" + (probs ? ", probs" : ""));
+      std::vector<Tokens> tokens;
+      std::vector<std::unique_ptr<KvCache>> caches[2];
+      BatchBuilder batches[2] = {BatchBuilder(shape), BatchBuilder(shape)};
+      for (int s = 0; s < sessions; ++s) {
+        tokens.emplace_back(shape, cached + rows, rng, false);
+        for (int copy = 0; copy < 2; ++copy) {
+          caches[copy].push_back(std::make_unique<KvCache>(pool.get(), 1000));
+          KvCache* cache = caches[copy].back().get();
+          AttentionResult r;
+          ASSERT_TRUE(AttendTokens(**solo, cache, tokens[s], 0, cached, &r).ok());
+          ASSERT_TRUE(cache->Reserve(0, rows).ok());
+          batches[copy].Add(tokens[s].q.data() + cached * qw, rows,
+                            tokens[s].k.data() + cached * kvw, tokens[s].v.data() + cached * kvw,
+                            rows, cache);
+        }
+      }
+      AttentionResult by_one, by_team;
+      ASSERT_TRUE((*solo)->Forward(batches[0].Build(true, probs), &by_one).ok());
+      ASSERT_TRUE((*threaded)->Forward(batches[1].Build(true, probs), &by_team).ok());
+      if (probs) {
+        EXPECT_EQ(by_one.output, by_team.output);
+        EXPECT_EQ(by_one.probs, by_team.probs);
+      } else {
+        ExpectRowsNear(by_team.output.data(), by_one.output.data(), sessions * rows, qw, 1e-5f,
+                       "team");
       }
     }
-    AttentionResult by_one, by_team;
-    ASSERT_TRUE((*solo)->Forward(batches[0].Build(true), &by_one).ok());
-    ASSERT_TRUE((*threaded)->Forward(batches[1].Build(true), &by_team).ok());
-    EXPECT_EQ(by_one.output, by_team.output);
   }
 }
 

@@ -615,7 +615,7 @@ TEST(MultiHeadAttentionTest, ForwardWithCacheRaggedBatchEqualsEachPrefix) {
   const int e = c.embed_dim;
   std::mt19937_64 rng(12);
   const std::vector<int64_t> history = {50, 1, 0, 90};  // 0: the sequence without a cache
-  const std::vector<int64_t> rows = {1, 6, 9, 2};
+  const std::vector<int64_t> rows = {1, 6, 20, 18};     // decode (<= 16) and blocked rows
   std::vector<std::vector<float>> x;
   std::vector<std::unique_ptr<KvCache>> caches;
   for (size_t s = 0; s < history.size(); ++s) {

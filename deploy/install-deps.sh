@@ -10,7 +10,7 @@ build_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libdnnl-dev ocl-icd-opencl-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libhwy-dev
-  python3-grpcio python3-numpy python3-yaml prometheus
+  python3-grpcio python3-numpy python3-yaml prometheus nginx-light
   podman buildah debootstrap docker-compose uidmap
 )
 # The aarch64 cross compiler and qemu for tests/arm/run.sh, on hosts that are
@@ -44,6 +44,16 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages with daemons (nginx, prometheus) must not start them: the tests
+# run their own on loopback. A policy-rc.d that says no, for this install only.
+policy=/usr/sbin/policy-rc.d
+added_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  added_policy=1
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ -z "$added_policy" ] || $SUDO rm -f "$policy"
 echo "install-deps: done"

@@ -243,11 +243,6 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_sessions: expected >= 0 (0 disables sessions), got ", options.max_sessions));
   }
-  if (options.session_idle_timeout < absl::Milliseconds(1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--session_idle_timeout: expected at least 1ms, got ",
-                     absl::FormatDuration(options.session_idle_timeout)));
-  }
   if (options.max_response_bytes_in_flight < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_response_bytes_in_flight: expected >= 1, got ",
@@ -363,7 +358,6 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   service_options.max_response_bytes = options.max_message_bytes;
   service_options.max_response_bytes_in_flight = options.max_response_bytes_in_flight;
   service_options.sessions = s->sessions_.get();
-  service_options.session_idle_timeout = options.session_idle_timeout;
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->env_,
                                                    s->batcher_.get(), service_options);
   // Warm every model up on the batcher's executor thread (the one that will

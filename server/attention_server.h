@@ -85,9 +85,6 @@ class AttentionServer {
     // is RESOURCE_EXHAUSTED); 0 disables sessions (the session RPCs answer
     // UNIMPLEMENTED).
     int max_sessions = 65536;
-    // A session's idle timeout when CreateSession gives none, and the
-    // longest it may ask for.
-    absl::Duration session_idle_timeout = absl::Seconds(120);
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;

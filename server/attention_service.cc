@@ -37,8 +37,7 @@ AttentionService::AttentionService(const ModelRepository* repository, const Call
       decode_options_{.max_response_bytes = options.max_response_bytes},
       response_budget_(options.max_response_bytes_in_flight),
       unknown_model_observer_(env->observers->For("")),
-      sessions_(options.sessions),
-      session_idle_timeout_(options.session_idle_timeout) {
+      sessions_(options.sessions) {
   for (const Model* model : repository->models()) {
     model_observers_[model] = env->observers->For(model->name);
     kv_observers_[model] = env->kv_observers->For(model->name);

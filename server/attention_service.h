@@ -67,10 +67,6 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
     // The KV-cache sessions; null disables them (the session RPCs answer
     // UNIMPLEMENTED).
     SessionManager* sessions = nullptr;
-    // A session's idle timeout when CreateSession gives none, and the
-    // longest it may give. Server-wide until models carry their own
-    // (ModelConfig.session_idle_timeout_ms).
-    absl::Duration session_idle_timeout = absl::Seconds(120);
   };
 
   // Asks env->observers for every model's observer.
@@ -124,7 +120,6 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   std::unordered_map<const Model*, KvBatchObserver*> kv_observers_;
   core::BatchObserver* const unknown_model_observer_;
   SessionManager* const sessions_;
-  const absl::Duration session_idle_timeout_;
 };
 
 // Fills `info` from a loaded model (wire::ToModelInfo).

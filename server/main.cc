@@ -138,7 +138,6 @@ int Run() {
   options.max_response_bytes_in_flight = absl::GetFlag(FLAGS_max_response_bytes_in_flight);
   options.logger = log;
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
-  options.session_idle_timeout = absl::GetFlag(FLAGS_session_idle_timeout);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
     log->Log(LogLevel::kError, "start_failed", {{"error", std::string(server.status().message())}});

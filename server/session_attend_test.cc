@@ -726,5 +726,33 @@ TEST_F(SessionAttendTest, WithoutSessionsASessionRequestIsUnimplemented) {
   EXPECT_TRUE(Attend(OneSequence("w", RandomRows(1, kEmbed, 162), kEmbed), &resp).ok());
 }
 
+TEST_F(SessionAttendTest, StepProbabilitiesSpanCachedAndNewKeys) {
+  constexpr int kLen = 5;
+  const Qkv x = Qkv::Random(kLen, 171);
+  AttendRequest whole = x.Slice("off", 0, kLen);
+  whole.set_causal(true);
+  whole.set_return_attention_probs(true);
+  AttendResponse one_shot;
+  ASSERT_TRUE(Attend(whole, &one_shot).ok());
+  const std::vector<float> all = RawFloats(one_shot.attention_probs());  // [1, H, L, L]
+  const std::string id = NewSession("off");
+  AttendResponse resp;
+  ASSERT_TRUE(Attend(Step(x.Slice("off", 0, kLen - 1), id, 0), &resp).ok());
+  AttendRequest last = Step(x.Slice("off", kLen - 1, 1), id, kLen - 1);
+  last.set_return_attention_probs(true);
+  ASSERT_TRUE(Attend(last, &resp).ok());
+  const attention::v1::Tensor& p = resp.attention_probs();
+  ASSERT_EQ(std::vector<int64_t>(p.shape().begin(), p.shape().end()),
+            (std::vector<int64_t>{1, kHeads, 1, kLen}));
+  // Each head's one row over the 4 cached keys and the new one: the last
+  // row of the one-shot's.
+  std::vector<float> want;
+  for (int h = 0; h < kHeads; ++h) {
+    const auto row = all.begin() + (h * kLen + kLen - 1) * kLen;
+    want.insert(want.end(), row, row + kLen);
+  }
+  ExpectNear(RawFloats(p), want, 1e-5f, "step probabilities");
+}
+
 }  // namespace
 }  // namespace attn::server

@@ -69,8 +69,9 @@ absl::StatusOr<SessionInfo> AttentionService::NewSession(const CreateSessionRequ
                      " (the model's max_seq_len), or 0 for that, got ", max_tokens));
   }
   if (max_tokens == 0) max_tokens = model->max_seq_len;
-  // Server-wide until Model carries ModelConfig.session_idle_timeout_ms.
-  const absl::Duration longest = session_idle_timeout_;
+  // The model's session_idle_timeout_ms (or the server's
+  // --session_idle_timeout it defaults to): the default and the bound.
+  const absl::Duration longest = model->session_idle_timeout;
   const int64_t longest_ms = absl::ToInt64Milliseconds(longest);
   const int64_t idle_ms = request.idle_timeout_ms();
   if (idle_ms < 0 || idle_ms > longest_ms) {

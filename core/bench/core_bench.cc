@@ -2,12 +2,14 @@
 // and bf16, with GFLOP/s and the fraction of a same-run oneDNN GEMM peak.
 //
 //   attention-core-bench [--threads=N] [--shape=B,L,E,H]...
+//                        [--decode_case=S,T,H,Hkv,D,lq]... [--read_peak_mib=N]
 //                        [--bf16=auto|emulated|native] [--benchmark_* flags]
 //
 // --threads (default 2) sets the OpenMP team for both the GEMM peak and the
 // attention layer; it is parsed here and removed before Google Benchmark
 // sees argv. Benchmark names are exactly
-// mha/<f32|bf16>/B<b>_L<l>_E<e>_H<h>[_causal] and gemm/<f32|bf16>/peak:
+// mha/<f32|bf16>/B<b>_L<l>_E<e>_H<h>[_causal] and gemm/<f32|bf16>/peak (and
+// the decode ones of decode_bench.h: read/peak, decode/<f32|bf16>/<case>):
 // no per-benchmark MinTime/Iterations/UseRealTime/UseManualTime: Google Benchmark
 // appends those to the name. Every counter is computed from our own
 // steady_clock measurement of each Forward(), so the framework's clock only
@@ -40,6 +42,7 @@
 #include "core/attention_config.h"
 #include "core/attention_kernels.h"
 #include "core/attention_weights.h"
+#include "core/bench/decode_bench.h"
 #include "core/dtype.h"
 #include "core/multi_head_attention.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -54,6 +57,8 @@ using Dt = memory::data_type;
 
 // Set once in main() before any benchmark runs; read-only afterwards.
 int g_threads = 2;
+// --read_peak_mib: the streaming-read peak's buffer (decode_bench.h).
+int64_t g_read_peak_mib = 2048;
 MultiHeadAttention::Options::BF16Compute g_bf16 = MultiHeadAttention::Options::BF16Compute::kAuto;
 
 double SecondsSince(Clock::time_point start) {
@@ -388,6 +393,8 @@ void BM_Mha(benchmark::State& state, MhaShape shape, DType dtype) {
 
 // --shape=B,L,E,H: benchmark this shape too (plain and causal).
 std::vector<MhaShape> g_extra_shapes;
+// --decode_case=S,T,H,Hkv,D,lq: this decode case too (f32 and bf16).
+std::vector<bench::DecodeCase> g_decode_cases;
 
 void RegisterAll() {
   // (B, L, E, H); each plain and causal.
@@ -416,6 +423,7 @@ void RegisterAll() {
       benchmark::RegisterBenchmark(name.c_str(), BM_Mha, s, dtype)->Unit(benchmark::kMillisecond);
     }
   }
+  bench::RegisterDecodeBenchmarks(g_threads, g_read_peak_mib, g_decode_cases);
 }
 
 // Removes --threads=N / --threads N from argv. False (with a message) when
@@ -454,7 +462,8 @@ int main(int argc, char** argv) {
   using attn::core::g_threads;
   std::vector<char*> args(argv, argv + argc);
   if (!attn::core::ParseThreads(&args, &g_threads)) return 2;
-  // --shape=B,L,E,H (repeatable); --bf16=auto|emulated|native.
+  // --shape=B,L,E,H and --decode_case=S,T,H,Hkv,D,lq (repeatable);
+  // --bf16=auto|emulated|native; --read_peak_mib=N.
   using BF16Compute = attn::core::MultiHeadAttention::Options::BF16Compute;
   std::vector<char*> rest;
   absl::string_view bf16_mode = "auto";
@@ -470,6 +479,26 @@ int main(int argc, char** argv) {
         attn::core::g_bf16 = BF16Compute::kNative;
       } else {
         std::fprintf(stderr, "--bf16: expected auto, emulated or native, got '%s'\n", arg + 7);
+        return 2;
+      }
+      continue;
+    }
+    if (absl::StartsWith(a, "--decode_case=")) {
+      attn::core::bench::DecodeCase dc;
+      if (!attn::core::bench::ParseDecodeCase(std::string(a.substr(14)), &dc)) {
+        std::fprintf(stderr,
+                     "--decode_case: expected S,T,H,Hkv,D,lq of positive integers (Hkv "
+                     "dividing H, lq <= 16), got '%s'\n",
+                     arg + 14);
+        return 2;
+      }
+      attn::core::g_decode_cases.push_back(dc);
+      continue;
+    }
+    if (absl::StartsWith(a, "--read_peak_mib=")) {
+      if (!absl::SimpleAtoi(a.substr(16), &attn::core::g_read_peak_mib) ||
+          attn::core::g_read_peak_mib <= 0) {
+        std::fprintf(stderr, "--read_peak_mib: expected a positive integer, got '%s'\n", arg + 16);
         return 2;
       }
       continue;

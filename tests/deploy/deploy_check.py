@@ -270,6 +270,25 @@ def check_k8s(path, flags, uid, gid, seen):
         seen.add("servicemonitor")
         print(f"  {name(sm)}: scrapes {[s['metadata']['name'] for s in matched]}")
 
+    # Session affinity (Istio): a consistent hash on x-session-id over a Service with one
+    # virtual IP (the mesh cannot hash over a headless Service) that selects the pods on the
+    # gRPC port.
+    for dr in by_kind.get("DestinationRule", []):
+        check(dr["apiVersion"].startswith("networking.istio.io/"), f"{name(dr)}: not networking.istio.io")
+        host = dr["spec"]["host"].split(".")[0]
+        hosts = [s for s in services if s["metadata"]["name"] == host]
+        check(hosts, f"{name(dr)}: host {host} is no Service of this render")
+        svc = hosts[0]
+        check(svc["spec"].get("clusterIP") != "None", f"{name(dr)}: {name(svc)} is headless")
+        check(selects(svc["spec"]["selector"], pod_labels), f"{name(svc)}: selects no pod")
+        check(any(target(p) == grpc_port or target(p) == "grpc" for p in svc["spec"]["ports"]),
+              f"{name(svc)}: no port to the gRPC port {grpc_port}")
+        lb = dr["spec"]["trafficPolicy"]["loadBalancer"]["consistentHash"]
+        check(lb.get("httpHeaderName") == "x-session-id",
+              f"{name(dr)}: hashes {lb}, not the x-session-id header")
+        seen.add("session_affinity")
+        print(f"  {name(dr)}: consistent hash on x-session-id over {name(svc)}")
+
 
 # --- docker-compose ------------------------------------------------------------------------------
 
@@ -364,6 +383,7 @@ def main(argv):
                 check_k8s(path, flags, uid, gid, seen)
             check("servicemonitor" in seen, "no overlay renders a ServiceMonitor")
             check("queue_depth_hpa" in seen, "no overlay scales on attn_queue_depth")
+            check("session_affinity" in seen, "no overlay routes sessions by x-session-id")
         elif len(argv) == 4 and argv[1] == "compose":
             check_compose(argv[3], server_flags(argv[2]))
         else:
