@@ -4,6 +4,7 @@
 //   attention-cli info MODEL
 //   attention-cli health [--service=NAME]
 //   attention-cli attend --model=default --batch=1 --seq_len=16 [--output=out.npy]
+//   attention-cli session --model=default --prefill=16 --steps=8 [--check]
 //
 // Calls go through AttentionClient (client/attention_client.h): --target may
 // list several servers (balanced round-robin), --retries resends calls shed
@@ -14,7 +15,8 @@
 //
 // Exit codes: 0 success; 1 `health` found the service not SERVING (or could
 // not ask: a container HEALTHCHECK treats 1 as unhealthy and reserves 2);
-// 2 any other error, including usage errors.
+// 2 any other error, including usage errors; 3 `session --check` found the
+// session's outputs differ from a one-shot causal Attend.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -47,6 +49,7 @@
 #include "client/attention_client.h"
 #include "client/heatmap.h"
 #include "client/npy.h"
+#include "client/session.h"
 #include "core/safetensors.h"
 #include "proto/wire/data_type.h"
 #include "proto/wire/model_info.h"
@@ -100,6 +103,16 @@ ABSL_FLAG(std::string, tokens, "",
           "self-attention also the keys). With random input it sets --seq_len.");
 ABSL_FLAG(int32_t, head, -1, "attend: the head --heatmap draws (-1: the mean over heads).");
 ABSL_FLAG(int32_t, heatmap_sequence, 0, "attend: which batch entry --heatmap draws.");
+ABSL_FLAG(int32_t, prefill, 16, "session: random tokens of the prefill.");
+ABSL_FLAG(int32_t, steps, 8, "session: one-token decode steps after the prefill.");
+ABSL_FLAG(int64_t, max_tokens, 0,
+          "session: most tokens the session may hold (0: the model's max_seq_len).");
+ABSL_FLAG(absl::Duration, idle_timeout, absl::ZeroDuration(),
+          "session: idle time before the server expires the session (0: the model's).");
+ABSL_FLAG(bool, check, false,
+          "session: compare every output row with a one-shot causal Attend of the whole "
+          "sequence (per layer for offload models); exit 3 past 1e-4 relative (fp32; 3e-2 when "
+          "bfloat16 is involved).");
 
 namespace attn::client {
 namespace {
@@ -116,6 +129,7 @@ using wire::ShapeToString;
 constexpr int kExitOk = 0;
 constexpr int kExitNotServing = 1;
 constexpr int kExitError = 2;
+constexpr int kExitCheckFailed = 3;
 
 // One sequence's probabilities ([batch, heads, seq_q, seq_k] from the
 // server), cropped to its valid rows and keys: sequence `b`
@@ -181,6 +195,8 @@ Subcommands:
   health [--service=NAME] grpc.health.v1 check: prints SERVING, NOT_SERVING, ...
                           exit 0 only when SERVING, 1 otherwise
   attend                  run one Attend request on random or --input data
+  session                 a KV-cache session: prefill random tokens, decode steps, print
+                          each step's length and latency and the session's info, close
 
 Common flags:  --target=HOST:PORT[,HOST:PORT...] (default localhost:50051)
                --timeout=10s --retries=1 (attempts per call)
@@ -189,7 +205,10 @@ attend flags:  --model=default --batch=1 --seq_len=16 --kv_len --seed=1
                --causal --probs --lengths=3,5 --key_lengths=3,5
                --dtype=float32|bfloat16|float16 --packed --output=FILE --show=8
                --heatmap=FILE.svg [--tokens="The cat sat"] [--head=N]
-Exit codes: 0 ok, 1 health not SERVING, 2 error. --helpfull lists every flag.)";
+session flags: --model=default --prefill=16 --steps=8 --max_tokens=0 --idle_timeout=0
+               --dtype=float32|bfloat16 --seed=1 --check
+Exit codes: 0 ok, 1 health not SERVING, 2 error, 3 session --check mismatch.
+--helpfull lists every flag.)";
 
 void PrintError(const absl::Status& status) {
   std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
@@ -593,6 +612,94 @@ absl::Status WriteResults(const AttendFlags& f, const AttendRequest& request,
   return absl::OkStatus();
 }
 
+// session's flags, read and checked before anything is sent.
+struct SessionFlags {
+  std::string model;
+  int64_t prefill = 0, steps = 0, max_tokens = 0;
+  absl::Duration idle_timeout;
+  attention::v1::DataType dtype = attention::v1::FLOAT32;
+  uint64_t seed = 0;
+  bool check = false;
+};
+
+absl::StatusOr<SessionFlags> ReadSessionFlags() {
+  SessionFlags f;
+  f.model = absl::GetFlag(FLAGS_model);
+  f.prefill = absl::GetFlag(FLAGS_prefill);
+  f.steps = absl::GetFlag(FLAGS_steps);
+  if (f.prefill < 0 || f.steps < 0 || f.prefill + f.steps == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--prefill and --steps must be non-negative and not both 0, got prefill=", f.prefill,
+        " steps=", f.steps));
+  }
+  f.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  f.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
+  if (f.max_tokens < 0 || f.idle_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--max_tokens and --idle_timeout must not be negative");
+  }
+  absl::StatusOr<attention::v1::DataType> dtype = wire::ParseDataType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message()));
+  f.dtype = *dtype;
+  f.seed = absl::GetFlag(FLAGS_seed);
+  f.check = absl::GetFlag(FLAGS_check);
+  return f;
+}
+
+// What one layer of a session was sent and returned, row after row: q (the
+// tokens, for models with projections), k and v (offload models), and the
+// output rows.
+struct LayerRows {
+  std::vector<float> q, k, v, out;
+};
+
+// The largest |got - want| and the largest |want| (NaN counts as a
+// difference of infinity).
+struct Diff {
+  double max_abs = 0, max_ref = 0;
+  double relative() const { return max_abs / std::max(max_ref, 1e-6); }
+};
+
+Diff CompareOutputs(const std::vector<float>& got, const std::vector<float>& want) {
+  Diff d;
+  if (got.size() != want.size()) {
+    d.max_abs = std::numeric_limits<double>::infinity();
+    return d;
+  }
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double diff = std::abs(static_cast<double>(got[i]) - want[i]);
+    d.max_abs =
+        std::max(d.max_abs, std::isnan(diff) ? std::numeric_limits<double>::infinity() : diff);
+    d.max_ref = std::max(d.max_ref, std::abs(static_cast<double>(want[i])));
+  }
+  return d;
+}
+
+// The one-shot request --check compares a session layer with: the whole
+// sequence at once, causal, no session.
+absl::StatusOr<AttendRequest> OneShotRequest(const ModelInfo& model, const LayerRows& rows,
+                                             int64_t tokens, attention::v1::DataType dtype) {
+  EncodeOptions encode;
+  encode.dtype = dtype;
+  AttendRequest request;
+  request.set_model_name(model.name());
+  request.set_request_id("attention-cli-check");
+  request.set_causal(true);
+  const int64_t q_width = static_cast<int64_t>(rows.q.size()) / tokens;
+  absl::StatusOr<Tensor> q = wire::EncodeTensor({1, tokens, q_width}, rows.q, encode, "query");
+  if (!q.ok()) return q.status();
+  *request.mutable_query() = *std::move(q);
+  if (!HasProjections(model)) {
+    const int64_t kv_width = static_cast<int64_t>(rows.k.size()) / tokens;
+    absl::StatusOr<Tensor> k = wire::EncodeTensor({1, tokens, kv_width}, rows.k, encode, "key");
+    if (!k.ok()) return k.status();
+    absl::StatusOr<Tensor> v = wire::EncodeTensor({1, tokens, kv_width}, rows.v, encode, "value");
+    if (!v.ok()) return v.status();
+    *request.mutable_key() = *std::move(k);
+    *request.mutable_value() = *std::move(v);
+  }
+  return request;
+}
+
 class Cli {
  public:
   Cli(std::string target, std::unique_ptr<AttentionClient> client)
@@ -627,6 +734,12 @@ class Cli {
     std::printf("bias: %s\n", m->bias() ? "true" : "false");
     std::printf("max_seq_len: %d\n", m->max_seq_len());
     std::printf("max_request_tokens: %d\n", m->max_request_tokens());
+    std::printf("projections: %s\n", HasProjections(*m) ? "true" : "false");
+    std::printf("num_layers: %d\n", std::max(1, m->num_layers()));
+    std::printf("kv_cache_dtype: %s\n", DataTypeName(m->kv_cache_dtype()).c_str());
+    std::printf("kv_cache_bytes: %lld\n", static_cast<long long>(m->kv_cache_bytes()));
+    std::printf("session_idle_timeout_ms: %lld\n",
+                static_cast<long long>(m->session_idle_timeout_ms()));
     return kExitOk;
   }
 
@@ -681,6 +794,106 @@ class Cli {
       return Fail(s);
     }
     return kExitOk;
+  }
+
+  // session: create, prefill, steps, info, (--check), close. Every layer of
+  // an offload model gets its own random q, k, v each step; a step's latency
+  // covers all its layers.
+  int SessionRun() {
+    absl::StatusOr<SessionFlags> flags = ReadSessionFlags();
+    if (!flags.ok()) return Fail(flags.status());
+    Session::Options options;
+    options.model = flags->model;
+    options.max_tokens = flags->max_tokens;
+    options.idle_timeout = flags->idle_timeout;
+    options.dtype = flags->dtype;
+    absl::StatusOr<std::unique_ptr<Session>> created = Session::Create(client_.get(), options);
+    if (!created.ok()) return FailModel(Explain(created.status()));
+    Session& session = **created;
+    const ModelInfo& model = session.model();
+    std::printf("session: %s model=%s layers=%d projections=%s kv_cache_dtype=%s\n",
+                session.id().c_str(), model.name().c_str(), session.num_layers(),
+                HasProjections(model) ? "true" : "false",
+                DataTypeName(model.kv_cache_dtype()).c_str());
+    std::mt19937_64 gen(flags->seed);
+    std::vector<LayerRows> layers(static_cast<size_t>(session.num_layers()));
+    // Appends n random tokens to every layer: the wall time, or the error.
+    auto append = [&](int64_t n) -> absl::StatusOr<absl::Duration> {
+      absl::Duration took;
+      for (int l = 0; l < session.num_layers(); ++l) {
+        LayerRows& rows = layers[static_cast<size_t>(l)];
+        const HostTensor q = RandomNormal({n, session.query_width()}, gen);
+        HostTensor k, v;
+        if (!HasProjections(model)) {
+          k = RandomNormal({n, session.kv_width()}, gen);
+          v = RandomNormal({n, session.kv_width()}, gen);
+        }
+        const absl::Time start = absl::Now();
+        absl::StatusOr<Session::Result> r = HasProjections(model)
+                                                ? session.Append(q.values)
+                                                : session.Append(l, q.values, k.values, v.values);
+        took += absl::Now() - start;
+        if (!r.ok()) return Explain(r.status());
+        rows.q.insert(rows.q.end(), q.values.begin(), q.values.end());
+        rows.k.insert(rows.k.end(), k.values.begin(), k.values.end());
+        rows.v.insert(rows.v.end(), v.values.begin(), v.values.end());
+        rows.out.insert(rows.out.end(), r->output.begin(), r->output.end());
+      }
+      return took;
+    };
+    auto length = [&] {
+      int64_t n = session.length(0);
+      for (int l = 1; l < session.num_layers(); ++l) n = std::min(n, session.length(l));
+      return static_cast<long long>(n);
+    };
+    if (flags->prefill > 0) {
+      absl::StatusOr<absl::Duration> took = append(flags->prefill);
+      if (!took.ok()) return Fail(took.status());
+      std::printf("prefill: tokens=%lld length=%lld latency_us=%lld\n",
+                  static_cast<long long>(flags->prefill), length(),
+                  static_cast<long long>(absl::ToInt64Microseconds(*took)));
+    }
+    for (int64_t i = 1; i <= flags->steps; ++i) {
+      absl::StatusOr<absl::Duration> took = append(1);
+      if (!took.ok()) return Fail(took.status());
+      std::printf("step %lld: length=%lld latency_us=%lld\n", static_cast<long long>(i), length(),
+                  static_cast<long long>(absl::ToInt64Microseconds(*took)));
+    }
+    absl::StatusOr<attention::v1::SessionInfo> info = session.Info();
+    if (!info.ok()) return Fail(Explain(info.status()));
+    std::vector<std::string> layer_lengths;
+    for (int64_t n : info->layer_lengths()) layer_lengths.push_back(absl::StrCat(n));
+    std::printf(
+        "info: length=%lld layer_lengths=%s max_tokens=%lld idle_timeout_ms=%lld bytes=%lld\n",
+        static_cast<long long>(info->length()), absl::StrJoin(layer_lengths, ",").c_str(),
+        static_cast<long long>(info->max_tokens()), static_cast<long long>(info->idle_timeout_ms()),
+        static_cast<long long>(info->bytes()));
+    bool mismatch = false;
+    if (flags->check) {
+      const bool bf16 = model.dtype() == attention::v1::BFLOAT16 ||
+                        model.kv_cache_dtype() == attention::v1::BFLOAT16 ||
+                        flags->dtype != attention::v1::FLOAT32;
+      const double tolerance = bf16 ? 3e-2 : 1e-4;
+      const int64_t tokens = flags->prefill + flags->steps;
+      for (int l = 0; l < session.num_layers(); ++l) {
+        const LayerRows& rows = layers[static_cast<size_t>(l)];
+        absl::StatusOr<AttendRequest> request = OneShotRequest(model, rows, tokens, flags->dtype);
+        if (!request.ok()) return Fail(request.status());
+        absl::StatusOr<AttendResponse> one_shot = client_->Attend(*request);
+        if (!one_shot.ok()) return Fail(Explain(one_shot.status()));
+        absl::StatusOr<std::vector<float>> want = DecodeTensor(one_shot->output(), "output");
+        if (!want.ok()) return Fail(absl::DataLossError(want.status().message()));
+        const Diff d = CompareOutputs(rows.out, *want);
+        const bool ok = d.relative() <= tolerance;
+        mismatch |= !ok;
+        std::printf("check: layer=%d rows=%lld max_abs_diff=%.3g relative=%.3g tolerance=%.0e %s\n",
+                    l, static_cast<long long>(tokens), d.max_abs, d.relative(), tolerance,
+                    ok ? "ok" : "MISMATCH");
+      }
+    }
+    if (absl::Status s = session.Close(); !s.ok()) return Fail(Explain(s));
+    std::printf("closed: %s\n", session.id().c_str());
+    return mismatch ? kExitCheckFailed : kExitOk;
   }
 
  private:
@@ -771,7 +984,7 @@ int Run(int argc, char** argv) {
         absl::StrCat("--retries (attempts per call) must be in 1..5, got ", options.max_attempts));
   }
   size_t allowed_args;
-  if (command == "models" || command == "attend") {
+  if (command == "models" || command == "attend" || command == "session") {
     allowed_args = 0;
   } else if (command == "info" || command == "health") {
     allowed_args = 1;
@@ -792,6 +1005,7 @@ int Run(int argc, char** argv) {
   if (command == "models") return cli.Models();
   if (command == "info") return cli.Info(rest.empty() ? absl::GetFlag(FLAGS_model) : rest[0]);
   if (command == "health") return cli.Health(rest.empty() ? absl::GetFlag(FLAGS_service) : rest[0]);
+  if (command == "session") return cli.SessionRun();
   return cli.Attend();
 }
 

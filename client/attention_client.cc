@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <random>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -288,6 +289,13 @@ class StreamImpl final : public AttentionClient::Stream,
 
 }  // namespace
 
+std::string NewSessionId() {
+  std::random_device device;
+  std::string id = "s-";
+  for (int i = 0; i < 4; ++i) absl::StrAppendFormat(&id, "%08x", device());
+  return id;
+}
+
 absl::StatusOr<std::string> ChannelTarget(const std::vector<std::string>& targets) {
   if (targets.empty()) return absl::InvalidArgumentError("targets: expected at least one target");
   if (targets.size() == 1) {
@@ -439,10 +447,16 @@ absl::Time AttentionClient::Deadline(absl::Duration timeout) const {
   return absl::Now() + (timeout > absl::ZeroDuration() ? timeout : options_.timeout);
 }
 
+void AttentionClient::Prepare(grpc::ClientContext* context, absl::Duration timeout,
+                              const std::string& session_id) const {
+  context->set_deadline(absl::ToChronoTime(Deadline(timeout)));
+  if (!session_id.empty()) context->AddMetadata(kSessionIdMetadata, session_id);
+}
+
 absl::StatusOr<AttendResponse> AttentionClient::Attend(const AttendRequest& request,
                                                        absl::Duration timeout) {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(Deadline(timeout)));
+  Prepare(&context, timeout, request.session_id());
   AttendResponse response;
   if (absl::Status s = FromGrpc(stub_->Attend(&context, request, &response)); !s.ok()) return s;
   return response;
@@ -456,7 +470,7 @@ void AttentionClient::AttendAsync(const AttendRequest* request, AttendResponse* 
     std::function<void(absl::Status)> done;
   };
   auto* call = new Call;
-  call->context.set_deadline(absl::ToChronoTime(Deadline(timeout)));
+  Prepare(&call->context, timeout, request->session_id());
   call->done = std::move(done);
   stub_->async()->Attend(&call->context, request, response, [call](grpc::Status status) {
     std::function<void(absl::Status)> done = std::move(call->done);
@@ -492,6 +506,49 @@ absl::StatusOr<attention::v1::ModelInfo> AttentionClient::GetModel(const std::st
   request.set_name(name);
   attention::v1::ModelInfo info;
   if (absl::Status s = FromGrpc(stub_->GetModel(&context, request, &info)); !s.ok()) return s;
+  return info;
+}
+
+absl::StatusOr<attention::v1::SessionInfo> AttentionClient::CreateSession(
+    const attention::v1::CreateSessionRequest& request) {
+  grpc::ClientContext context;
+  Prepare(&context, absl::ZeroDuration(), request.session_id());
+  attention::v1::SessionInfo info;
+  if (absl::Status s = FromGrpc(stub_->CreateSession(&context, request, &info)); !s.ok()) return s;
+  return info;
+}
+
+absl::Status AttentionClient::CloseSession(const std::string& session_id) {
+  grpc::ClientContext context;
+  Prepare(&context, absl::ZeroDuration(), session_id);
+  attention::v1::CloseSessionRequest request;
+  request.set_session_id(session_id);
+  attention::v1::CloseSessionResponse response;
+  return FromGrpc(stub_->CloseSession(&context, request, &response));
+}
+
+absl::StatusOr<attention::v1::SessionInfo> AttentionClient::GetSession(
+    const std::string& session_id) {
+  grpc::ClientContext context;
+  Prepare(&context, absl::ZeroDuration(), session_id);
+  attention::v1::GetSessionRequest request;
+  request.set_session_id(session_id);
+  attention::v1::SessionInfo info;
+  if (absl::Status s = FromGrpc(stub_->GetSession(&context, request, &info)); !s.ok()) return s;
+  return info;
+}
+
+absl::StatusOr<attention::v1::SessionInfo> AttentionClient::TruncateSession(
+    const std::string& session_id, int64_t length) {
+  grpc::ClientContext context;
+  Prepare(&context, absl::ZeroDuration(), session_id);
+  attention::v1::TruncateSessionRequest request;
+  request.set_session_id(session_id);
+  request.set_length(length);
+  attention::v1::SessionInfo info;
+  if (absl::Status s = FromGrpc(stub_->TruncateSession(&context, request, &info)); !s.ok()) {
+    return s;
+  }
   return info;
 }
 

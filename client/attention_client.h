@@ -10,6 +10,13 @@
 // cancels calls its handler never saw), with exponential backoff, honouring the server's
 // grpc-retry-pushback-ms hint.
 //
+// Every call that names a session (an AttendRequest with session_id, and the
+// session RPCs) also carries it as `x-session-id` metadata
+// (kSessionIdMetadata), the key a session-affine L7 balancer hashes on
+// (DESIGN.md, Sessions); CreateSession with a client-chosen id carries it too.
+// Client-side round_robin over several targets cannot
+// keep a session on one replica: client/session.h refuses it.
+//
 // Errors come back as absl::Status with the gRPC code (same numbers) and the
 // server's message. Thread-safe: calls may be made from any number of
 // threads. Calls and streams in flight keep the channel alive, but callers
@@ -32,6 +39,9 @@
 #include "grpcpp/channel.h"
 
 namespace attn::client {
+
+// The metadata key that carries a call's session id.
+inline constexpr char kSessionIdMetadata[] = "x-session-id";
 
 class AttentionClient {
  public:
@@ -75,7 +85,8 @@ class AttentionClient {
   // targets cannot be resolved.
   static absl::StatusOr<std::unique_ptr<AttentionClient>> Create(const Options& options);
 
-  // Unary Attend. `timeout` <= 0 uses Options::timeout.
+  // Unary Attend. `timeout` <= 0 uses Options::timeout. A request with a
+  // session_id also sends it as x-session-id metadata (so does AttendAsync).
   absl::StatusOr<attention::v1::AttendResponse> Attend(
       const attention::v1::AttendRequest& request, absl::Duration timeout = absl::ZeroDuration());
 
@@ -121,6 +132,17 @@ class AttentionClient {
 
   absl::StatusOr<std::vector<attention::v1::ModelInfo>> ListModels();
   absl::StatusOr<attention::v1::ModelInfo> GetModel(const std::string& name);
+  // KV-cache sessions (attention.proto); each call sends the session id as
+  // x-session-id metadata (CreateSession when the request names its
+  // client-chosen id: see NewSessionId). client/session.h builds on them (it
+  // tracks each layer's length for the Attend requests).
+  absl::StatusOr<attention::v1::SessionInfo> CreateSession(
+      const attention::v1::CreateSessionRequest& request);
+  absl::Status CloseSession(const std::string& session_id);
+  absl::StatusOr<attention::v1::SessionInfo> GetSession(const std::string& session_id);
+  absl::StatusOr<attention::v1::SessionInfo> TruncateSession(const std::string& session_id,
+                                                             int64_t length);
+
   // "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" (health's names); `service`
   // "" is the whole server, or a model name. An error when the call fails.
   absl::StatusOr<std::string> Health(const std::string& service = "");
@@ -132,12 +154,22 @@ class AttentionClient {
   AttentionClient(const Options& options, std::shared_ptr<grpc::Channel> channel);
   // now + `timeout`, or + Options::timeout when `timeout` <= 0.
   absl::Time Deadline(absl::Duration timeout) const;
+  // Sets the deadline, and the x-session-id metadata when `session_id` is
+  // not empty.
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout,
+               const std::string& session_id) const;
 
   const Options options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
+
+// A new client-chosen session id for CreateSessionRequest.session_id: "s-"
+// and 128 bits from std::random_device in hex (unguessable, and known before
+// the call, so a balancer hashing x-session-id sends the CreateSession to the
+// replica the session's steps reach).
+std::string NewSessionId();
 
 // The channel target that Create uses (exposed for tests and for tools that
 // build their own channels). One target is returned as is: gRPC resolves it

@@ -22,7 +22,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "attention/v1/attention.grpc.pb.h"
+#include "client/session.h"
+#include "core/kv_cache.h"
 #include "core/multi_head_attention.h"
 #include "core/mutex.h"
 #include "grpcpp/security/server_credentials.h"
@@ -96,6 +99,11 @@ class AttentionClientTest : public ::testing::Test {
     m.max_request_tokens = 256;
     m.mha = *core::MultiHeadAttention::Create(m.config,
                                               core::RandomAttentionWeights(m.config, kSeed), {});
+    core::KvBlockPool::Options pool;  // sessions: 64 blocks
+    pool.shape.num_kv_heads = kHeads;
+    pool.shape.head_dim = kEmbed / kHeads;
+    pool.max_bytes = 64 * pool.shape.block_bytes();
+    m.kv_pool = *core::KvBlockPool::Create(pool);
     models.push_back(std::move(m));
     options.listen = "127.0.0.1:0";
     options.metrics_listen = "";
@@ -412,6 +420,71 @@ TEST_F(AttentionClientTest, TwoTargetsOneDownEveryCallSucceeds) {
     absl::StatusOr<AttendResponse> resp = (*client)->Attend(MakeRequest(1, 1 + i % 4));
     ASSERT_TRUE(resp.ok()) << "call " << i << ": " << resp.status();
   }
+}
+
+TEST_F(AttentionClientTest, SessionPrefillAndStepsMatchAOneShotCausalAttend) {
+  Session::Options options;
+  options.model = "small";
+  auto session = Session::Create(client_.get(), options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist;
+  constexpr int kTokens = 10;
+  std::vector<float> tokens(kTokens * kEmbed);
+  for (float& x : tokens) x = dist(rng);
+  auto rows = [&](int first, int n) {
+    return absl::MakeConstSpan(tokens).subspan(first * kEmbed, n * kEmbed);
+  };
+  std::vector<float> got;
+  auto prefill = (*session)->Prefill(rows(0, 6));
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  EXPECT_EQ(prefill->session_length, 6);
+  got = prefill->output;
+  for (int i = 6; i < kTokens; ++i) {
+    auto step = (*session)->Step(rows(i, 1));
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(step->session_length, i + 1);
+    got.insert(got.end(), step->output.begin(), step->output.end());
+  }
+  AttendRequest one_shot = MakeRequest(1, kTokens);
+  *one_shot.mutable_query() = *wire::EncodeTensor({1, kTokens, kEmbed}, tokens);
+  one_shot.set_causal(true);
+  auto want = client_->Attend(one_shot);
+  ASSERT_TRUE(want.ok()) << want.status();
+  const std::vector<float> w = RawFloats(want->output());
+  ASSERT_EQ(got.size(), w.size());
+  for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(got[i], w[i], 1e-4f) << i;
+
+  // Roll back two tokens and recompute the first of them.
+  auto truncated = (*session)->Truncate(8);
+  ASSERT_TRUE(truncated.ok()) << truncated.status();
+  EXPECT_EQ(truncated->length(), 8);
+  auto again = (*session)->Step(rows(8, 1));
+  ASSERT_TRUE(again.ok()) << again.status();
+  for (int c = 0; c < kEmbed; ++c) ASSERT_NEAR(again->output[c], w[8 * kEmbed + c], 1e-4f) << c;
+
+  const std::string id = (*session)->id();
+  ASSERT_TRUE((*session)->Close().ok());
+  auto gone = client_->GetSession(id);
+  EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(gone.status().message(), "closed")) << gone.status();
+}
+
+TEST_F(AttentionClientTest, ASessionStepWithAStaleLengthIsRefusedAndAppendsNothing) {
+  Session::Options options;
+  options.model = "small";
+  auto session = Session::Create(client_.get(), options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Prefill(std::vector<float>(3 * kEmbed, 0.5f)).ok());
+  AttendRequest stale = MakeRequest(1, 1);
+  stale.set_session_id((*session)->id());
+  stale.set_expected_length(2);
+  stale.set_causal(true);
+  auto refused = client_->Attend(stale);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto info = (*session)->Info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->length(), 3);
 }
 
 // An AttentionService whose Attend fails its first `failures` attempts with

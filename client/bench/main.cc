@@ -4,6 +4,7 @@
 //   attention-bench --model=default --seq_len=128 --concurrency=1:64:x2 [--core]
 //   attention-bench --request_rate=200:800:x2 --request_distribution=poisson
 //   attention-bench --noop_baseline --seq_len=8      # gRPC cost of the same payload
+//   attention-bench --sessions=1,8,32 --context=1024 --steps=64   # KV-cache decode
 //
 // Each step (a concurrency or a request rate) warms up, then measures
 // windows until the last three agree within --stability_percentage (or
@@ -17,6 +18,14 @@
 // against a server that answers every Attend with a canned response of the
 // right size and does no work: this binary again, in a child process (so the
 // call crosses processes as it does to attention-server).
+//
+// --sessions is the decode benchmark (session_runner.h): N sessions
+// prefilled with --context tokens each, then closed-loop decode steps (each
+// session one step in flight, a step one Attend per layer of the model),
+// reporting steps/s, tokens/s, step latency percentiles and the GB/s of
+// K/V the steps read (from ModelInfo: 2 x length x num_kv_heads x head_dim x
+// the kv_cache_dtype's size, per step and layer). With --noop_baseline the
+// no-op server answers the session calls too, with a real step's response.
 //
 // The parts live beside this file (perf_analyzer's layout): options.h (the
 // options and the grammar of the sweep and length flags), workload.h,
@@ -77,6 +86,12 @@ ABSL_FLAG(std::string, csv, "", "Write the report as CSV (perf_analyzer's column
 ABSL_FLAG(std::string, json, "", "Write the report as JSON");
 ABSL_FLAG(int, pool, 32, "Distinct pre-built requests to cycle through");
 ABSL_FLAG(uint64_t, seed, 1, "Random seed of the request data");
+ABSL_FLAG(std::string, sessions, "",
+          "KV-cache decode mode: sessions decoding at once (N, a list A,B,C or START:END[:STEP]); "
+          "each is prefilled with --context tokens, then runs --steps closed-loop steps");
+ABSL_FLAG(int64_t, context, 128, "--sessions: tokens prefilled per session");
+ABSL_FLAG(int64_t, steps, 64, "--sessions: decode steps per session (all measured)");
+ABSL_FLAG(int, step_tokens, 1, "--sessions: tokens per decode step (e.g. speculative drafts)");
 
 namespace {
 
@@ -107,6 +122,10 @@ attn::bench::Options OptionsFromFlags() {
   o.json = absl::GetFlag(FLAGS_json);
   o.pool = absl::GetFlag(FLAGS_pool);
   o.seed = absl::GetFlag(FLAGS_seed);
+  o.sessions = absl::GetFlag(FLAGS_sessions);
+  o.context = absl::GetFlag(FLAGS_context);
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.step_tokens = absl::GetFlag(FLAGS_step_tokens);
   return o;
 }
 
@@ -117,7 +136,9 @@ int main(int argc, char** argv) {
       "Load generator for attention-server.\n"
       "  attention-bench [--target=HOST:PORT[,HOST:PORT...]] [--model=NAME] [--batch=B]\n"
       "                  [--seq_len=N|LO:HI|A,B,C] [--concurrency=1:64:x2 | --request_rate=R]\n"
-      "                  [--streaming] [--core] [--noop_baseline] [--csv=F] [--json=F]");
+      "                  [--streaming] [--core] [--noop_baseline] [--csv=F] [--json=F]\n"
+      "  attention-bench --sessions=N[,M...] --context=T [--steps=S] [--step_tokens=K]\n"
+      "                  [--noop_baseline] [--csv=F] [--json=F]");
   absl::ParseCommandLine(argc, argv);
   if (!absl::GetFlag(FLAGS_serve_noop).empty()) {
     return attn::bench::ServeNoop(absl::GetFlag(FLAGS_serve_noop));

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -26,13 +27,48 @@ using attention::v1::AttendResponse;
 namespace {
 
 // The no-op baseline: answers every Attend with a canned response of the
-// size the real server would send, without looking at the request.
+// size the real server would send, without computing anything.
 class NoopService final : public attention::v1::AttentionService::CallbackService {
  public:
   explicit NoopService(AttendResponse canned) : canned_(std::move(canned)) {}
-  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context, const AttendRequest*,
+  // A session request also gets the length it would have (expected_length
+  // plus its query rows), so a client tracking lengths goes on.
+  grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
+                                   const AttendRequest* request,
                                    AttendResponse* response) override {
     *response = canned_;
+    if (!request->session_id().empty()) {
+      const auto& shape = request->query().shape();
+      response->set_session_length(request->expected_length() +
+                                   (shape.size() >= 2 ? shape[shape.size() - 2] : 0));
+    }
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  // Sessions are answered without state: any id is open and empty.
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const attention::v1::CreateSessionRequest* request,
+                                          attention::v1::SessionInfo* info) override {
+    info->set_session_id(absl::StrCat("noop-", next_id_.fetch_add(1)));
+    info->set_model_name(request->model_name());
+    info->set_max_tokens(request->max_tokens());
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
+                                         const attention::v1::CloseSessionRequest*,
+                                         attention::v1::CloseSessionResponse*) override {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const attention::v1::GetSessionRequest* request,
+                                       attention::v1::SessionInfo* info) override {
+    info->set_session_id(request->session_id());
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -40,9 +76,14 @@ class NoopService final : public attention::v1::AttentionService::CallbackServic
 
  private:
   const AttendResponse canned_;
+  std::atomic<int64_t> next_id_{1};
 };
 
 }  // namespace
+
+std::unique_ptr<grpc::Service> MakeNoopService(AttendResponse canned) {
+  return std::make_unique<NoopService>(std::move(canned));
+}
 
 // The child reads the canned response from a file, prints its port, and exits
 // when its stdin closes (when the NoopChild goes, or this process dies).
@@ -97,13 +138,13 @@ int ServeNoop(const std::string& path) {
     std::cerr << "attention-bench: --serve_noop: cannot read " << path << "\n";
     return 2;
   }
-  NoopService service(std::move(canned));
+  std::unique_ptr<grpc::Service> service = MakeNoopService(std::move(canned));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(256 << 20);
   builder.SetMaxSendMessageSize(256 << 20);
-  builder.RegisterService(&service);
+  builder.RegisterService(service.get());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::cerr << "attention-bench: --serve_noop: cannot listen\n";

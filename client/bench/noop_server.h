@@ -1,5 +1,7 @@
 // --noop_baseline: a server that answers every Attend with a canned
-// response of the real size and does no work, in a child process (this
+// response of the real size and does no work (session calls too: a
+// stateless CreateSession/CloseSession/GetSession, and a session Attend's
+// session_length is its expected_length plus its query rows), in a child process (this
 // binary again, with --serve_noop) so a call crosses processes as it does to
 // attention-server.
 #ifndef ATTN_CLIENT_BENCH_NOOP_SERVER_H_
@@ -12,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "attention/v1/attention.pb.h"
+#include "grpcpp/impl/service_type.h"
 
 namespace attn::bench {
 
@@ -36,6 +39,10 @@ class NoopChild {
   const std::string path_;
   int port_ = 0;
 };
+
+// The no-op service itself (for in-process tests): answers as described
+// above with `canned`.
+std::unique_ptr<grpc::Service> MakeNoopService(attention::v1::AttendResponse canned);
 
 // --serve_noop: the child's whole life. Serves the AttendResponse in `path`
 // on a free loopback port, prints "port=N", runs until stdin closes; 0

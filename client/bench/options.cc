@@ -1,6 +1,7 @@
 #include "client/bench/options.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -87,6 +88,46 @@ absl::StatusOr<LoadPlan> ParseLoadPlan(const Options& options) {
   plan.arrivals = *arrivals;
   if (plan.open_loop && options.streaming) {
     return absl::InvalidArgumentError("--streaming works with --concurrency only");
+  }
+  return plan;
+}
+
+absl::StatusOr<SessionPlan> ParseSessionPlan(const Options& options) {
+  SessionPlan plan;
+  absl::StatusOr<std::vector<double>> levels = ParseSweep("sessions", options.sessions);
+  if (!levels.ok()) return levels.status();
+  for (double level : *levels) {
+    if (level != std::floor(level)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--sessions: expected whole numbers of sessions, got ", level));
+    }
+  }
+  plan.levels = *std::move(levels);
+  if (options.context < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--context: expected >= 1 prefilled tokens, got ", options.context));
+  }
+  if (options.steps < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--steps: expected >= 1 decode steps, got ", options.steps));
+  }
+  if (options.step_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--step_tokens: expected >= 1, got ", options.step_tokens));
+  }
+  plan.context = options.context;
+  plan.steps = options.steps;
+  plan.step_tokens = options.step_tokens;
+  const std::pair<bool, const char*> others[] = {
+      {!options.concurrency.empty(), "--concurrency (--sessions is the closed loop's level)"},
+      {!options.request_rate.empty(), "--request_rate"},
+      {options.streaming, "--streaming"},
+      {options.core, "--core"},
+      {options.probs, "--probs"},
+      {options.batch != 1, "--batch (one sequence per session request)"},
+      {options.causal, "--causal (session steps are causal anyway)"}};
+  for (const auto& [set, flag] : others) {
+    if (set) return absl::InvalidArgumentError(absl::StrCat("--sessions excludes ", flag));
   }
   return plan;
 }

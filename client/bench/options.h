@@ -47,6 +47,12 @@ struct Options {
   std::string json;  // "" writes no JSON
   int pool = 32;
   uint64_t seed = 1;
+  // KV-cache decode mode (ParseSessionPlan): "" off, else sessions in
+  // flight, a sweep like --concurrency.
+  std::string sessions;
+  int64_t context = 128;  // tokens prefilled per session
+  int64_t steps = 64;     // decode steps per session, all measured
+  int step_tokens = 1;    // tokens per step (e.g. speculative drafts)
 };
 
 // A sweep of levels: "N", a list "A,B,C", or "START:END[:STEP]" where STEP
@@ -71,6 +77,21 @@ struct LoadPlan {
 // a sweep or --request_distribution does not parse, or for --streaming with
 // --request_rate.
 absl::StatusOr<LoadPlan> ParseLoadPlan(const Options& options);
+
+// What --sessions asks for: at each level, that many sessions each
+// prefilled with `context` tokens, then `steps` closed-loop decode steps of
+// `step_tokens` tokens (every session one step at a time, all in flight).
+struct SessionPlan {
+  std::vector<double> levels;  // whole numbers of sessions
+  int64_t context = 0, steps = 0;
+  int step_tokens = 1;
+};
+// InvalidArgument naming the flag: --sessions not a sweep of whole positive
+// numbers, --context < 1, --steps < 1, --step_tokens < 1, or a flag of
+// another mode with it (--concurrency, --request_rate, --streaming, --core,
+// --probs, --batch other than 1, --causal: session steps are causal
+// anyway).
+absl::StatusOr<SessionPlan> ParseSessionPlan(const Options& options);
 
 // The query lengths of --seq_len: one value, a uniform range, or a list
 // picked from uniformly. Thread-compatible; Sample() uses the caller's rng.

@@ -2,10 +2,13 @@
 
 #include <random>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace attn::bench {
@@ -153,6 +156,75 @@ TEST(ParseLoadPlanTest, RefusesContradictoryFlags) {
   bad_arrivals.request_distribution = "bursty";
   EXPECT_TRUE(absl::StrContains(ParseLoadPlan(bad_arrivals).status().message(),
                                 "--request_distribution: "));
+}
+
+// Options with this --sessions (moved in; see workload_test's WithLengths).
+Options WithSessions(std::string sessions) {
+  Options o;
+  o.sessions = std::move(sessions);
+  return o;
+}
+
+TEST(ParseSessionPlanTest, TakesASweepOfSessionsAndThePlan) {
+  Options o = WithSessions("1:8:x2");
+  o.context = 1024;
+  o.steps = 16;
+  o.step_tokens = 4;
+  absl::StatusOr<SessionPlan> plan = ParseSessionPlan(o);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->levels, (Levels{1, 2, 4, 8}));
+  EXPECT_EQ(plan->context, 1024);
+  EXPECT_EQ(plan->steps, 16);
+  EXPECT_EQ(plan->step_tokens, 4);
+  // The defaults: 128 tokens of context, 64 one-token steps.
+  absl::StatusOr<SessionPlan> defaults = ParseSessionPlan(WithSessions("3"));
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->levels, (Levels{3}));
+  EXPECT_EQ(defaults->context, 128);
+  EXPECT_EQ(defaults->steps, 64);
+  EXPECT_EQ(defaults->step_tokens, 1);
+}
+
+TEST(ParseSessionPlanTest, RefusesBadValuesAndOtherModesNamingTheFlag) {
+  EXPECT_TRUE(
+      absl::StrContains(ParseSessionPlan(WithSessions("0")).status().message(), "--sessions: "));
+  EXPECT_EQ(ParseSessionPlan(WithSessions("1.5")).status().message(),
+            "--sessions: expected whole numbers of sessions, got 1.5");
+  Options context = WithSessions("2");
+  context.context = 0;
+  EXPECT_EQ(ParseSessionPlan(context).status().message(),
+            "--context: expected >= 1 prefilled tokens, got 0");
+  Options steps = WithSessions("2");
+  steps.steps = 0;
+  EXPECT_EQ(ParseSessionPlan(steps).status().message(),
+            "--steps: expected >= 1 decode steps, got 0");
+  Options step_tokens = WithSessions("2");
+  step_tokens.step_tokens = 0;
+  EXPECT_EQ(ParseSessionPlan(step_tokens).status().message(),
+            "--step_tokens: expected >= 1, got 0");
+  Options concurrency = WithSessions("2");
+  concurrency.concurrency = "4";
+  Options rate = WithSessions("2");
+  rate.request_rate = "4";
+  Options streaming = WithSessions("2");
+  streaming.streaming = true;
+  Options core = WithSessions("2");
+  core.core = true;
+  Options batch = WithSessions("2");
+  batch.batch = 2;
+  Options causal = WithSessions("2");
+  causal.causal = true;
+  const std::pair<Options, const char*> excluded[] = {{concurrency, "--concurrency"},
+                                                      {rate, "--request_rate"},
+                                                      {streaming, "--streaming"},
+                                                      {core, "--core"},
+                                                      {batch, "--batch"},
+                                                      {causal, "--causal"}};
+  for (const auto& [o, flag] : excluded) {
+    const absl::Status s = ParseSessionPlan(o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << flag;
+    EXPECT_TRUE(absl::StrContains(s.message(), absl::StrCat("--sessions excludes ", flag))) << s;
+  }
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "attention/v1/attention.pb.h"
 #include "client/bench/options.h"
+#include "client/bench/session_runner.h"
 #include "client/bench/statistics.h"
 #include "nlohmann/json.hpp"
 
@@ -39,6 +40,21 @@ nlohmann::json JsonReport(const nlohmann::json& header, const std::vector<StepRe
 // cannot be written.
 absl::Status WriteJson(const std::string& path, const nlohmann::json& header,
                        const std::vector<StepReport>& steps);
+
+// --sessions: the table (one row per level), the CSV and the JSON report.
+// The JSON header is JsonHeader's with the plan and the model's session
+// fields (num_layers, projections, kv_cache_dtype).
+void PrintSessionHeader(std::FILE* out);
+void PrintSessionRow(std::FILE* out, const SessionReport& r);
+std::string SessionCsvReport(const std::vector<SessionReport>& levels);
+nlohmann::json SessionJsonHeader(const Options& options, const attention::v1::ModelInfo& info,
+                                 const SessionPlan& plan);
+nlohmann::json SessionJsonReport(const nlohmann::json& header,
+                                 const std::vector<SessionReport>& levels);
+// The two reports to options.csv / options.json (when set); Unavailable
+// naming the flag when a file cannot be written.
+absl::Status WriteSessionReports(const Options& options, const nlohmann::json& header,
+                                 const std::vector<SessionReport>& levels);
 
 }  // namespace attn::bench
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "client/bench/profiler.h"
 #include "client/bench/recorder.h"
 #include "client/bench/report_writer.h"
+#include "client/bench/session_runner.h"
 #include "client/bench/statistics.h"
 
 namespace attn::bench {
@@ -37,9 +39,128 @@ std::unique_ptr<LoadManager> MakeLoad(const Options& options, const LoadPlan& pl
                                 options.error_backoff);
 }
 
+// --noop_baseline: starts the no-op child answering with `sample` and
+// points `client` at it. False (the error on stderr) when that fails.
+bool SwapInNoop(const attention::v1::AttendResponse& sample,
+                const client::AttentionClient::Options& copts, std::unique_ptr<NoopChild>* noop,
+                std::unique_ptr<client::AttentionClient>* client) {
+  auto child = NoopChild::Start(sample);
+  if (!child.ok()) {
+    std::cerr << "attention-bench: no-op server: " << child.status().message() << "\n";
+    return false;
+  }
+  *noop = *std::move(child);
+  client::AttentionClient::Options nopts = copts;
+  nopts.targets = {absl::StrCat("127.0.0.1:", (*noop)->port())};
+  auto noop_client = client::AttentionClient::Create(nopts);
+  if (!noop_client.ok()) {
+    std::cerr << "attention-bench: " << noop_client.status() << "\n";
+    return false;
+  }
+  *client = *std::move(noop_client);
+  return true;
+}
+
+// A canned decode step for the no-op server: one real step (layer 0) on a
+// real session of the model, which is then closed.
+absl::StatusOr<attention::v1::AttendResponse> SampleStep(client::AttentionClient* client,
+                                                         const SessionWorkload& w) {
+  attention::v1::CreateSessionRequest create;
+  create.set_model_name(w.info.name());
+  create.set_session_id(client::NewSessionId());
+  absl::StatusOr<attention::v1::SessionInfo> session = client->CreateSession(create);
+  if (!session.ok()) return session.status();
+  auto request = [&](int64_t length, const SessionWorkload::Rows& rows) {
+    attention::v1::AttendRequest r;
+    r.set_model_name(w.info.name());
+    r.set_session_id(session->session_id());
+    r.set_expected_length(length);
+    r.set_causal(true);
+    *r.mutable_query() = rows.q;
+    if (!w.projections) {
+      *r.mutable_key() = rows.k;
+      *r.mutable_value() = rows.v;
+    }
+    return r;
+  };
+  absl::StatusOr<attention::v1::AttendResponse> prefill = client->Attend(request(0, w.prefill[0]));
+  absl::StatusOr<attention::v1::AttendResponse> step =
+      prefill.ok() ? client->Attend(request(prefill->session_length(), w.step[0])) : prefill;
+  client->CloseSession(session->session_id()).IgnoreError();
+  return step;
+}
+
+// --sessions: every level of the sweep (session_runner.h), the table, the
+// reports. Exit codes as Run's.
+int RunSessions(const Options& options, const SessionPlan& plan,
+                const client::AttentionClient::Options& copts,
+                std::unique_ptr<client::AttentionClient> client,
+                const attention::v1::ModelInfo& info) {
+  absl::StatusOr<SessionWorkload> workload = BuildSessionWorkload(info, plan, options);
+  if (!workload.ok()) {
+    std::cerr << "attention-bench: " << workload.status().message() << "\n";
+    return 2;
+  }
+  std::unique_ptr<NoopChild> noop;
+  if (options.noop_baseline) {
+    auto sample = SampleStep(client.get(), *workload);
+    if (!sample.ok()) {
+      std::cerr << "attention-bench: sample session step: " << sample.status() << "\n";
+      return 2;
+    }
+    sample->clear_timing();  // the no-op server computes nothing
+    if (!SwapInNoop(*sample, copts, &noop, &client)) return 2;
+  }
+  std::printf(
+      "attention-bench: %s model=%s (H=%d kv=%d head_dim=%d layers=%d %s kv_cache=%s) "
+      "context=%lld steps=%lld step_tokens=%d dtype=%s\n",
+      options.noop_baseline ? "NO-OP BASELINE" : options.target.c_str(), info.name().c_str(),
+      info.num_heads(), info.num_kv_heads(), info.head_dim(), workload->num_layers,
+      workload->projections ? "projections" : "offload",
+      attention::v1::DataType_Name(info.kv_cache_dtype()).c_str(),
+      static_cast<long long>(plan.context), static_cast<long long>(plan.steps), plan.step_tokens,
+      options.dtype.c_str());
+  PrintSessionHeader(stdout);
+  std::vector<SessionReport> levels;
+  for (double level : plan.levels) {
+    absl::StatusOr<SessionReport> r =
+        RunSessionLevel(client.get(), *workload, static_cast<int>(level));
+    if (!r.ok()) {
+      std::cerr << "attention-bench: --sessions=" << level << ": " << r.status() << "\n";
+      return 2;
+    }
+    if (options.noop_baseline) {  // no K/V was read
+      r->kv_bytes = 0;
+      r->kv_gb_per_s = 0;
+    }
+    PrintSessionRow(stdout, *r);
+    levels.push_back(*std::move(r));
+  }
+  if (absl::Status s = WriteSessionReports(options, SessionJsonHeader(options, info, plan), levels);
+      !s.ok()) {
+    std::cerr << "attention-bench: " << s.message() << "\n";
+    return 2;
+  }
+  noop.reset();
+  for (const SessionReport& r : levels) {
+    if (!r.errors.empty()) return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int Run(const Options& options, const CoreRun& core_run) {
+  // --sessions' flags are checked before anything is sent.
+  std::optional<SessionPlan> session_plan;
+  if (!options.sessions.empty()) {
+    absl::StatusOr<SessionPlan> plan = ParseSessionPlan(options);
+    if (!plan.ok()) {
+      std::cerr << "attention-bench: " << plan.status().message() << "\n";
+      return 2;
+    }
+    session_plan = *std::move(plan);
+  }
   client::AttentionClient::Options copts;
   copts.targets = absl::StrSplit(options.target, ',', absl::SkipEmpty());
   copts.timeout = options.timeout;
@@ -54,6 +175,7 @@ int Run(const Options& options, const CoreRun& core_run) {
     std::cerr << "attention-bench: GetModel(" << options.model << "): " << info.status() << "\n";
     return 2;
   }
+  if (session_plan) return RunSessions(options, *session_plan, copts, *std::move(real), *info);
   auto workload = BuildWorkload(*info, options);
   if (!workload.ok()) {
     std::cerr << "attention-bench: " << workload.status().message() << "\n";
@@ -68,20 +190,7 @@ int Run(const Options& options, const CoreRun& core_run) {
       std::cerr << "attention-bench: sample request: " << sample.status() << "\n";
       return 2;
     }
-    auto child = NoopChild::Start(*sample);
-    if (!child.ok()) {
-      std::cerr << "attention-bench: no-op server: " << child.status().message() << "\n";
-      return 2;
-    }
-    noop = *std::move(child);
-    client::AttentionClient::Options nopts = copts;
-    nopts.targets = {absl::StrCat("127.0.0.1:", noop->port())};
-    auto noop_client = client::AttentionClient::Create(nopts);
-    if (!noop_client.ok()) {
-      std::cerr << "attention-bench: " << noop_client.status() << "\n";
-      return 2;
-    }
-    client = *std::move(noop_client);
+    if (!SwapInNoop(*sample, copts, &noop, &client)) return 2;
   }
 
   absl::StatusOr<LoadPlan> plan = ParseLoadPlan(options);

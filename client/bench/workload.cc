@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "client/session.h"
 #include "proto/wire/data_type.h"
 #include "proto/wire/model_info.h"
 #include "proto/wire/tensor_codec.h"
@@ -79,6 +80,84 @@ absl::StatusOr<Workload> BuildWorkload(const attention::v1::ModelInfo& info,
     w.lengths.push_back(lens);
   }
   return w;
+}
+
+absl::StatusOr<SessionWorkload> BuildSessionWorkload(const attention::v1::ModelInfo& info,
+                                                     const SessionPlan& plan,
+                                                     const Options& options) {
+  SessionWorkload w;
+  w.info = info;
+  w.plan = plan;
+  w.num_layers = std::max(1, info.num_layers());
+  w.projections = client::HasProjections(info);
+  w.q_width = w.projections ? info.embed_dim() : int64_t{info.num_heads()} * info.head_dim();
+  w.kv_width = int64_t{info.num_kv_heads()} * info.head_dim();
+  if (w.q_width <= 0 || (!w.projections && w.kv_width <= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", info.name(), "': no row width (embed_dim, heads, head_dim)"));
+  }
+  const int64_t tokens = plan.context + plan.steps * plan.step_tokens;
+  if (tokens > info.max_seq_len()) {
+    return absl::InvalidArgumentError(absl::StrCat("--context + --steps x --step_tokens: ", tokens,
+                                                   " tokens per session, more than the "
+                                                   "model's max_seq_len (",
+                                                   info.max_seq_len(), ")"));
+  }
+  if (plan.context > info.max_request_tokens()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--context: at most ", info.max_request_tokens(),
+                     " (the model's max_request_tokens: the prefill is one request)"));
+  }
+  static constexpr attention::v1::DataType kServed[] = {attention::v1::FLOAT32,
+                                                        attention::v1::BFLOAT16};
+  absl::StatusOr<attention::v1::DataType> dtype = wire::ParseDataType(options.dtype);
+  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--", dtype.status().message()));
+  if (absl::Status s = wire::CheckDataType(*dtype, "--dtype", kServed); !s.ok()) return s;
+  wire::EncodeOptions encode;
+  encode.dtype = *dtype;
+  std::mt19937_64 rng(options.seed);
+  std::normal_distribution<float> normal;
+  auto random = [&](int64_t rows, int64_t width, attention::v1::Tensor* t,
+                    absl::string_view field) {
+    std::vector<float> v(static_cast<size_t>(rows * width));
+    for (float& x : v) x = normal(rng);
+    absl::StatusOr<attention::v1::Tensor> encoded =
+        wire::EncodeTensor({1, rows, width}, v, encode, field);
+    if (!encoded.ok()) return encoded.status();
+    *t = *std::move(encoded);
+    return absl::OkStatus();
+  };
+  auto fill = [&](int64_t rows, std::vector<SessionWorkload::Rows>* pool, int count) {
+    for (int i = 0; i < count; ++i) {
+      SessionWorkload::Rows r;
+      if (absl::Status s = random(rows, w.q_width, &r.q, "q"); !s.ok()) return s;
+      if (!w.projections) {
+        if (absl::Status s = random(rows, w.kv_width, &r.k, "k"); !s.ok()) return s;
+        if (absl::Status s = random(rows, w.kv_width, &r.v, "v"); !s.ok()) return s;
+      }
+      pool->push_back(std::move(r));
+    }
+    return absl::OkStatus();
+  };
+  const int pool = std::max(1, options.pool);
+  if (absl::Status s = fill(plan.context, &w.prefill, std::min(pool, 4)); !s.ok()) return s;
+  if (absl::Status s = fill(plan.step_tokens, &w.step, pool); !s.ok()) return s;
+  return w;
+}
+
+int64_t KvBytesRead(const attention::v1::ModelInfo& info, int64_t length) {
+  size_t element = wire::DataTypeSize(info.kv_cache_dtype());
+  if (element == 0) element = wire::DataTypeSize(info.dtype());
+  return 2 * length * info.num_kv_heads() * info.head_dim() * static_cast<int64_t>(element);
+}
+
+double SessionKvBytes(const attention::v1::ModelInfo& info, int num_layers,
+                      const SessionPlan& plan) {
+  double bytes = 0;
+  for (int64_t s = 1; s <= plan.steps; ++s) {
+    bytes += static_cast<double>(KvBytesRead(info, plan.context + s * plan.step_tokens));
+  }
+  return bytes * num_layers;
 }
 
 }  // namespace attn::bench

@@ -130,5 +130,95 @@ TEST(WorkloadTest, RefusesOptionsThatDoNotFitNamingTheFlag) {
   }
 }
 
+// An offload model: 8 query heads over 2 kv heads of 64, 4 layers, a bf16
+// cache.
+attention::v1::ModelInfo OffloadModel() {
+  attention::v1::ModelInfo m;
+  m.set_name("offload");
+  m.set_num_heads(8);
+  m.set_num_kv_heads(2);
+  m.set_head_dim(64);
+  m.set_embed_dim(512);
+  m.set_kdim(128);
+  m.set_vdim(128);
+  m.set_dtype(attention::v1::FLOAT32);
+  m.set_projections(false);
+  m.set_num_layers(4);
+  m.set_kv_cache_dtype(attention::v1::BFLOAT16);
+  m.set_max_seq_len(4096);
+  m.set_max_request_tokens(16384);
+  return m;
+}
+
+SessionPlan Plan(int64_t context, int64_t steps, int step_tokens = 1) {
+  SessionPlan p;
+  p.levels = {1};
+  p.context = context;
+  p.steps = steps;
+  p.step_tokens = step_tokens;
+  return p;
+}
+
+TEST(SessionWorkloadTest, KvBytesAreTwoTimesLengthKvHeadsHeadDimAndTheCacheElement) {
+  // 2 (K and V) x 1000 tokens x 2 kv heads x 64 x 2 bytes (bf16).
+  EXPECT_EQ(KvBytesRead(OffloadModel(), 1000), 2 * 1000 * 2 * 64 * 2);
+  attention::v1::ModelInfo f32 = OffloadModel();
+  f32.set_kv_cache_dtype(attention::v1::FLOAT32);
+  EXPECT_EQ(KvBytesRead(f32, 1000), 2 * 1000 * 2 * 64 * 4);
+  // A server that leaves kv_cache_dtype unset stores the model's dtype.
+  attention::v1::ModelInfo unset = OffloadModel();
+  unset.set_kv_cache_dtype(attention::v1::DATA_TYPE_UNSPECIFIED);
+  unset.set_dtype(attention::v1::BFLOAT16);
+  EXPECT_EQ(KvBytesRead(unset, 10), 2 * 10 * 2 * 64 * 2);
+  // Step s of a session attends over context + s x step_tokens, on every
+  // layer: 100 + 102 + 104 tokens, x 4 layers.
+  EXPECT_DOUBLE_EQ(SessionKvBytes(OffloadModel(), 4, Plan(100, 3, 2)),
+                   4.0 * (100 + 2 + 100 + 4 + 100 + 6) * 2 * 2 * 64 * 2);
+}
+
+TEST(SessionWorkloadTest, OffloadRowsCarryQKAndVOfTheHeadWidths) {
+  Options o;
+  o.pool = 3;
+  absl::StatusOr<SessionWorkload> w = BuildSessionWorkload(OffloadModel(), Plan(16, 4, 2), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->num_layers, 4);
+  EXPECT_FALSE(w->projections);
+  EXPECT_EQ(w->q_width, 512);
+  EXPECT_EQ(w->kv_width, 128);
+  ASSERT_EQ(w->prefill.size(), 3u);
+  ASSERT_EQ(w->step.size(), 3u);
+  EXPECT_EQ(wire::ShapeToString(wire::ShapeOf(w->prefill[0].q)), "[1, 16, 512]");
+  EXPECT_EQ(wire::ShapeToString(wire::ShapeOf(w->prefill[0].k)), "[1, 16, 128]");
+  EXPECT_EQ(wire::ShapeToString(wire::ShapeOf(w->step[2].v)), "[1, 2, 128]");
+}
+
+TEST(SessionWorkloadTest, ModelsWithProjectionsSendTokensOnly) {
+  attention::v1::ModelInfo m = Model();
+  m.set_projections(true);
+  m.set_num_layers(1);
+  Options o;
+  o.pool = 1;
+  absl::StatusOr<SessionWorkload> w = BuildSessionWorkload(m, Plan(8, 4), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE(w->projections);
+  EXPECT_EQ(wire::ShapeToString(wire::ShapeOf(w->step[0].q)), "[1, 1, 16]");
+  EXPECT_EQ(w->step[0].k.shape_size(), 0);
+}
+
+TEST(SessionWorkloadTest, RefusesPlansPastTheModelsLimits) {
+  Options o;
+  EXPECT_EQ(BuildSessionWorkload(OffloadModel(), Plan(4000, 50, 2), o).status().message(),
+            "--context + --steps x --step_tokens: 4100 tokens per session, more than the model's "
+            "max_seq_len (4096)");
+  attention::v1::ModelInfo small_requests = OffloadModel();
+  small_requests.set_max_request_tokens(512);
+  EXPECT_EQ(BuildSessionWorkload(small_requests, Plan(1024, 4), o).status().message(),
+            "--context: at most 512 (the model's max_request_tokens: the prefill is one request)");
+  Options f16;
+  f16.dtype = "float16";
+  EXPECT_EQ(BuildSessionWorkload(OffloadModel(), Plan(8, 4), f16).status().message().substr(0, 8),
+            "--dtype:");
+}
+
 }  // namespace
 }  // namespace attn::bench

@@ -3,6 +3,9 @@
     from attention_client import AttentionClient
     with AttentionClient("localhost:50051") as client:
         output, probs, timing = client.attend(np.random.randn(1, 16, 512).astype(np.float32))
+        with client.create_session(model="default") as session:   # KV-cache decoding
+            session.prefill(prompt_rows)                            # [n, 512]
+            out = session.step(next_row).output                     # [1, 512]
 
 Needs grpcio, protobuf and numpy (Debian: python3-grpcio python3-numpy), and
 the stubs the build generates into <build>/python: put that directory on
@@ -19,10 +22,11 @@ except ImportError as _e:
         f"build/python to PYTHONPATH ({_e})") from _e
 
 from .client import (AttendInput, AttendResult, AttentionClient, AttentionError, ModelInfo,
-                     StreamResult)
+                     Session, SessionInfo, StepResult, StreamResult, new_session_id)
 from .tensors import bfloat16_bits_to_float32, float32_to_bfloat16_bits
 
 __all__ = [
-    "AttendInput", "AttendResult", "AttentionClient", "AttentionError", "ModelInfo",
-    "StreamResult", "bfloat16_bits_to_float32", "float32_to_bfloat16_bits",
+    "AttendInput", "AttendResult", "AttentionClient", "AttentionError", "ModelInfo", "Session",
+    "SessionInfo", "StepResult", "StreamResult", "new_session_id", "bfloat16_bits_to_float32",
+    "float32_to_bfloat16_bits",
 ]

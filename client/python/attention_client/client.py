@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import secrets
 import time
 from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -50,13 +51,26 @@ class ModelInfo:
     bias: bool
     max_seq_len: int
     max_request_tokens: int
+    # Sessions: False for an offload model (q, k, v in; no projections). A
+    # server older than these fields reports projections and num_layers 0:
+    # its models all have projections.
+    projections: bool = True
+    num_layers: int = 1
+    kv_cache_dtype: str = "unspecified"
+    kv_cache_bytes: int = 0
+    session_idle_timeout_ms: int = 0
 
     @classmethod
     def from_proto(cls, m: attention_pb2.ModelInfo) -> "ModelInfo":
         return cls(name=m.name, embed_dim=m.embed_dim, num_heads=m.num_heads,
                    num_kv_heads=m.num_kv_heads, kdim=m.kdim, vdim=m.vdim, head_dim=m.head_dim,
                    dtype=tensors.dtype_name(m.dtype), bias=m.bias, max_seq_len=m.max_seq_len,
-                   max_request_tokens=m.max_request_tokens)
+                   max_request_tokens=m.max_request_tokens,
+                   projections=m.projections or m.num_layers == 0,
+                   num_layers=max(1, m.num_layers),
+                   kv_cache_dtype=tensors.dtype_name(m.kv_cache_dtype),
+                   kv_cache_bytes=m.kv_cache_bytes,
+                   session_idle_timeout_ms=m.session_idle_timeout_ms)
 
 
 @dataclasses.dataclass
@@ -129,6 +143,253 @@ def _decode_response(response: attention_pb2.AttendResponse):
     return output, probs
 
 
+@dataclasses.dataclass(frozen=True)
+class SessionInfo:
+    """A session as the server sees it (attention.v1.SessionInfo)."""
+    session_id: str
+    model_name: str
+    length: int
+    layer_lengths: List[int]
+    max_tokens: int
+    idle_timeout_ms: int
+    bytes: int
+    last_used_unix_ms: int
+
+    @classmethod
+    def from_proto(cls, s: attention_pb2.SessionInfo) -> "SessionInfo":
+        return cls(session_id=s.session_id, model_name=s.model_name, length=s.length,
+                   layer_lengths=list(s.layer_lengths), max_tokens=s.max_tokens,
+                   idle_timeout_ms=s.idle_timeout_ms, bytes=s.bytes,
+                   last_used_unix_ms=s.last_used_unix_ms)
+
+
+class StepResult(NamedTuple):
+    """Session.prefill()/step()'s result: the new rows' output [n, width] (float32),
+    the layer's length after the call, the server's timing and whether the call
+    recovered a lost earlier attempt (see Session)."""
+    output: np.ndarray
+    session_length: int
+    timing: dict
+    recovered: bool = False
+
+
+def new_session_id() -> str:
+    """A client-chosen session id: 's-' and 128 random bits in hex."""
+    return "s-" + secrets.token_hex(16)
+
+
+# Codes after which the server may have appended a step's rows (the call ended
+# without a verdict); every other code is a refusal before anything was appended.
+_MAYBE_APPLIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+                            grpc.StatusCode.INTERNAL})
+
+
+class Session:
+    """A KV-cache session (incremental decoding) on one server.
+
+        with client.create_session(model="default") as session:
+            session.prefill(prompt)        # [n, embed_dim] token rows
+            out = session.step(token).output  # [1, embed_dim]
+
+    Each call appends its rows and attends causally over the cache plus the new
+    rows, so a prefill and one-token steps give the rows of a one-shot causal
+    attend of the whole sequence. Offload models (ModelInfo.projections False)
+    take projected q [n, num_heads*head_dim] and new k, v [n,
+    num_kv_heads*head_dim] per layer: step(q, k, v, layer=l).
+
+    The session tracks every layer's length and sends it as expected_length, so
+    the server never appends a call twice. A call that failed with a transport
+    error (UNAVAILABLE, DEADLINE_EXCEEDED, ...) may have been appended: retry
+    it with the same rows; if the server then reports a length mismatch and
+    the layer holds exactly the lost call's rows (and no other layer would be
+    cut), the session truncates them and resends, so the retry returns the
+    step's output and the cache holds it once. sync() adopts the server's
+    lengths. Every call, create included, carries the id as x-session-id
+    metadata for session-affine balancers; the client chooses the id.
+
+    One call at a time (the server allows one request per session in flight).
+    Errors raise AttentionError (server's code and message) or ValueError for
+    rows of the wrong shape.
+    """
+
+    def __init__(self, client: "AttentionClient", model: ModelInfo, info: SessionInfo,
+                 dtype: str, timeout: Optional[float]):
+        self._client = client
+        self.model = model
+        self.id = info.session_id
+        self.dtype = dtype
+        self.timeout = timeout
+        self._metadata = (("x-session-id", self.id),)
+        self.lengths = [0] * model.num_layers
+        self._uncertain: List[Optional[int]] = [None] * model.num_layers  # rows of a lost call
+        self.closed = False
+        self._adopt(info)
+
+    @classmethod
+    def create(cls, client: "AttentionClient", model: str = "default", max_tokens: int = 0,
+               idle_timeout: float = 0.0, session_id: Optional[str] = None,
+               dtype: str = "float32", timeout: Optional[float] = None) -> "Session":
+        """CreateSession: max_tokens 0 and idle_timeout 0 (seconds) take the model's
+        limits; session_id None picks a random one; dtype is the wire type of the
+        rows; timeout (seconds) of each call, None: the client's."""
+        info = client.get_model(model)
+        sid = session_id if session_id is not None else new_session_id()
+        request = attention_pb2.CreateSessionRequest(
+            model_name=model, max_tokens=int(max_tokens),
+            idle_timeout_ms=int(round(idle_timeout * 1000)), session_id=sid)
+        created = client._call(client._stub.CreateSession, request,
+                               metadata=(("x-session-id", sid),))
+        return cls(client, info, SessionInfo.from_proto(created), dtype,
+                   client.timeout if timeout is None else timeout)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.closed:
+            try:
+                self.close()
+            except AttentionError:
+                if exc[0] is None:
+                    raise
+
+    @property
+    def length(self) -> int:
+        """The smallest layer length this session expects."""
+        return min(self.lengths)
+
+    def prefill(self, q, k=None, v=None, layer: int = 0) -> StepResult:
+        """Appends rows (see the class comment); same as step()."""
+        return self.step(q, k, v, layer)
+
+    def step(self, q, k=None, v=None, layer: int = 0) -> StepResult:
+        """Appends q's rows (the tokens, for models with projections; with k and v
+        for offload models) to `layer` and returns their output. A single row may
+        be given as a 1-D array."""
+        request, rows = self._request(q, k, v, layer)
+        try:
+            return self._finish(layer, self._attend(request))
+        except AttentionError as e:
+            if e.code in _MAYBE_APPLIED:
+                self._uncertain[layer] = rows
+                raise
+            if e.code != grpc.StatusCode.FAILED_PRECONDITION or self._uncertain[layer] is None:
+                raise
+            return self._recover(layer, rows, request, e)
+
+    def truncate(self, length: int) -> SessionInfo:
+        """Every layer keeps its first min(length, its length) tokens."""
+        info = SessionInfo.from_proto(self._client._call(
+            self._client._stub.TruncateSession,
+            attention_pb2.TruncateSessionRequest(session_id=self.id, length=int(length)),
+            metadata=self._metadata))
+        self._adopt(info)
+        return info
+
+    def info(self) -> SessionInfo:
+        return SessionInfo.from_proto(self._client._call(
+            self._client._stub.GetSession, attention_pb2.GetSessionRequest(session_id=self.id),
+            metadata=self._metadata))
+
+    def sync(self) -> SessionInfo:
+        """info(), adopting the server's layer lengths."""
+        info = self.info()
+        self._adopt(info)
+        return info
+
+    def close(self) -> None:
+        """CloseSession; NOT_FOUND (already gone) also marks it closed, and raises."""
+        if self.closed:
+            return
+        try:
+            self._client._call(self._client._stub.CloseSession,
+                               attention_pb2.CloseSessionRequest(session_id=self.id),
+                               metadata=self._metadata)
+        except AttentionError as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                self.closed = True
+            raise
+        self.closed = True
+
+    def _adopt(self, info: SessionInfo) -> None:
+        for layer in range(len(self.lengths)):
+            self.lengths[layer] = (info.layer_lengths[layer] if layer < len(info.layer_lengths)
+                                   else info.length)
+            self._uncertain[layer] = None
+
+    def _request(self, q, k, v, layer):
+        if self.closed:
+            raise AttentionError(grpc.StatusCode.FAILED_PRECONDITION, f"session {self.id}: closed")
+        if not 0 <= layer < len(self.lengths):
+            raise ValueError(f"layer: expected 0..{len(self.lengths) - 1}, got {layer}")
+        m = self.model
+        q_width = m.embed_dim if m.projections else m.num_heads * m.head_dim
+        kv_width = m.num_kv_heads * m.head_dim
+
+        def rows_of(x, name, width):
+            a = np.asarray(x, dtype=np.float32)
+            if a.ndim == 1:
+                a = a[None, :]
+            if a.ndim != 2 or a.shape[1] != width or a.shape[0] < 1:
+                raise ValueError(f"{name}: expected [n, {width}] with n >= 1, got {list(a.shape)}")
+            return a[None]  # [1, n, width]
+
+        query = rows_of(q, "tokens" if m.projections else "q", q_width)
+        request = attention_pb2.AttendRequest(
+            model_name=m.name, session_id=self.id, expected_length=self.lengths[layer],
+            layer=layer, causal=True, query=tensors.encode(query, self.dtype))
+        if m.projections:
+            if k is not None or v is not None:
+                raise ValueError(f"model {m.name!r} has projections: k and v come from the tokens")
+        else:
+            if k is None or v is None:
+                raise ValueError(f"model {m.name!r} is an offload model: pass q, k and v")
+            key, value = rows_of(k, "k", kv_width), rows_of(v, "v", kv_width)
+            if key.shape[1] != query.shape[1] or value.shape[1] != query.shape[1]:
+                raise ValueError(f"k and v: expected {query.shape[1]} rows (as q)")
+            request.key.CopyFrom(tensors.encode(key, self.dtype))
+            request.value.CopyFrom(tensors.encode(value, self.dtype))
+        return request, query.shape[1]
+
+    def _attend(self, request):
+        return self._client._call(self._client._stub.Attend, request, metadata=self._metadata,
+                                  timeout=self.timeout)
+
+    def _finish(self, layer, response, recovered=False) -> StepResult:
+        self.lengths[layer] = response.session_length  # appended, whatever the output
+        self._uncertain[layer] = None
+        output, _ = _decode_response(response)
+        return StepResult(output.reshape(-1, output.shape[-1]), response.session_length,
+                          _timing(response.timing), recovered)
+
+    def _recover(self, layer, rows, request, error) -> StepResult:
+        info = self.info()
+        lengths = [info.layer_lengths[l] if l < len(info.layer_lengths) else info.length
+                   for l in range(len(self.lengths))]
+        expected = self.lengths[layer]
+        if lengths[layer] == expected:
+            raise error  # the lost call did not land; this mismatch is something else
+        if self._uncertain[layer] != rows or lengths[layer] != expected + rows:
+            raise AttentionError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"session {self.id} layer {layer}: the server holds "
+                                 f"{lengths[layer]} tokens, this session expected {expected}: "
+                                 "changed elsewhere, or the retry differs from the lost call; "
+                                 "sync() adopts the server's lengths")
+        for other, n in enumerate(lengths):
+            if other != layer and n > expected:
+                raise AttentionError(grpc.StatusCode.FAILED_PRECONDITION,
+                                     f"session {self.id} layer {layer}: the lost call was "
+                                     f"appended, but truncating back to {expected} would also cut "
+                                     f"layer {other} ({n} tokens); sync() adopts the server's "
+                                     "lengths")
+        self._client._call(self._client._stub.TruncateSession,
+                           attention_pb2.TruncateSessionRequest(session_id=self.id,
+                                                                length=expected),
+                           metadata=self._metadata)
+        return self._finish(layer, self._attend(request), recovered=True)
+
+
 class AttentionClient:
     """A client of attention.v1.AttentionService (and grpc.health.v1.Health).
 
@@ -157,6 +418,22 @@ class AttentionClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _call(self, method, request, metadata=(), timeout=_CLIENT_TIMEOUT):
+        """One unary call with the client's timeout; RpcError becomes AttentionError."""
+        try:
+            return method(request, metadata=metadata,
+                          timeout=self.timeout if timeout is _CLIENT_TIMEOUT else timeout)
+        except grpc.RpcError as e:
+            raise AttentionError.from_rpc_error(e) from None
+
+    def create_session(self, model: str = "default", max_tokens: int = 0,
+                       idle_timeout: float = 0.0, session_id: Optional[str] = None,
+                       dtype: str = "float32") -> "Session":
+        """A new KV-cache Session of `model` (see Session.create); a context manager
+        that closes it."""
+        return Session.create(self, model=model, max_tokens=max_tokens,
+                              idle_timeout=idle_timeout, session_id=session_id, dtype=dtype)
 
     def list_models(self) -> List[ModelInfo]:
         try:
