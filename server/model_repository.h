@@ -157,6 +157,8 @@ class ModelRepository {
 
  private:
   ModelRepository() = default;
+  // Load's work, on the calling thread.
+  static absl::StatusOr<std::unique_ptr<ModelRepository>> LoadHere(const Options& options);
   // Before models_: their pools count against it until they are destroyed.
   std::unique_ptr<core::ByteBudget> kv_budget_;
   std::map<std::string, Model, std::less<>> models_;

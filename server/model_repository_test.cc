@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
 #include "core/safetensors.h"
 #include "gtest/gtest.h"
 
@@ -74,6 +75,32 @@ TEST(ModelRepositoryBuiltinTest, EmptyDirectoryServesDefaultModel) {
   EXPECT_EQ(m->config.embed_dim, 512);
   EXPECT_EQ(m->config.num_heads, 8);
   EXPECT_EQ((*repo)->NameList(), "default");
+}
+
+int ThreadsOfThisProcess() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& entry : fs::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// Building models runs OpenMP parallel regions; run on the caller's thread,
+// they would leave an idle OpenMP team on it for good, and a second team
+// beside the executor's makes libgomp stop spinning between parallel regions
+// (every batch then waits for sleeping workers). Load builds on a thread of
+// its own, whose team goes with it. (CTest runs each test in a process of its
+// own, so no earlier test has given this thread a team already.)
+TEST(ModelRepositoryBuiltinTest, LoadLeavesNoComputeThreadsBehind) {
+  const int before = ThreadsOfThisProcess();
+  ModelRepository::Options options;
+  options.num_threads = 2;
+  auto repo = ModelRepository::Load(options);
+  ASSERT_TRUE(repo.ok()) << repo.status();
+  // The loader's OpenMP workers exit on their own after it ends: wait for
+  // that (bounded), not for a time.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (ThreadsOfThisProcess() > before && absl::Now() < give_up)
+    absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(ThreadsOfThisProcess(), before);
 }
 
 // What Load() runs on each config.pbtxt (and tests/fuzz fuzzes), from text.
