@@ -4,7 +4,9 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
+#include "absl/base/config.h"
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "core/safetensors.h"
@@ -90,6 +92,15 @@ int ThreadsOfThisProcess() {
 // its own, whose team goes with it. (CTest runs each test in a process of its
 // own, so no earlier test has given this thread a team already.)
 TEST(ModelRepositoryBuiltinTest, LoadLeavesNoComputeThreadsBehind) {
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+  // Under ThreadSanitizer the loader's OpenMP worker does not exit with it
+  // (seen in the tsan preset); the release and ASan runs check this.
+  GTEST_SKIP() << "OpenMP workers outlive their thread under ThreadSanitizer";
+#endif
+  // A thread started and joined first: runtimes that start a helper thread
+  // of their own at the first thread creation (ThreadSanitizer does) have
+  // done so before the count.
+  std::thread([] {}).join();
   const int before = ThreadsOfThisProcess();
   ModelRepository::Options options;
   options.num_threads = 2;
