@@ -3,7 +3,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace attn::core {
-namespace {
 
 absl::Status ValidateOffsets(const char* field, const std::vector<int64_t>& offsets) {
   if (offsets.size() < 2) {
@@ -21,8 +20,6 @@ absl::Status ValidateOffsets(const char* field, const std::vector<int64_t>& offs
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 std::vector<int64_t> OffsetsFromLengths(absl::Span<const int64_t> lengths) {
   std::vector<int64_t> offsets = {0};

@@ -58,6 +58,10 @@ std::vector<int64_t> OffsetsFromLengths(absl::Span<const int64_t> lengths);
 std::vector<float> PackRows(absl::Span<const float> padded, int64_t seq, int64_t width,
                             absl::Span<const int64_t> lengths);
 
+// INVALID_ARGUMENT naming `field` unless `offsets` are prefix sums: at least
+// 2 entries, the first 0, non-decreasing.
+absl::Status ValidateOffsets(const char* field, const std::vector<int64_t>& offsets);
+
 // INVALID_ARGUMENT naming the field when the batch does not fit `config`.
 absl::Status ValidateAttentionBatch(const AttentionConfig& config, const AttentionBatch& batch);
 

@@ -20,23 +20,6 @@ namespace {
 
 // Prefix sums of `field`: at least two entries, starting at 0, never
 // decreasing.
-absl::Status ValidatePrefixSums(const char* field, const std::vector<int64_t>& offsets) {
-  if (offsets.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": expected at least 2 entries (num_sequences + 1), got ", offsets.size()));
-  }
-  for (size_t i = 0; i < offsets.size(); ++i) {
-    const bool ok = i == 0 ? offsets[0] == 0 : offsets[i] >= offsets[i - 1];
-    if (!ok) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, "[", i, "]: expected ",
-                       i == 0 ? "0" : absl::StrCat(">= ", offsets[i - 1], " (non-decreasing)"),
-                       ", got ", offsets[i]));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // `field` holds rows x width floats.
 absl::Status ValidateRows(const char* field, absl::Span<const float> values, int64_t rows,
                           const char* width_name, int width) {
@@ -143,8 +126,8 @@ absl::Status ValidateSdpaShape(const SdpaShape& shape) {
 absl::Status ValidateCachedAttentionBatch(const SdpaShape& shape,
                                           const CachedAttentionBatch& batch) {
   ATTN_RETURN_IF_ERROR(ValidateSdpaShape(shape));
-  ATTN_RETURN_IF_ERROR(ValidatePrefixSums("q_offsets", batch.q_offsets));
-  ATTN_RETURN_IF_ERROR(ValidatePrefixSums("kv_offsets", batch.kv_offsets));
+  ATTN_RETURN_IF_ERROR(ValidateOffsets("q_offsets", batch.q_offsets));
+  ATTN_RETURN_IF_ERROR(ValidateOffsets("kv_offsets", batch.kv_offsets));
   if (batch.kv_offsets.size() != batch.q_offsets.size()) {
     return absl::InvalidArgumentError(absl::StrCat("kv_offsets: expected ", batch.q_offsets.size(),
                                                    " entries (as q_offsets), got ",
