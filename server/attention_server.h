@@ -30,11 +30,13 @@
 #include "grpcpp/server.h"
 #include "server/attend_call.h"
 #include "server/attention_service.h"
+#include "server/auth.h"
 #include "server/health_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
 #include "server/session_manager.h"
+#include "server/tls.h"
 
 // Only a pointer to it here, so code that includes this header needs none of
 // prometheus-cpp's pull library (civetweb): it is a private dependency.
@@ -85,6 +87,22 @@ class AttentionServer {
     // is RESOURCE_EXHAUSTED); 0 disables sessions (the session RPCs answer
     // UNIMPLEMENTED).
     int max_sessions = 65536;
+    // Security (README, "Security"). TLS (and mTLS) on `listen`; a rotated
+    // certificate is served within tls.refresh_interval + 1 s (server/tls.h).
+    TlsOptions tls;
+    // Bearer tokens by role (server/auth.h); empty: every call is allowed.
+    std::string auth_tokens_file;
+    // Health and reflection need the read role too (default: open, for
+    // probes).
+    bool auth_health = false;
+    // How often the token file and metrics_auth_file are re-read.
+    absl::Duration auth_refresh_interval = absl::Seconds(5);
+    // /metrics needs HTTP basic auth with a user of this file; empty: open.
+    std::string metrics_auth_file;
+    // Serves only grpc.health.v1.Health, in plaintext, on this address (for
+    // Kubernetes' gRPC probes, which cannot speak TLS); empty: off. Health
+    // there is never token-checked (it tells only serving or not).
+    std::string health_listen;
     // Request logs (failures, optional access log). Null: a default Logger
     // (info, stderr).
     std::shared_ptr<Logger> logger;
@@ -125,6 +143,8 @@ class AttentionServer {
   int grpc_port() const { return grpc_port_; }
   // 0 when metrics are disabled.
   int metrics_port() const { return metrics_port_; }
+  // 0 when health_listen is empty.
+  int health_port() const { return health_port_; }
   const ModelRepository& repository() const { return *repository_; }
   // Requests waiting in the batcher.
   int queued_requests() const { return batcher_ == nullptr ? 0 : batcher_->queued().first; }
@@ -157,6 +177,7 @@ class AttentionServer {
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int health_port_ = 0;
   bool stopped_ = false;
 };
 
