@@ -145,14 +145,26 @@ def check_k8s(path, flags, uid, gid, seen):
         check(ports.get("metrics") == metrics_port,
               f"{cw}: port 'metrics' is {ports.get('metrics')}, --metrics_listen says {metrics_port}")
 
-    # Probes: native gRPC health on the gRPC port, whole server.
+    # Probes: native gRPC health, whole server; on the gRPC port, or on the plaintext health
+    # port when TLS or tokens are on (the kubelet's gRPC probes can do neither).
+    security = {f: values[f] for f in SECURITY_FLAGS if values.get(f) not in (None, "", "false")}
+    probe_port = grpc_port
+    if security.get("tls_cert_file") or security.get("auth_tokens_file"):
+        check(security.get("health_listen"),
+              f"{cw}: TLS or tokens without --health_listen: the kubelet's gRPC probes would fail")
+    if security.get("health_listen"):
+        probe_port = port_of(security["health_listen"], f"{cw} --health_listen")
+        check(ports.get("health") == probe_port,
+              f"{cw}: port 'health' is {ports.get('health')}, --health_listen says {probe_port}")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = c.get(probe)
         check(p is not None, f"{cw}: no {probe}")
         g = p.get("grpc")
         check(g is not None, f"{cw}: {probe} is not a grpc probe")
-        check(g.get("port") == grpc_port, f"{cw}: {probe} port {g.get('port')}, gRPC is on {grpc_port}")
+        check(g.get("port") == probe_port, f"{cw}: {probe} port {g.get('port')}, health is on {probe_port}")
         check(g.get("service", "") == "", f"{cw}: {probe} checks service '{g.get('service')}', not the server")
+    if path == "base.yaml":
+        check(not security, f"{cw}: base sets {sorted(security)}; security belongs in components/tls-auth")
 
     # Shutdown: preStop pause + --shutdown_grace must fit in the grace period.
     pre_stop = c.get("lifecycle", {}).get("preStop")
@@ -202,6 +214,7 @@ def check_k8s(path, flags, uid, gid, seen):
                   values["model_repository"].startswith(p.rstrip("/") + "/") for p in mounts),
               f"{cw}: --model_repository={values['model_repository']} is not on a mounted volume")
     check("/tmp" in mounts, f"{cw}: read-only root but no writable /tmp")
+    check_security_files(path, cw, security, mounts, volumes, by_kind, grpc_port, probe_port, seen)
     models = volumes[mounts["/models"]["name"]]
     print(f"  {where}: /models from {sorted(k for k in models if k != 'name')[0]}, "
           f"--model_repository='{values['model_repository']}'")
@@ -261,6 +274,14 @@ def check_k8s(path, flags, uid, gid, seen):
                                                   s["metadata"].get("labels", {}))]
         check(matched, f"{name(sm)}: selects no Service")
         for ep in sm["spec"]["endpoints"]:
+            if security.get("metrics_auth_file"):
+                ba = ep.get("basicAuth") or {}
+                secrets = rendered_secrets(by_kind)
+                for part in ("username", "password"):
+                    ref = ba.get(part) or {}
+                    check(ref.get("key") in secrets.get(ref.get("name"), ()),
+                          f"{name(sm)}: /metrics needs basic auth (--metrics_auth_file) but basicAuth."
+                          f"{part} names no rendered Secret key ({ref})")
             for s in matched:
                 names = {p.get("name"): p for p in s["spec"]["ports"]}
                 check(ep.get("port") in names, f"{name(sm)}: {name(s)} has no port '{ep.get('port')}'")
@@ -288,6 +309,146 @@ def check_k8s(path, flags, uid, gid, seen):
               f"{name(dr)}: hashes {lb}, not the x-session-id header")
         seen.add("session_affinity")
         print(f"  {name(dr)}: consistent hash on x-session-id over {name(svc)}")
+
+
+# --- TLS, tokens, metrics basic auth (components/tls-auth, components/mtls) --------------------
+
+SECURITY_FLAGS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file",
+                  "metrics_auth_file", "health_listen", "auth_health")
+SECURITY_FILE_FLAGS = ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file",
+                       "metrics_auth_file")
+CERT_MANAGER_KEYS = ("tls.crt", "tls.key", "ca.crt")  # what cert-manager writes into secretName
+
+
+def rendered_secrets(by_kind):
+    """{Secret name: its keys} of the render."""
+    return {s["metadata"]["name"]: set(s.get("data") or {}) | set(s.get("stringData") or {})
+            for s in by_kind.get("Secret", [])}
+
+
+def secret_file(flag, file, mounts, volumes, cw):
+    """(Secret name, key) behind a file the server reads, through a read-only whole-volume
+    mount of a secret or projected volume (a subPath mount would never see an update)."""
+    mount = None
+    for m in mounts.values():
+        if file.startswith(m["mountPath"].rstrip("/") + "/"):
+            mount = m
+    check(mount is not None, f"{cw}: --{flag}={file} is on no mounted volume")
+    check(mount.get("readOnly") is True, f"{cw}: {mount['mountPath']} (--{flag}) is not readOnly")
+    check("subPath" not in mount and "subPathExpr" not in mount,
+          f"{cw}: {mount['mountPath']} (--{flag}) uses subPath, which the kubelet never updates: "
+          f"rotation would need a restart")
+    rel = file[len(mount["mountPath"].rstrip("/")) + 1:]
+    vol = volumes[mount["name"]]
+    if "secret" in vol:
+        sources = [vol["secret"]]
+        sources[0] = dict(sources[0], name=sources[0].get("secretName"))
+    elif "projected" in vol:
+        sources = [s["secret"] for s in vol["projected"]["sources"] if "secret" in s]
+    else:
+        raise CheckError(f"{cw}: --{flag}={file} is on volume '{mount['name']}', not a Secret")
+    for src in sources:
+        items = src.get("items")
+        if items is None:
+            return src["name"], rel, vol
+        for item in items:
+            if item["path"] == rel:
+                return src["name"], item["key"], vol
+    raise CheckError(f"{cw}: --{flag}={file}: no key of volume '{mount['name']}' lands at {rel}")
+
+
+def check_security_files(path, cw, security, mounts, volumes, by_kind, grpc_port, probe_port, seen):
+    if not security:
+        for v in volumes.values():
+            check("secret" not in v and "projected" not in v,
+                  f"{cw}: volume {v['name']} mounts a Secret without any security flag using it")
+        return
+    secrets = rendered_secrets(by_kind)
+    certificates = {c["spec"]["secretName"]: c for c in by_kind.get("Certificate", [])}
+    namespace = {d["metadata"].get("namespace") for ds in by_kind.values() for d in ds
+                 if d["kind"] != "Namespace"}.pop() or "default"
+    for flag in SECURITY_FILE_FLAGS:
+        if not security.get(flag):
+            continue
+        secret, key, vol = secret_file(flag, security[flag], mounts, volumes, cw)
+        mode = (vol.get("secret") or vol.get("projected") or {}).get("defaultMode", 0o644)
+        check(mode & 0o044, f"{cw}: volume {vol['name']} mode {mode:o}: neither group (fsGroup) "
+                            f"nor others may read --{flag}")
+        if secret in certificates:
+            check(key in CERT_MANAGER_KEYS, f"{cw}: --{flag}: cert-manager writes no key '{key}' "
+                                             f"into {secret} (only {CERT_MANAGER_KEYS})")
+            origin = f"Certificate/{certificates[secret]['metadata']['name']}"
+        else:
+            check(secret in secrets, f"{cw}: --{flag}: Secret {secret} is neither rendered nor "
+                                     f"issued by a cert-manager Certificate")
+            check(key in secrets[secret], f"{cw}: --{flag}: Secret {secret} has no key '{key}'")
+            origin = "rendered"
+        print(f"  {cw}: --{flag}={security[flag]} <- Secret {secret} key {key} ({origin}), read-only")
+    check(bool(security.get("tls_cert_file")) == bool(security.get("tls_key_file")),
+          f"{cw}: --tls_cert_file and --tls_key_file go together")
+    check(not security.get("tls_client_ca_file") or security.get("tls_cert_file"),
+          f"{cw}: --tls_client_ca_file without --tls_cert_file")
+    check(probe_port != grpc_port, f"{cw}: the probes must use the plaintext health port")
+    for s in by_kind.get("Service", []):
+        for p in s["spec"]["ports"]:
+            check(p.get("targetPort") not in ("health", probe_port),
+                  f"{path}: Service/{s['metadata']['name']} exposes the plaintext health port")
+    if security.get("tls_cert_file"):
+        secret = secret_file("tls_cert_file", security["tls_cert_file"], mounts, volumes, cw)[0]
+        cert = certificates.get(secret)
+        check(cert is not None, f"{path}: no cert-manager Certificate issues Secret {secret}")
+        where = f"{path}: Certificate/{cert['metadata']['name']}"
+        check(cert["apiVersion"] == "cert-manager.io/v1", f"{where}: not cert-manager.io/v1")
+        ref = cert["spec"].get("issuerRef") or {}
+        check(ref.get("name") and ref.get("kind") in ("Issuer", "ClusterIssuer")
+              and ref.get("group", "cert-manager.io") == "cert-manager.io",
+              f"{where}: issuerRef {ref} is not a cert-manager Issuer or ClusterIssuer")
+        dns = cert["spec"].get("dnsNames") or []
+        for s in by_kind.get("Service", []):
+            if s["spec"].get("clusterIP") == "None":
+                n = s["metadata"]["name"]
+                for want in (n, f"{n}.{namespace}.svc", f"{n}.{namespace}.svc.cluster.local"):
+                    check(want in dns, f"{where}: dnsNames {dns} lack {want} (Service {n})")
+        usages = cert["spec"].get("usages")
+        check(usages is None or "server auth" in usages, f"{where}: usages {usages} lack 'server auth'")
+        print(f"  {where}: secretName {secret}, issuer {ref['kind']}/{ref['name']}, dnsNames {dns}")
+        seen.add("tls")
+    if security.get("tls_client_ca_file"):
+        seen.add("mtls")
+    if security.get("auth_tokens_file"):
+        seen.add("tokens")
+    if security.get("metrics_auth_file"):
+        seen.add("metrics_auth")
+    print(f"  {cw}: probes on the plaintext health port {probe_port}, which no Service exposes")
+
+
+def strip_security(dep):
+    """The Deployment with everything components/tls-auth and components/mtls add taken out."""
+    import copy
+    dep = copy.deepcopy(dep)
+    spec = dep["spec"]["template"]["spec"]
+    c = [c for c in spec["containers"] if c["name"] == "attention-server"][0]
+    c["args"] = [a for a in c["args"] if a[2:].partition("=")[0] not in SECURITY_FLAGS]
+    c["ports"] = [p for p in c["ports"] if p.get("name") != "health"]
+    grpc = [p["containerPort"] for p in c["ports"] if p.get("name") == "grpc"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        c[probe]["grpc"]["port"] = grpc
+    secret_vols = {v["name"] for v in spec["volumes"] if "secret" in v or "projected" in v}
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in secret_vols]
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] not in secret_vols]
+    return dep
+
+
+def check_component_adds_only_security(plain_path, secure_path):
+    """The secure overlay's Deployment is the plain one's plus the security wiring, nothing else."""
+    load = lambda p: [d for d in yaml.safe_load_all(open(p)) if d and d["kind"] == "Deployment"][0]
+    plain, secure = load(plain_path), load(secure_path)
+    check(strip_security(secure) == plain,
+          f"{os.path.basename(secure_path)}: the Deployment differs from "
+          f"{os.path.basename(plain_path)}'s by more than the TLS/token/health wiring")
+    check(strip_security(plain) == plain, f"{os.path.basename(plain_path)}: has security wiring")
+    print(f"  {os.path.basename(secure_path)}: Deployment = {os.path.basename(plain_path)}'s "
+          f"+ only the TLS/token/metrics-auth/health wiring")
 
 
 # --- docker-compose ------------------------------------------------------------------------------
@@ -384,6 +545,12 @@ def main(argv):
             check("servicemonitor" in seen, "no overlay renders a ServiceMonitor")
             check("queue_depth_hpa" in seen, "no overlay scales on attn_queue_depth")
             check("session_affinity" in seen, "no overlay routes sessions by x-session-id")
+            for what in ("tls", "mtls", "tokens", "metrics_auth"):
+                check(what in seen, f"no overlay renders the {what} wiring (components/tls-auth, mtls)")
+            by_name = {os.path.basename(p): p for p in argv[4:]}
+            if "overlays_example.yaml" in by_name and "overlays_example-tls.yaml" in by_name:
+                check_component_adds_only_security(by_name["overlays_example.yaml"],
+                                                   by_name["overlays_example-tls.yaml"])
         elif len(argv) == 4 and argv[1] == "compose":
             check_compose(argv[3], server_flags(argv[2]))
         else:

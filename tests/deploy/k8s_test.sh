@@ -3,7 +3,11 @@
 # needed) and checks them against the built attention-server and the Dockerfile: container args
 # are real flags, ports and probes follow --listen/--metrics_listen, the grace period covers
 # preStop + --shutdown_grace, CPU equals --threads, the restricted security settings, Services,
-# HPA, PDB and ServiceMonitor wiring (tests/deploy/deploy_check.py).
+# HPA, PDB and ServiceMonitor wiring; with components/tls-auth and mtls: every TLS, token and
+# metrics-auth file is a read-only whole-volume Secret mount (rendered, or issued by the
+# cert-manager Certificate, whose dnsNames cover the headless Service), probes on the plaintext
+# health port, the ServiceMonitor sends basic auth, and the component changes nothing else
+# (tests/deploy/deploy_check.py). No private key or user secret file is in git.
 # Usage: tests/deploy/k8s_test.sh BIN_DIR
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,10 +27,29 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# No private key, and no file of the secrets/ directories, is in git.
+if git -C "$top" rev-parse --git-dir >/dev/null 2>&1; then
+  keys=$(git -C "$top" grep -lE -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY-----' -- deploy || true)
+  [ -z "$keys" ] || { echo "FAIL: private keys in git: $keys" >&2; exit 1; }
+  tracked=$(git -C "$top" ls-files -- 'deploy/k8s/overlays/*/secrets/*' 'deploy/compose/secrets/*' \
+    | grep -v '/README.md$' || true)
+  [ -z "$tracked" ] || { echo "FAIL: user secret files in git: $tracked" >&2; exit 1; }
+fi
+
+# Render a copy, where overlays/example-tls/secrets/ gets the files a user would create
+# (its secrets/README.md): a throwaway token's digest and a metrics password with its digest.
+cp -r "$top/deploy/k8s" "$work/k8s"
+secrets=$work/k8s/overlays/example-tls/secrets
+rm -f "$secrets"/tokens "$secrets"/metrics-users "$secrets"/metrics-password
+token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '%s infer,read test-client\n' "$(printf %s "$token" | sha256sum | cut -d' ' -f1)" >"$secrets/tokens"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secrets/metrics-password"
+printf 'prometheus %s\n' "$(sha256sum <"$secrets/metrics-password" | cut -d' ' -f1)" >"$secrets/metrics-users"
+
 rendered=()
-for dir in "$top/deploy/k8s/base" "$top"/deploy/k8s/overlays/*/; do
+for dir in "$work/k8s/base" "$work"/k8s/overlays/*/; do
   dir=${dir%/}
-  name=${dir#"$top/deploy/k8s/"}
+  name=${dir#"$work/k8s/"}
   out="$work/${name//\//_}.yaml"   # e.g. overlays_example.yaml
   kubectl kustomize "$dir" >"$out" || { echo "FAIL: kubectl kustomize $name" >&2; exit 1; }
   echo "rendered $name: $(grep -c '^kind:' "$out") objects ($(grep '^kind:' "$out" | awk '{print $2}' | sort | tr '\n' ' '))"
