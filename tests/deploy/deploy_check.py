@@ -532,6 +532,73 @@ def check_compose(path, flags):
         in_container = os.path.normpath(os.path.join(os.path.dirname(config_file), rule))
         check(in_container in mounts, f"{mounts[config_file]}: rule file {rule} ({in_container}) is not mounted")
     print(f"  prometheus: scrapes {want}, rule files {rules} mounted")
+    check_compose_security(path, config, values, prom_config, mounts[config_file], want)
+
+
+def compose_secret_file(config, svc_name, container_path, where):
+    """The host file of the compose secret a service reads at container_path."""
+    svc = config["services"][svc_name]
+    listed = {}
+    for sec in svc.get("secrets") or []:
+        src = sec if isinstance(sec, str) else sec["source"]
+        tgt = src if isinstance(sec, str) else sec.get("target", src)
+        listed[tgt if tgt.startswith("/") else "/run/secrets/" + tgt] = src
+    check(container_path in listed, f"{where}: {container_path} is no secret of {svc_name} "
+                                    f"(its secrets: {sorted(listed)})")
+    top = (config.get("secrets") or {}).get(listed[container_path]) or {}
+    host = top.get("file")
+    check(host, f"{where}: secret {listed[container_path]} has no file")
+    check(os.path.isfile(host), f"{where}: secret {listed[container_path]}: {host} is not a file")
+    return host
+
+
+def check_compose_security(path, config, values, prom_config, prom_config_file, want):
+    security = {f: values[f] for f in SECURITY_FLAGS if values.get(f) not in (None, "", "false")}
+    if not security:
+        return
+    server = config["services"]["attention-server"]
+    where = f"{path}: attention-server"
+    hosts = {}
+    for flag in SECURITY_FILE_FLAGS:
+        if security.get(flag):
+            hosts[flag] = compose_secret_file(config, "attention-server", security[flag],
+                                              f"{where} --{flag}")
+            print(f"  attention-server: --{flag}={security[flag]} <- secret file {hosts[flag]}")
+    check(not (server.get("volumes") and any(
+        (v.get("target") if isinstance(v, dict) else v.split(":")[1]).startswith("/run/secrets")
+        for v in server["volumes"])), f"{where}: mounts a volume over /run/secrets")
+    if security.get("tls_cert_file") or security.get("auth_tokens_file"):
+        # The image's HEALTHCHECK (attention-cli health, no CA, no token) needs the plaintext port.
+        check(security.get("health_listen"), f"{where}: TLS or tokens without --health_listen: "
+                                             f"the image's HEALTHCHECK would fail")
+        env = server.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        hc = env.get("ATTN_HEALTH_TARGET", "127.0.0.1:50051")
+        check(port_of(hc, f"{where} ATTN_HEALTH_TARGET") ==
+              port_of(security["health_listen"], f"{where} --health_listen"),
+              f"{where}: ATTN_HEALTH_TARGET={hc} is not --health_listen={security['health_listen']}")
+        print(f"  attention-server: HEALTHCHECK on the plaintext health port ({hc})")
+    if security.get("metrics_auth_file"):
+        jobs = [j for j in prom_config.get("scrape_configs") or []
+                if any(want in (sc.get("targets") or []) for sc in j.get("static_configs") or [])]
+        for job in jobs:
+            ba = job.get("basic_auth") or {}
+            jw = f"{prom_config_file}: job {job.get('job_name')}"
+            check(ba.get("username") and ba.get("password_file") and "password" not in ba,
+                  f"{jw}: /metrics needs basic auth: basic_auth with username and password_file")
+            pw_file = compose_secret_file(config, "prometheus", ba["password_file"], jw)
+            # The password Prometheus sends (it trims surrounding whitespace) must be a user's.
+            import hashlib
+            digest = hashlib.sha256(open(pw_file, "rb").read().strip()).hexdigest()
+            users = [line.split() for line in open(hosts["metrics_auth_file"])
+                     if line.strip() and not line.startswith("#")]
+            check([ba["username"], digest] in [u[:2] for u in users],
+                  f"{jw}: user {ba['username']} with the password in {pw_file} is not in "
+                  f"{hosts['metrics_auth_file']}")
+            print(f"  prometheus: job {job.get('job_name')} sends basic auth as {ba['username']} "
+                  f"(password_file {ba['password_file']}), a user of the server's metrics auth file")
+        check(jobs, f"{prom_config_file}: no job scrapes {want}")
 
 
 def main(argv):

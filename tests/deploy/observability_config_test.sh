@@ -19,6 +19,8 @@ PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3) || fail "python3 not found"
 
 promtool check config "$prom/prometheus.yml" || fail "promtool check config"
+# The basic-auth variant (compose's docker-compose.tls.yml); its rule file sits beside it.
+promtool check config "$prom/prometheus-basic-auth.yml" || fail "promtool check config (basic auth)"
 promtool check rules "$prom/alerts.yml" || fail "promtool check rules"
 promtool test rules "$prom/alerts_test.yml" || fail "promtool test rules"
 
