@@ -4,7 +4,10 @@
 # on the host's network, and drives it from the host with the host-built attention-cli and curl:
 #   1. an empty /models mount: the built-in model "default" (health, attend, /metrics, the image's
 #      own HEALTHCHECK command run inside the container, SIGTERM -> exit 0);
-#   2. a /models mount holding one model: the entrypoint adds --model_repository=/models.
+#   2. a /models mount holding one model: the entrypoint adds --model_repository=/models;
+#   3. TLS and tokens: throwaway certificates (tests/testing/make_test_certs.sh) and a token
+#      file mounted at /run/secrets; attend with the CA and the token works, without the token
+#      it is UNAUTHENTICATED; the HEALTHCHECK passes on the plaintext --health_listen port.
 # When the Debian base images are not in local storage (Docker Hub is out of reach), they are made
 # with debootstrap from Debian's archive and imported under the names the Dockerfile uses.
 # Re-runs reuse the base images and podman's layer cache. Needs root, podman, buildah, debootstrap,
@@ -166,13 +169,16 @@ descendant_named() {
   return 1
 }
 
-# start_in_container LOG MODELS_DIR: the entrypoint on free loopback ports, as $RUN_USER.
+# start_in_container LOG MODELS_DIR [FLAGS...]: the entrypoint on free loopback ports, as
+# $RUN_USER, with the extra volumes in extra_volumes (buildah --volume arguments).
+extra_volumes=()
 start_in_container() {
   local log=$1 models=$2 _
+  shift 2
   : >"$log"
   buildah run --isolation chroot --network host --user "$RUN_USER" \
-    --volume "$models:/models:ro" "$ctr" -- \
-    "$entrypoint" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 >"$log" 2>&1 &
+    --volume "$models:/models:ro" "${extra_volumes[@]}" "$ctr" -- \
+    "$entrypoint" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 "$@" >"$log" 2>&1 &
   run_pid=$!
   for _ in $(seq 1 600); do
     grep -q " event=ready " "$log" && break
@@ -237,6 +243,35 @@ cli attend --model=golden_mha --batch=1 --seq_len=8 >"$work/attend2.out" || fail
 grep -q "output shape: \[1, 8, 64\]" "$work/attend2.out" || { cat "$work/attend2.out"; fail "attend output"; }
 echo "host attention-cli attend --model=golden_mha: $(grep 'output shape' "$work/attend2.out")"
 stop_in_container "$work/server2.log"
+
+step "run 3: TLS and tokens from /run/secrets, health on a plaintext port"
+secrets=$work/secrets
+"$top/tests/testing/make_test_certs.sh" "$secrets"
+token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '%s infer,read container-test\n' "$(printf %s "$token" | sha256sum | cut -d' ' -f1)" >"$secrets/tokens"
+chmod 755 "$secrets"; chmod 644 "$secrets"/*   # a throwaway key: readable by uid 10001
+health_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+extra_volumes=(--volume "$secrets:/run/secrets:ro")
+start_in_container "$work/server3.log" "$work/empty-models" \
+  --tls_cert_file=/run/secrets/server.pem --tls_key_file=/run/secrets/server.key \
+  --auth_tokens_file=/run/secrets/tokens --health_listen="127.0.0.1:$health_port"
+extra_volumes=()
+cli attend --model=default --batch=1 --seq_len=8 --tls_ca_file="$secrets/ca.pem" --token="$token" \
+  >"$work/attend3.out" 2>&1 || { rc=$?; cat "$work/attend3.out" >&2; fail "attend over TLS with the token: exit $rc"; }
+grep -q "output shape: \[1, 8, 512\]" "$work/attend3.out" || { cat "$work/attend3.out"; fail "attend output"; }
+echo "host attention-cli attend --tls_ca_file --token: $(grep 'output shape' "$work/attend3.out")"
+rc=0
+cli attend --model=default --batch=1 --seq_len=8 --tls_ca_file="$secrets/ca.pem" \
+  >"$work/attend3-noauth.out" 2>&1 || rc=$?
+[ "$rc" -ne 0 ] && grep -q UNAUTHENTICATED "$work/attend3-noauth.out" \
+  || { cat "$work/attend3-noauth.out" >&2; fail "attend without the token: exit $rc, expected UNAUTHENTICATED"; }
+echo "host attention-cli attend --tls_ca_file without a token: exit $rc, UNAUTHENTICATED"
+buildah run --isolation chroot --network host --user "$RUN_USER" \
+  --env ATTN_HEALTH_TARGET="127.0.0.1:$health_port" "$ctr" -- "${hc_cmd[@]}" >"$work/hc3.out" 2>&1 \
+  || { cat "$work/hc3.out" >&2; fail "the image's HEALTHCHECK on --health_listen failed"; }
+echo "image HEALTHCHECK on the plaintext health port: $(cat "$work/hc3.out")"
+! grep -qF "$token" "$work/server3.log" || fail "the token is in the server's log"
+stop_in_container "$work/server3.log"
 
 step "done"
 echo "container test: image $IMAGE $(( size / 1024 / 1024 )) MiB; all checks passed"

@@ -3,6 +3,10 @@
 # scraped every second by `prometheus` (Debian package), driven by the built
 # attention-cli with a known mix of requests; then Prometheus's HTTP API must
 # report exactly those counts, a sane latency quantile, and the target up.
+# A second server runs with --metrics_auth_file, scraped by a second job with
+# basic_auth from a password_file (deploy/prometheus/prometheus-basic-auth.yml's
+# shape): that target must be up, while curl without or with wrong credentials
+# gets 401, each counted in attn_auth_failures_total{reason="metrics_auth"}.
 # Usage: prometheus_test.sh BIN_DIR
 set -euo pipefail
 BIN=$(cd "$1" && pwd)
@@ -18,11 +22,18 @@ stop_prometheus() {
   wait "$PROM_PID" 2>/dev/null || true
   PROM_PID=""
 }
-trap 'stop_prometheus; stop_server >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+AUTH_PID=""
+stop_auth_server() {  # the basic-auth server, through lib.sh's stop_server
+  local rc=0
+  SERVER_PID=$AUTH_PID stop_server || rc=$?
+  AUTH_PID=""
+  return $rc
+}
+trap 'stop_prometheus; stop_server >/dev/null 2>&1 || true; stop_auth_server >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 fail() {
   echo "FAIL: $*" >&2
-  for log in "$work/server.log" "$work/prometheus.log"; do
+  for log in "$work/server.log" "$work/auth-server.log" "$work/prometheus.log"; do
     [ -f "$log" ] && { echo "--- $log (tail):" >&2; tail -n 30 "$log" >&2; }
   done
   exit 1
@@ -36,6 +47,18 @@ PYTHON=/usr/bin/python3
 free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# --- attention-server with /metrics behind basic auth ---------------------
+# The user "prometheus" with a random password: Prometheus reads the password
+# from a file, the server only its digest.
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/metrics-password"
+printf 'prometheus %s\n' "$(sha256sum <"$work/metrics-password" | cut -d' ' -f1)" >"$work/metrics-users"
+start_server "$work/auth-server.log" --metrics_auth_file="$work/metrics-users"
+AUTH_PID=$SERVER_PID SERVER_PID=""
+auth_metrics_url=$METRICS_URL
+auth_target=${METRICS_URL#http://}
+auth_target=${auth_target%/metrics}
+echo "basic-auth server: metrics at $auth_metrics_url"
 
 # --- attention-server (built-in model "default") -------------------------
 start_server "$work/server.log"
@@ -55,6 +78,12 @@ scrape_configs:
   - job_name: attention-server
     static_configs:
       - targets: ["$metrics_target"]
+  - job_name: attention-server-auth
+    basic_auth:
+      username: prometheus
+      password_file: $work/metrics-password
+    static_configs:
+      - targets: ["$auth_target"]
 EOF
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
   --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$work/prometheus.log" 2>&1 &
@@ -158,6 +187,29 @@ check "median latency" \
   'v > 0 and v < 10'
 check "resident memory" 'process_resident_memory_bytes{job="attention-server"}' 'v > 1e6'
 
+# --- /metrics behind basic auth ---------------------------------------------
+http_code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+code=$(http_code "$auth_metrics_url")
+[ "$code" = 401 ] || fail "curl $auth_metrics_url without credentials: HTTP $code, expected 401"
+code=$(http_code -u prometheus:wrong-password "$auth_metrics_url")
+[ "$code" = 401 ] || fail "curl $auth_metrics_url with a wrong password: HTTP $code, expected 401"
+code=$(http_code -u "prometheus:$(cat "$work/metrics-password")" "$auth_metrics_url")
+[ "$code" = 200 ] || fail "curl $auth_metrics_url with the password: HTTP $code, expected 200"
+echo "ok: curl $auth_metrics_url: 401 without credentials and with a wrong password, 200 with the password"
+refused=$(date +%s.%N)
+auth_scraped_after() {
+  local t
+  t=$(query "timestamp(up{job=\"attention-server-auth\"})")
+  [ "$t" != none ] && "$PYTHON" -c "import sys; sys.exit(0 if float('$t') > float('$1') else 1)"
+}
+poll 30 auth_scraped_after "$refused" || fail "no scrape of the basic-auth server within 30 s"
+check "basic-auth target up" 'up{job="attention-server-auth"}' 'v == 1'
+check "basic-auth scrape has samples" 'scrape_samples_scraped{job="attention-server-auth"}' 'v > 10'
+# Exactly the two refused curls: Prometheus' own scrapes all passed.
+check "refused /metrics requests" \
+  'sum(attn_auth_failures_total{job="attention-server-auth", reason="metrics_auth"})' 'v == 2'
+
 stop_prometheus
 stop_server || fail "server did not exit 0 on SIGTERM"
+stop_auth_server || fail "basic-auth server did not exit 0 on SIGTERM"
 echo "e2e prometheus: all checks passed"
