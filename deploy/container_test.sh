@@ -256,10 +256,10 @@ start_in_container "$work/server3.log" "$work/empty-models" \
   --tls_cert_file=/run/secrets/server.pem --tls_key_file=/run/secrets/server.key \
   --auth_tokens_file=/run/secrets/tokens --health_listen="127.0.0.1:$health_port"
 extra_volumes=()
-cli attend --model=default --batch=1 --seq_len=8 --tls_ca_file="$secrets/ca.pem" --token="$token" \
+ATTN_TOKEN=$token cli attend --model=default --batch=1 --seq_len=8 --tls_ca_file="$secrets/ca.pem" \
   >"$work/attend3.out" 2>&1 || { rc=$?; cat "$work/attend3.out" >&2; fail "attend over TLS with the token: exit $rc"; }
 grep -q "output shape: \[1, 8, 512\]" "$work/attend3.out" || { cat "$work/attend3.out"; fail "attend output"; }
-echo "host attention-cli attend --tls_ca_file --token: $(grep 'output shape' "$work/attend3.out")"
+echo "host attention-cli attend --tls_ca_file, ATTN_TOKEN: $(grep 'output shape' "$work/attend3.out")"
 rc=0
 cli attend --model=default --batch=1 --seq_len=8 --tls_ca_file="$secrets/ca.pem" \
   >"$work/attend3-noauth.out" 2>&1 || rc=$?
