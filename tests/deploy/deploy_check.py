@@ -149,9 +149,10 @@ def check_k8s(path, flags, uid, gid, seen):
     # port when TLS or tokens are on (the kubelet's gRPC probes can do neither).
     security = {f: values[f] for f in SECURITY_FLAGS if values.get(f) not in (None, "", "false")}
     probe_port = grpc_port
-    if security.get("tls_cert_file") or security.get("auth_tokens_file"):
+    if security.get("tls_cert_file") or security.get("auth_health"):
         check(security.get("health_listen"),
-              f"{cw}: TLS or tokens without --health_listen: the kubelet's gRPC probes would fail")
+              f"{cw}: TLS or --auth_health without --health_listen: the kubelet's gRPC probes "
+              f"(no TLS, no token) would fail")
     if security.get("health_listen"):
         probe_port = port_of(security["health_listen"], f"{cw} --health_listen")
         check(ports.get("health") == probe_port,
@@ -388,11 +389,15 @@ def check_security_files(path, cw, security, mounts, volumes, by_kind, grpc_port
           f"{cw}: --tls_cert_file and --tls_key_file go together")
     check(not security.get("tls_client_ca_file") or security.get("tls_cert_file"),
           f"{cw}: --tls_client_ca_file without --tls_cert_file")
-    check(probe_port != grpc_port, f"{cw}: the probes must use the plaintext health port")
-    for s in by_kind.get("Service", []):
-        for p in s["spec"]["ports"]:
-            check(p.get("targetPort") not in ("health", probe_port),
-                  f"{path}: Service/{s['metadata']['name']} exposes the plaintext health port")
+    if security.get("health_listen"):
+        check(probe_port != grpc_port, f"{cw}: the probes must use the plaintext health port")
+        for s in by_kind.get("Service", []):
+            for p in s["spec"]["ports"]:
+                check(p.get("targetPort") not in ("health", probe_port),
+                      f"{path}: Service/{s['metadata']['name']} exposes the plaintext health port")
+        print(f"  {cw}: probes on the plaintext health port {probe_port}, which no Service exposes")
+    else:
+        print(f"  {cw}: no TLS: probes on the gRPC port {probe_port}, health open (no --auth_health)")
     if security.get("tls_cert_file"):
         secret = secret_file("tls_cert_file", security["tls_cert_file"], mounts, volumes, cw)[0]
         cert = certificates.get(secret)
@@ -419,7 +424,8 @@ def check_security_files(path, cw, security, mounts, volumes, by_kind, grpc_port
         seen.add("tokens")
     if security.get("metrics_auth_file"):
         seen.add("metrics_auth")
-    print(f"  {cw}: probes on the plaintext health port {probe_port}, which no Service exposes")
+    if security.get("auth_tokens_file") and not security.get("tls_cert_file"):
+        seen.add("tokens_only")
 
 
 def strip_security(dep):
@@ -612,8 +618,8 @@ def main(argv):
             check("servicemonitor" in seen, "no overlay renders a ServiceMonitor")
             check("queue_depth_hpa" in seen, "no overlay scales on attn_queue_depth")
             check("session_affinity" in seen, "no overlay routes sessions by x-session-id")
-            for what in ("tls", "mtls", "tokens", "metrics_auth"):
-                check(what in seen, f"no overlay renders the {what} wiring (components/tls-auth, mtls)")
+            for what in ("tls", "mtls", "tokens", "metrics_auth", "tokens_only"):
+                check(what in seen, f"no overlay renders the {what} wiring (components/tls, tokens, mtls)")
             by_name = {os.path.basename(p): p for p in argv[4:]}
             if "overlays_example.yaml" in by_name and "overlays_example-tls.yaml" in by_name:
                 check_component_adds_only_security(by_name["overlays_example.yaml"],

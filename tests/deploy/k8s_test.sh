@@ -46,6 +46,36 @@ printf '%s infer,read test-client\n' "$(printf %s "$token" | sha256sum | cut -d'
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secrets/metrics-password"
 printf 'prometheus %s\n' "$(sha256sum <"$secrets/metrics-password" | cut -d' ' -f1)" >"$secrets/metrics-users"
 
+# components/tokens alone (the service-mesh case, deploy/README.md): a test-only overlay over
+# example-sessions, with its own copy of the secret files.
+mkdir -p "$work/k8s/overlays/test-tokens-only"
+cp -r "$secrets" "$work/k8s/overlays/test-tokens-only/secrets"
+cat >"$work/k8s/overlays/test-tokens-only/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: attention
+resources:
+  - ../example-sessions
+components:
+  - ../../components/tokens
+generatorOptions:
+  disableNameSuffixHash: true
+secretGenerator:
+  - {name: attention-server-tokens, files: [tokens=secrets/tokens]}
+  - {name: attention-server-metrics-auth, files: [users=secrets/metrics-users]}
+  - name: attention-server-metrics-scrape
+    literals: [username=prometheus]
+    files: [password=secrets/metrics-password]
+patches:
+  - target: {kind: ServiceMonitor, name: attention-server}
+    patch: |-
+      - op: add
+        path: /spec/endpoints/0/basicAuth
+        value:
+          username: {name: attention-server-metrics-scrape, key: username}
+          password: {name: attention-server-metrics-scrape, key: password}
+EOF
+
 rendered=()
 for dir in "$work/k8s/base" "$work"/k8s/overlays/*/; do
   dir=${dir%/}
