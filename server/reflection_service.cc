@@ -9,27 +9,12 @@
 #include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
-#include "grpc/reflection/v1/reflection.grpc.pb.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "server/status_util.h"
 
 namespace attn::server {
 namespace {
 
 namespace pb = google::protobuf;
-
-// The generated types of one of the protocol's two packages, whose APIs are
-// identical.
-struct V1 {
-  using Service = grpc::reflection::v1::ServerReflection;
-  using Request = grpc::reflection::v1::ServerReflectionRequest;
-  using Response = grpc::reflection::v1::ServerReflectionResponse;
-};
-struct V1Alpha {
-  using Service = grpc::reflection::v1alpha::ServerReflection;
-  using Request = grpc::reflection::v1alpha::ServerReflectionRequest;
-  using Response = grpc::reflection::v1alpha::ServerReflectionResponse;
-};
 
 const pb::DescriptorPool& Pool() { return *pb::DescriptorPool::generated_pool(); }
 
@@ -220,7 +205,7 @@ class ReflectionService::Versioned final : public Proto::Service::CallbackServic
 
 const std::vector<std::string>& ReflectionService::ServiceNames() {
   static const auto* const kNames = new std::vector<std::string>{
-      V1::Service::service_full_name(), V1Alpha::Service::service_full_name()};
+      ReflectionV1::Service::service_full_name(), ReflectionV1Alpha::Service::service_full_name()};
   return *kNames;
 }
 
@@ -236,8 +221,8 @@ absl::StatusOr<std::unique_ptr<ReflectionService>> ReflectionService::Create(Opt
 
 ReflectionService::ReflectionService(Options options)
     : options_(std::move(options)),
-      v1_(std::make_unique<Versioned<V1>>(&options_)),
-      v1alpha_(std::make_unique<Versioned<V1Alpha>>(&options_)) {}
+      v1_(std::make_unique<Versioned<ReflectionV1>>(&options_)),
+      v1alpha_(std::make_unique<Versioned<ReflectionV1Alpha>>(&options_)) {}
 
 ReflectionService::~ReflectionService() = default;
 

@@ -11,12 +11,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "core/attention_weights.h"
 #include "core/mutex.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
-#include "grpc/reflection/v1/reflection.grpc.pb.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -29,32 +26,12 @@ namespace {
 
 namespace pb = google::protobuf;
 
-struct V1 {
-  using Service = grpc::reflection::v1::ServerReflection;
-  using Request = grpc::reflection::v1::ServerReflectionRequest;
-  using Response = grpc::reflection::v1::ServerReflectionResponse;
-};
-struct V1Alpha {
-  using Service = grpc::reflection::v1alpha::ServerReflection;
-  using Request = grpc::reflection::v1alpha::ServerReflectionRequest;
-  using Response = grpc::reflection::v1alpha::ServerReflectionResponse;
-};
-
+// No model: reflection does not depend on them.
 std::unique_ptr<AttentionServer> StartServer() {
-  Model m;
-  m.name = "small";
-  m.config.embed_dim = 16;
-  m.config.num_heads = 2;
-  m.max_seq_len = 8;
-  m.max_request_tokens = 8;
-  m.mha =
-      *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, 1), {});
-  std::vector<Model> models;
-  models.push_back(std::move(m));
   AttentionServer::Options options;
   options.listen = "127.0.0.1:0";
   options.metrics_listen = "";
-  auto server = AttentionServer::Start(ModelRepository::FromModels(std::move(models)), options);
+  auto server = AttentionServer::Start(ModelRepository::FromModels({}), options);
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
 }
@@ -154,7 +131,7 @@ class ReflectionServiceTest : public ::testing::Test {
   std::unique_ptr<AttentionServer> server_;
 };
 
-using Versions = ::testing::Types<V1, V1Alpha>;
+using Versions = ::testing::Types<ReflectionV1, ReflectionV1Alpha>;
 TYPED_TEST_SUITE(ReflectionServiceTest, Versions);
 
 TYPED_TEST(ReflectionServiceTest, ListServicesNamesExactlyTheRegisteredServices) {
