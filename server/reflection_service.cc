@@ -16,24 +16,24 @@ namespace {
 
 namespace pb = google::protobuf;
 
-const pb::DescriptorPool& Pool() { return *pb::DescriptorPool::generated_pool(); }
-
 // Names may come fully qualified with a leading dot, as in descriptors.
 absl::string_view WithoutDot(absl::string_view name) {
   absl::ConsumePrefix(&name, ".");
   return name;
 }
 
-absl::StatusOr<const pb::FileDescriptor*> FileByName(const std::string& name) {
-  const pb::FileDescriptor* file = Pool().FindFileByName(name);
+absl::StatusOr<const pb::FileDescriptor*> FileByName(const pb::DescriptorPool& pool,
+                                                     const std::string& name) {
+  const pb::FileDescriptor* file = pool.FindFileByName(name);
   if (file == nullptr) {
     return absl::NotFoundError(absl::StrCat("file_by_filename: unknown file '", name, "'"));
   }
   return file;
 }
 
-absl::StatusOr<const pb::FileDescriptor*> FileContainingSymbol(absl::string_view symbol) {
-  const pb::FileDescriptor* file = Pool().FindFileContainingSymbol(std::string(WithoutDot(symbol)));
+absl::StatusOr<const pb::FileDescriptor*> FileContainingSymbol(const pb::DescriptorPool& pool,
+                                                               absl::string_view symbol) {
+  const pb::FileDescriptor* file = pool.FindFileContainingSymbol(std::string(WithoutDot(symbol)));
   if (file == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("file_containing_symbol: unknown symbol '", symbol, "'"));
@@ -41,20 +41,22 @@ absl::StatusOr<const pb::FileDescriptor*> FileContainingSymbol(absl::string_view
   return file;
 }
 
-absl::StatusOr<const pb::Descriptor*> MessageType(absl::string_view field, absl::string_view type) {
-  const pb::Descriptor* message = Pool().FindMessageTypeByName(std::string(WithoutDot(type)));
+absl::StatusOr<const pb::Descriptor*> MessageType(const pb::DescriptorPool& pool,
+                                                  absl::string_view field, absl::string_view type) {
+  const pb::Descriptor* message = pool.FindMessageTypeByName(std::string(WithoutDot(type)));
   if (message == nullptr) {
     return absl::NotFoundError(absl::StrCat(field, ": unknown message type '", type, "'"));
   }
   return message;
 }
 
-absl::StatusOr<const pb::FileDescriptor*> FileContainingExtension(absl::string_view type,
+absl::StatusOr<const pb::FileDescriptor*> FileContainingExtension(const pb::DescriptorPool& pool,
+                                                                  absl::string_view type,
                                                                   int number) {
   constexpr absl::string_view kField = "file_containing_extension";
-  const absl::StatusOr<const pb::Descriptor*> message = MessageType(kField, type);
+  const absl::StatusOr<const pb::Descriptor*> message = MessageType(pool, kField, type);
   if (!message.ok()) return message.status();
-  const pb::FieldDescriptor* extension = Pool().FindExtensionByNumber(*message, number);
+  const pb::FieldDescriptor* extension = pool.FindExtensionByNumber(*message, number);
   if (extension == nullptr) {
     return absl::NotFoundError(
         absl::StrCat(kField, ": '", type, "' has no extension numbered ", number));
@@ -91,30 +93,31 @@ void SetError(const absl::Status& status, Response& response) {
 
 // Answers one request. `sent`: the files this stream has been sent.
 template <typename Proto>
-void Answer(const std::vector<std::string>& services, const typename Proto::Request& request,
+void Answer(const ReflectionService::Options& options, const typename Proto::Request& request,
             std::set<std::string>& sent, typename Proto::Response& response) {
   using Request = typename Proto::Request;
+  const pb::DescriptorPool& pool = *options.pool;
   response.Clear();
   response.set_valid_host(request.host());
   *response.mutable_original_request() = request;
   absl::StatusOr<const pb::FileDescriptor*> file;
   switch (request.message_request_case()) {
     case Request::kFileByFilename:
-      file = FileByName(request.file_by_filename());
+      file = FileByName(pool, request.file_by_filename());
       break;
     case Request::kFileContainingSymbol:
-      file = FileContainingSymbol(request.file_containing_symbol());
+      file = FileContainingSymbol(pool, request.file_containing_symbol());
       break;
     case Request::kFileContainingExtension:
-      file = FileContainingExtension(request.file_containing_extension().containing_type(),
+      file = FileContainingExtension(pool, request.file_containing_extension().containing_type(),
                                      request.file_containing_extension().extension_number());
       break;
     case Request::kAllExtensionNumbersOfType: {
-      const absl::StatusOr<const pb::Descriptor*> message =
-          MessageType("all_extension_numbers_of_type", request.all_extension_numbers_of_type());
+      const absl::StatusOr<const pb::Descriptor*> message = MessageType(
+          pool, "all_extension_numbers_of_type", request.all_extension_numbers_of_type());
       if (!message.ok()) return SetError(message.status(), response);
       std::vector<const pb::FieldDescriptor*> extensions;
-      Pool().FindAllExtensions(*message, &extensions);
+      pool.FindAllExtensions(*message, &extensions);
       std::vector<int> numbers;
       for (const pb::FieldDescriptor* extension : extensions)
         numbers.push_back(extension->number());
@@ -126,7 +129,7 @@ void Answer(const std::vector<std::string>& services, const typename Proto::Requ
     }
     case Request::kListServices: {
       auto* out = response.mutable_list_services_response();
-      for (const std::string& name : services) out->add_service()->set_name(name);
+      for (const std::string& name : options.services) out->add_service()->set_name(name);
       return;
     }
     default:
@@ -153,7 +156,7 @@ class Reactor final
     : public grpc::ServerBidiReactor<typename Proto::Request, typename Proto::Response> {
  public:
   Reactor(const ReflectionService::Options& options, const grpc::CallbackServerContext& context)
-      : services_(options.services) {
+      : options_(options) {
     if (options.authorize != nullptr) {
       const absl::Status allowed = options.authorize(
           absl::StrCat("/", Proto::Service::service_full_name(), "/ServerReflectionInfo"), context);
@@ -169,7 +172,7 @@ class Reactor final
     // Not ok: the client closed its side (or the stream broke, and then no
     // one sees the status).
     if (!ok) return this->Finish(grpc::Status::OK);
-    Answer<Proto>(services_, request_, sent_, response_);
+    Answer<Proto>(options_, request_, sent_, response_);
     this->StartWrite(&response_);
   }
 
@@ -181,7 +184,7 @@ class Reactor final
   void OnDone() override { delete this; }
 
  private:
-  const std::vector<std::string>& services_;  // the service's, which outlives every stream
+  const ReflectionService::Options& options_;  // the service's, which outlives every stream
   typename Proto::Request request_;
   typename Proto::Response response_;
   std::set<std::string> sent_;  // names of the files sent on this stream
@@ -210,10 +213,13 @@ const std::vector<std::string>& ReflectionService::ServiceNames() {
 }
 
 absl::StatusOr<std::unique_ptr<ReflectionService>> ReflectionService::Create(Options options) {
+  if (options.pool == nullptr) {
+    return absl::InvalidArgumentError("pool: required (the default is the generated pool)");
+  }
   for (const std::string& name : options.services) {
-    if (Pool().FindServiceByName(name) == nullptr) {
+    if (options.pool->FindServiceByName(name) == nullptr) {
       return absl::InvalidArgumentError(
-          absl::StrCat("services: '", name, "' is not a service in the generated descriptors"));
+          absl::StrCat("services: '", name, "' is not a service in the descriptor pool"));
     }
   }
   return std::unique_ptr<ReflectionService>(new ReflectionService(std::move(options)));

@@ -1,6 +1,6 @@
 // gRPC server reflection (grpc.reflection.v1alpha and grpc.reflection.v1,
 // the same protocol under two package names) on gRPC's callback API,
-// answered from protobuf's generated descriptor pool, with an optional check
+// answered from protobuf's generated descriptor pool (Options::pool), with an optional check
 // of each stream before it is served.
 //
 // gRPC's reflection plugin (libgrpc++_reflection) cannot refuse a call: its
@@ -42,6 +42,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/descriptor.h"
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/server_builder.h"
@@ -73,18 +74,22 @@ class ReflectionService {
 
   struct Options {
     // What list_services answers: the full names of the services the server
-    // offers, reflection's own included (kServiceNames). Each must be a
-    // service in the generated descriptor pool.
+    // offers, reflection's own included (ServiceNames()). Each must be a
+    // service in `pool`.
     std::vector<std::string> services;
     // Null: every stream is served.
     Authorize authorize;
+    // Test seam: where files, symbols and extensions are looked up. Must
+    // outlive the service.
+    const google::protobuf::DescriptorPool* pool =
+        google::protobuf::DescriptorPool::generated_pool();
   };
 
   // The two reflection services' full names, v1 first.
   static const std::vector<std::string>& ServiceNames();
 
-  // INVALID_ARGUMENT when a name in options.services is not a service of
-  // the generated pool.
+  // INVALID_ARGUMENT when a name in options.services is not a service in
+  // options.pool, or pool is null.
   static absl::StatusOr<std::unique_ptr<ReflectionService>> Create(Options options);
 
   ~ReflectionService();

@@ -14,6 +14,7 @@
 #include "core/mutex.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/text_format.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -283,13 +284,21 @@ TYPED_TEST(ReflectionServiceTest, ManyRequestsOnOneStreamAreAnsweredInOrder) {
   EXPECT_TRUE(stream.Close().ok());
 }
 
+ReflectionService::Options Options(std::vector<std::string> services,
+                                   ReflectionService::Authorize authorize = nullptr) {
+  ReflectionService::Options options;
+  options.services = std::move(services);
+  options.authorize = std::move(authorize);
+  return options;
+}
+
 // A ReflectionService on a grpc::Server of its own.
 class OwnServer {
  public:
-  explicit OwnServer(ReflectionService::Authorize authorize) {
-    ReflectionService::Options options;
-    options.services = ReflectionService::ServiceNames();
-    options.authorize = std::move(authorize);
+  // Serves reflection's own names from the generated pool.
+  explicit OwnServer(ReflectionService::Authorize authorize)
+      : OwnServer(Options(ReflectionService::ServiceNames(), std::move(authorize))) {}
+  explicit OwnServer(ReflectionService::Options options) {
     auto service = ReflectionService::Create(std::move(options));
     EXPECT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
@@ -311,10 +320,10 @@ class OwnServer {
 };
 
 template <typename Proto>
-class ReflectionAuthorizeTest : public ::testing::Test {};
-TYPED_TEST_SUITE(ReflectionAuthorizeTest, Versions);
+class ReflectionOwnServerTest : public ::testing::Test {};
+TYPED_TEST_SUITE(ReflectionOwnServerTest, Versions);
 
-TYPED_TEST(ReflectionAuthorizeTest, RefusedStreamEndsWithTheAuthorizersStatus) {
+TYPED_TEST(ReflectionOwnServerTest, RefusedStreamEndsWithTheAuthorizersStatus) {
   Mutex mu;
   std::vector<std::string> methods;
   OwnServer own([&mu, &methods](absl::string_view method, const grpc::ServerContextBase&) {
@@ -331,12 +340,81 @@ TYPED_TEST(ReflectionAuthorizeTest, RefusedStreamEndsWithTheAuthorizersStatus) {
                          "/", TypeParam::Service::service_full_name(), "/ServerReflectionInfo")});
 }
 
-TYPED_TEST(ReflectionAuthorizeTest, AllowedStreamIsServed) {
+TYPED_TEST(ReflectionOwnServerTest, AllowedStreamIsServed) {
   OwnServer own([](absl::string_view, const grpc::ServerContextBase&) { return absl::OkStatus(); });
   Stream<TypeParam> stream(own.port());
   typename TypeParam::Request list;
   list.set_list_services("");
   EXPECT_EQ(stream.Ask(list).list_services_response().service_size(), 2);
+  EXPECT_TRUE(stream.Close().ok());
+}
+
+// A pool of two files: test.Base with an extension range, and test.Ext,
+// which extends it (numbers declared out of order) and has a service.
+std::unique_ptr<pb::DescriptorPool> PoolWithExtensions() {
+  auto pool = std::make_unique<pb::DescriptorPool>();
+  for (const char* text : {
+           R"pb(name: "test/base.proto"
+                package: "test"
+                message_type {
+                  name: "Base"
+                  extension_range { start: 100 end: 200 }
+                })pb",
+           R"pb(name: "test/ext.proto"
+                package: "test"
+                dependency: "test/base.proto"
+                extension {
+                  name: "later"
+                  number: 150
+                  label: LABEL_OPTIONAL
+                  type: TYPE_INT32
+                  extendee: ".test.Base"
+                }
+                extension {
+                  name: "first"
+                  number: 100
+                  label: LABEL_OPTIONAL
+                  type: TYPE_STRING
+                  extendee: ".test.Base"
+                }
+                service { name: "Svc" })pb"}) {
+    pb::FileDescriptorProto file;
+    EXPECT_TRUE(pb::TextFormat::ParseFromString(text, &file)) << text;
+    EXPECT_NE(pool->BuildFile(file), nullptr) << text;
+  }
+  return pool;
+}
+
+TYPED_TEST(ReflectionOwnServerTest, ExtensionsOfAType) {
+  const std::unique_ptr<pb::DescriptorPool> pool = PoolWithExtensions();
+  ReflectionService::Options options = Options({"test.Svc"});
+  options.pool = pool.get();
+  OwnServer own(std::move(options));
+  Stream<TypeParam> stream(own.port());
+  typename TypeParam::Request request;
+  request.set_all_extension_numbers_of_type("test.Base");
+  auto response = stream.Ask(request);
+  ASSERT_TRUE(response.has_all_extension_numbers_response()) << response.DebugString();
+  EXPECT_EQ(response.all_extension_numbers_response().base_type_name(), "test.Base");
+  EXPECT_EQ(std::vector<int>(response.all_extension_numbers_response().extension_number().begin(),
+                             response.all_extension_numbers_response().extension_number().end()),
+            (std::vector<int>{100, 150}));
+
+  request.mutable_file_containing_extension()->set_containing_type("test.Base");
+  request.mutable_file_containing_extension()->set_extension_number(150);
+  response = stream.Ask(request);
+  EXPECT_EQ(FileNames(response), (std::vector<std::string>{"test/ext.proto", "test/base.proto"}));
+  EXPECT_NE(BuildPool(response)->FindExtensionByName("test.later"), nullptr);
+
+  request.mutable_file_containing_extension()->set_extension_number(120);
+  response = stream.Ask(request);
+  EXPECT_EQ(response.error_response().error_code(), 5) << response.DebugString();
+
+  EXPECT_EQ(FileNames(stream.Symbol("test.first")), std::vector<std::string>{"test/ext.proto"});
+  request.set_list_services("");
+  response = stream.Ask(request);
+  ASSERT_EQ(response.list_services_response().service_size(), 1);
+  EXPECT_EQ(response.list_services_response().service(0).name(), "test.Svc");
   EXPECT_TRUE(stream.Close().ok());
 }
 
@@ -346,6 +424,9 @@ TEST(ReflectionServiceCreateTest, RefusesAServiceNotInTheGeneratedDescriptors) {
   const auto service = ReflectionService::Create(options);
   EXPECT_EQ(service.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(service.status().message(), "'attention.v1.NoSuchService'"));
+  options.services = {};
+  options.pool = nullptr;
+  EXPECT_EQ(ReflectionService::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
