@@ -508,10 +508,10 @@ bool MetricsAuth::Check(const std::string& user, const std::string& password) {
   }
   bool ok = false;
   for (const BasicAuthEntry& entry : *users) {
-    // Both compared every time: & not &&.
-    const bool match =
-        ConstantTimeEquals(entry.user, user) & DigestEquals(entry.password_digest, digest);
-    ok = ok || match;
+    // Both compared every time, for every entry.
+    const bool user_matches = ConstantTimeEquals(entry.user, user);
+    const bool password_matches = DigestEquals(entry.password_digest, digest);
+    if (user_matches && password_matches) ok = true;
   }
   if (!ok) {
     options_.observer->AuthFailed(AuthFailure::kMetricsAuth);
