@@ -116,7 +116,8 @@ class AuthObserver {
 class FailureLogLimit {
  public:
   FailureLogLimit(Clock* clock, int max_lines) : clock_(clock), max_lines_(max_lines) {}
-  // True: write the line, with `*suppressed` (> 0) as its suppressed= count.
+  // True: write the line now, with `*suppressed` (when above 0) as its
+  // suppressed= count; false: it is suppressed (and counted).
   bool Admit(int64_t* suppressed);
 
  private:
