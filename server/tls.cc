@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -190,7 +191,17 @@ class ServerTls::Impl {
     }
     absl::StatusOr<std::unique_ptr<FileWatch>> started = FileWatch::Start(
         watch, [this](const std::vector<std::string>& contents) { return Install(contents); });
-    if (!started.ok()) return started.status();
+    if (!started.ok()) {
+      // A file that cannot be read is named by its path: add its flag.
+      const char* flags[] = {kCertFlag, kKeyFlag, kCaFlag};
+      for (size_t i = 0; i < watch.paths.size(); ++i) {
+        if (absl::StartsWith(started.status().message(), absl::StrCat(watch.paths[i], ":"))) {
+          return absl::Status(started.status().code(),
+                              absl::StrCat(flags[i], "=", started.status().message()));
+        }
+      }
+      return started.status();
+    }
     watch_ = *std::move(started);
 
     const std::string identity_path = absl::StrCat("/proc/self/fd/", identity_fd_);

@@ -331,6 +331,11 @@ TEST(ServerTlsTest, CreateRefusesIncompleteOptions) {
   fast.refresh_interval = absl::Milliseconds(500);
   EXPECT_TRUE(HasError(ServerTls::Create(fast, nullptr, nullptr).status(),
                        absl::StatusCode::kInvalidArgument, {"--tls_refresh_interval"}));
+  // A file that cannot be read: its flag and path.
+  TlsOptions missing = live.options;
+  missing.key_file += ".missing";
+  EXPECT_TRUE(HasError(ServerTls::Create(missing, nullptr, nullptr).status(),
+                       absl::StatusCode::kNotFound, {"--tls_key_file=", missing.key_file}));
   // An empty client CA file.
   WriteFile(live.options.client_ca_file, "");
   EXPECT_TRUE(HasError(ServerTls::Create(live.options, nullptr, nullptr).status(),
@@ -616,8 +621,8 @@ TEST(HealthListenTest, PlaintextHealthBesideTlsMirrorsTheMainHealthUntilShutdown
   std::thread stopper([&server] { server->Shutdown(); });
   for (auto& w : watchers) {
     HealthCheckResponse r;
-    ASSERT_TRUE(w->reader->Read(&r));
-    EXPECT_EQ(r.status(), HealthCheckResponse::NOT_SERVING);
+    EXPECT_TRUE(w->reader->Read(&r) && r.status() == HealthCheckResponse::NOT_SERVING)
+        << "no NOT_SERVING on " << (w == watchers.front() ? "the health port" : "the main port");
     EXPECT_FALSE(w->reader->Read(&r));
     EXPECT_EQ(w->reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
   }
