@@ -142,8 +142,8 @@ absl::Status ValidateTlsMaterial(const std::string& cert_chain, const std::strin
 // it log "Invalid private key" / "Invalid cert chain file" and "Update
 // handshaker factory failed" at its next refresh, and from then on every
 // NEW handshake fails (the client sees UNAVAILABLE "Socket closed") until
-// good files return: it drops the old chain before building the new one,
-// so one bad write takes TLS down (tls_test's
+// good files return: the old chain is not kept, so one bad write takes TLS
+// down (tls_test's
 // GrpcProviderAloneStopsServingOnBrokenFiles).
 // Hence the validation before anything reaches it.
 //
@@ -153,8 +153,9 @@ absl::Status ValidateTlsMaterial(const std::string& cert_chain, const std::strin
 // dup3()ed onto the fixed numbers, so every open of /proc/self/fd/<N> sees
 // either the old set or the new one, whole. gRPC opens the key path and
 // the chain path separately, so a swap between its two reads would pair an
-// old key with a new chain; but it stats both paths (seconds) before and
-// after reading and reads again when a time moved, and every memfd here
+// old key with a new chain; but (1.51's ReadIdentityKeyCertPairFromFiles)
+// it stats both paths (seconds) before and after reading and reads again
+// when a time moved, and every memfd here
 // gets a modification time one second past the last one's at least, so a
 // swap anywhere in that window is always seen. OpenSSL's PEM readers skip
 // blocks of another type, so gRPC's key reader finds the key and its chain
@@ -166,7 +167,9 @@ class ServerTls::Impl {
       : options_(options), logger_(logger), observer_(observer) {}
 
   ~Impl() {
-    // The provider (and its thread) first, then the files it reads.
+    // The watch (its thread swaps the files), then gRPC's provider (its
+    // thread reads them; every server using credentials_ is gone by now),
+    // then the files.
     watch_.reset();
     credentials_.reset();
     provider_.reset();

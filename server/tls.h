@@ -64,7 +64,8 @@ class ServerTls {
   ~ServerTls();
 
   // Credentials for ServerBuilder::AddListeningPort; the same for every
-  // port, they follow rotations.
+  // port, they follow rotations. Every server using them must be destroyed
+  // before this ServerTls (it owns the in-memory files they read).
   std::shared_ptr<grpc::ServerCredentials> credentials() const;
 
   // Re-reads the files now (tests); the FileWatch's status.
