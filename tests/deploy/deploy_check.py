@@ -3,9 +3,14 @@
   deploy_check.py k8s BIN_DIR DOCKERFILE RENDERED.yaml...   (kubectl kustomize output, one per overlay)
   deploy_check.py compose BIN_DIR CONFIG.yaml               (docker-compose config output)
 
+With TLS, tokens or metrics basic auth in the args (deploy/k8s/components/tls, tokens, mtls;
+deploy/compose/docker-compose.tls.yml), also checks where those files come from.
+
 Prints one line per check group and exits 1 on the first failure, naming the file and object.
 Needs PyYAML (Debian: python3-yaml).
 """
+import copy
+import hashlib
 import os
 import re
 import subprocess
@@ -430,7 +435,6 @@ def check_security_files(path, cw, security, mounts, volumes, by_kind, grpc_port
 
 def strip_security(dep):
     """The Deployment with everything components/tls-auth and components/mtls add taken out."""
-    import copy
     dep = copy.deepcopy(dep)
     spec = dep["spec"]["template"]["spec"]
     c = [c for c in spec["containers"] if c["name"] == "attention-server"][0]
@@ -595,7 +599,6 @@ def check_compose_security(path, config, values, prom_config, prom_config_file, 
                   f"{jw}: /metrics needs basic auth: basic_auth with username and password_file")
             pw_file = compose_secret_file(config, "prometheus", ba["password_file"], jw)
             # The password Prometheus sends (it trims surrounding whitespace) must be a user's.
-            import hashlib
             digest = hashlib.sha256(open(pw_file, "rb").read().strip()).hexdigest()
             users = [line.split() for line in open(hosts["metrics_auth_file"])
                      if line.strip() and not line.startswith("#")]
