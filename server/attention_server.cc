@@ -19,7 +19,6 @@
 #include "core/status_macros.h"
 #include "grpc/grpc.h"
 #include "grpcpp/ext/health_check_service_server_builder_option.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -375,7 +374,13 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   for (const Model* model : s->repository_->models())
     s->health_->SetServingStatus(model->name, true);
 
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // Reflection lists every service registered below, its own included.
+  ReflectionService::Options reflection_options;
+  reflection_options.services = {attention::v1::AttentionService::service_full_name(),
+                                 grpc::health::v1::Health::service_full_name()};
+  for (const std::string& name : ReflectionService::ServiceNames())
+    reflection_options.services.push_back(name);
+  ATTN_ASSIGN_OR_RETURN(s->reflection_, ReflectionService::Create(std::move(reflection_options)));
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->grpc_port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -384,6 +389,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
   builder.RegisterService(s->health_.get());
   builder.RegisterService(s->service_.get());
+  s->reflection_->RegisterWith(builder);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> counting;
   counting.push_back(s->calls_->NewFactory());
   builder.experimental().SetInterceptorCreators(std::move(counting));

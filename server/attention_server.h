@@ -35,6 +35,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
+#include "server/reflection_service.h"
 #include "server/session_manager.h"
 #include "server/tls.h"
 
@@ -173,6 +174,7 @@ class AttentionServer {
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;
   std::unique_ptr<HealthService> health_;
+  std::unique_ptr<ReflectionService> reflection_;  // outlives server_
   std::unique_ptr<CallCounter> calls_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;
