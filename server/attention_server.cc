@@ -298,6 +298,23 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
         absl::StrCat("shutdown_close_wait: expected 0 or more, got ",
                      absl::FormatDuration(options.shutdown_close_wait)));
   }
+  Authorizer::Options auth_options;
+  auth_options.tokens_file = options.auth_tokens_file;
+  auth_options.protect_health = options.auth_health;
+  auth_options.refresh_interval = options.auth_refresh_interval;
+  auth_options.clock = options.clock;
+  auth_options.logger = s->logger_.get();
+  auth_options.observer = s->metrics_->auth();
+  ATTN_ASSIGN_OR_RETURN(s->auth_, Authorizer::Create(auth_options));
+  if (!options.metrics_auth_file.empty()) {
+    MetricsAuth::Options metrics_auth_options;
+    metrics_auth_options.file = options.metrics_auth_file;
+    metrics_auth_options.refresh_interval = options.auth_refresh_interval;
+    metrics_auth_options.clock = options.clock;
+    metrics_auth_options.logger = s->logger_.get();
+    metrics_auth_options.observer = s->metrics_->auth();
+    ATTN_ASSIGN_OR_RETURN(s->metrics_auth_, MetricsAuth::Create(metrics_auth_options));
+  }
   if (!options.metrics_listen.empty()) {
     // civetweb options. Each worker serves one connection at a time, so
     // `num_threads` idle clients would hold them all; request_timeout_ms
@@ -320,6 +337,16 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     } catch (const std::exception& e) {
       return absl::UnavailableError(
           absl::StrCat("--metrics_listen=", options.metrics_listen, ": cannot listen: ", e.what()));
+    }
+    if (s->metrics_auth_ != nullptr) {
+      // Before the collectables: /metrics never answers without it. A
+      // request without basic-auth credentials gets 401 from prometheus-cpp
+      // without asking the callback (MetricsAuth::Check).
+      s->exposer_->RegisterAuth(
+          [m = s->metrics_auth_.get()](const std::string& user, const std::string& password) {
+            return m->Check(user, password);
+          },
+          "attention-server", "/metrics");
     }
     s->exposer_->RegisterCollectable(s->metrics_->registry());
     s->exposer_->RegisterCollectable(s->metrics_->process_collectable());
@@ -357,6 +384,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   service_options.max_response_bytes = options.max_message_bytes;
   service_options.max_response_bytes_in_flight = options.max_response_bytes_in_flight;
   service_options.sessions = s->sessions_.get();
+  if (s->auth_->enabled()) service_options.auth = s->auth_.get();
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->env_,
                                                    s->batcher_.get(), service_options);
   // Warm every model up on the batcher's executor thread (the one that will
@@ -368,7 +396,14 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   ATTN_RETURN_IF_ERROR(warm);
 
   // Health: "" (the whole server), the service name, and one name per model.
-  s->health_ = std::make_unique<HealthService>();
+  HealthService::CallCheck health_check;  // null: open
+  if (s->auth_->enabled()) {
+    health_check = [auth = s->auth_.get()](absl::string_view method,
+                                           const grpc::ServerContextBase& context) {
+      return auth->Check(method, context);
+    };
+  }
+  s->health_ = std::make_unique<HealthService>(health_check);
   s->health_->SetServingStatus("", true);
   s->health_->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
   for (const Model* model : s->repository_->models())
@@ -376,6 +411,8 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
 
   // Reflection lists every service registered below, its own included.
   ReflectionService::Options reflection_options;
+  // The Authorizer lets probe methods through unless --auth_health.
+  reflection_options.authorize = health_check;
   reflection_options.services = {attention::v1::AttentionService::service_full_name(),
                                  grpc::health::v1::Health::service_full_name()};
   for (const std::string& name : ReflectionService::ServiceNames())

@@ -150,6 +150,11 @@ class AttentionServer {
   // Requests waiting in the batcher.
   int queued_requests() const { return batcher_ == nullptr ? 0 : batcher_->queued().first; }
   ServerMetrics& metrics() { return *metrics_; }
+  // The token check (disabled without auth_tokens_file); for tests'
+  // ReloadNow().
+  Authorizer& auth() { return *auth_; }
+  // Null without metrics_auth_file.
+  MetricsAuth* metrics_auth() { return metrics_auth_.get(); }
   // Null when sessions are disabled.
   SessionManager* sessions() { return sessions_.get(); }
 
@@ -163,6 +168,10 @@ class AttentionServer {
   std::unique_ptr<ModelRepository> repository_;
   std::shared_ptr<Logger> logger_;
   std::unique_ptr<ServerMetrics> metrics_;
+  // After metrics_ (their observer), before the exposer and the services
+  // (which call them).
+  std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<MetricsAuth> metrics_auth_;     // null: /metrics is open
   std::unique_ptr<core::TeeBatchObservers> tee_;  // metrics_, then options_.observers
   // metrics_->sessions(), then options_.session_observer.
   std::unique_ptr<SessionObserver> session_tee_;

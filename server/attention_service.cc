@@ -37,12 +37,37 @@ AttentionService::AttentionService(const ModelRepository* repository, const Call
       decode_options_{.max_response_bytes = options.max_response_bytes},
       response_budget_(options.max_response_bytes_in_flight),
       unknown_model_observer_(env->observers->For("")),
-      sessions_(options.sessions) {
+      sessions_(options.sessions),
+      auth_(options.auth) {
   for (const Model* model : repository->models()) {
     model_observers_[model] = env->observers->For(model->name);
     kv_observers_[model] = env->kv_observers->For(model->name);
   }
 }
+
+absl::Status AttentionService::Authorize(absl::string_view method,
+                                         const grpc::CallbackServerContext& context) {
+  return auth_ == nullptr ? absl::OkStatus() : auth_->Check(method, context);
+}
+
+namespace {
+
+// A refused call's answer.
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, const absl::Status& why) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(why));
+  return reactor;
+}
+
+// An AttendStream refused at its start: finishes with the status at once,
+// reading nothing.
+class RefusedStream final : public grpc::ServerBidiReactor<AttendRequest, AttendResponse> {
+ public:
+  explicit RefusedStream(const absl::Status& why) { Finish(ToGrpcStatus(why)); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
 
 absl::Status AttentionService::Admit(const AttendRequest& request,
                                      std::unique_ptr<AttendCall>* call) {
@@ -112,6 +137,9 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
 grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* context,
                                                    const AttendRequest* request,
                                                    AttendResponse* response) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/Attend", *context); !why.ok()) {
+    return Refuse(context, why);
+  }
   auto* reactor = new AttendUnaryReactor(batcher_);  // deletes itself in OnDone
   auto call = std::make_unique<AttendCall>();
   call->context = context;
@@ -299,12 +327,20 @@ class AttentionService::StreamReactor final
 
 grpc::ServerBidiReactor<AttendRequest, AttendResponse>* AttentionService::AttendStream(
     grpc::CallbackServerContext* context) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/AttendStream", *context);
+      !why.ok()) {
+    return new RefusedStream(why);  // deletes itself in OnDone
+  }
   return new StreamReactor(this, context);
 }
 
 grpc::ServerUnaryReactor* AttentionService::ListModels(
     grpc::CallbackServerContext* context, const attention::v1::ListModelsRequest* /*request*/,
     attention::v1::ListModelsResponse* response) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/ListModels", *context);
+      !why.ok()) {
+    return Refuse(context, why);
+  }
   for (const Model* model : repository_->models()) FillModelInfo(*model, response->add_models());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -314,6 +350,10 @@ grpc::ServerUnaryReactor* AttentionService::ListModels(
 grpc::ServerUnaryReactor* AttentionService::GetModel(grpc::CallbackServerContext* context,
                                                      const attention::v1::GetModelRequest* request,
                                                      attention::v1::ModelInfo* response) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/GetModel", *context);
+      !why.ok()) {
+    return Refuse(context, why);
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const Model* model = repository_->Find(request->name());
   if (model == nullptr) {

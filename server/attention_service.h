@@ -32,6 +32,11 @@
 // server/session_rpcs.cc) answer inline from Options::sessions. Without
 // Options::sessions, both are UNIMPLEMENTED.
 //
+// Auth: with Options::auth, every RPC first asks it (server/auth.h) and, if
+// refused, finishes with its UNAUTHENTICATED or PERMISSION_DENIED before the
+// request is decoded, queued or counted as a request; AttendStream asks once
+// when the stream starts.
+//
 // Thread-safe. The repository, env (and its observers), batcher and session
 // table must outlive the service (and the grpc::Server it is registered
 // with).
@@ -42,6 +47,7 @@
 
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/attend_call.h"
+#include "server/auth.h"
 #include "server/model_repository.h"
 #include "server/session_manager.h"
 
@@ -67,6 +73,9 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
     // The KV-cache sessions; null disables them (the session RPCs answer
     // UNIMPLEMENTED).
     SessionManager* sessions = nullptr;
+    // Checks each call's token and role; null: every call is allowed. Must
+    // outlive the service.
+    Authorizer* auth = nullptr;
   };
 
   // Asks env->observers for every model's observer.
@@ -101,6 +110,9 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
  private:
   class StreamReactor;
 
+  // OK, or why `context`'s call of `method` (full name) is refused.
+  absl::Status Authorize(absl::string_view method, const grpc::CallbackServerContext& context);
+
   // Validates `request` and hands `*call` (context, reactor or responder
   // already set) to the batcher. On failure returns why and leaves `*call`
   // with the caller, its response's request_id and model_name filled in
@@ -120,6 +132,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   std::unordered_map<const Model*, KvBatchObserver*> kv_observers_;
   core::BatchObserver* const unknown_model_observer_;
   SessionManager* const sessions_;
+  Authorizer* const auth_;
 };
 
 // Fills `info` from a loaded model (wire::ToModelInfo).

@@ -110,6 +110,25 @@ class AuthObserver {
   static AuthObserver* Noop();
 };
 
+// The failure-log rate limit: at most `max_lines` lines a minute (on
+// `clock`); Admit() says whether a line may be written now and, if so, how
+// many were suppressed since the last one written. Thread-safe.
+class FailureLogLimit {
+ public:
+  FailureLogLimit(Clock* clock, int max_lines) : clock_(clock), max_lines_(max_lines) {}
+  // True: write the line now, with `*suppressed` (when above 0) as its
+  // suppressed= count; false: it is suppressed (and counted).
+  bool Admit(int64_t* suppressed);
+
+ private:
+  Clock* const clock_;
+  const int max_lines_;
+  Mutex mu_;
+  absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int window_lines_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class Authorizer {
  public:
   static constexpr int kMaxFailureLogsPerMinute = 20;
@@ -147,12 +166,9 @@ class Authorizer {
               absl::string_view token_name);
 
   const Options options_;
+  FailureLogLimit log_limit_;
   mutable Mutex mu_;
   std::shared_ptr<const std::vector<TokenEntry>> tokens_ ABSL_GUARDED_BY(mu_);
-  // Failure-log rate limit: lines in the current minute, and refused since.
-  absl::Time window_start_ ABSL_GUARDED_BY(mu_);
-  int window_lines_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;
   std::unique_ptr<FileWatch> watch_;
 };
 
@@ -169,13 +185,18 @@ class MetricsAuth {
   static absl::StatusOr<std::unique_ptr<MetricsAuth>> Create(const Options& options);
   ~MetricsAuth();
   // True for a listed user with that password (constant time over entries);
-  // a false is counted as kMetricsAuth.
+  // a false is counted as kMetricsAuth and logged (event=auth_failed
+  // reason=metrics_auth, rate-limited as Authorizer's; neither the user nor
+  // the password is logged). prometheus-cpp 1.0 calls it only for a request
+  // carrying `Authorization: Basic <user:password>`: one without (or with
+  // another scheme) gets 401 before, and is not counted.
   bool Check(const std::string& user, const std::string& password);
   absl::Status ReloadNow();
 
  private:
   explicit MetricsAuth(const Options& options);
   const Options options_;
+  FailureLogLimit log_limit_;
   mutable Mutex mu_;
   std::shared_ptr<const std::vector<BasicAuthEntry>> users_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<FileWatch> watch_;

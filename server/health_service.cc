@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/status_util.h"
 
 namespace attn::server {
 
@@ -122,6 +123,17 @@ class HealthService::WatchReactor final : public grpc::ServerWriteReactor<Health
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+namespace {
+
+// A Watch refused by the call check: finishes at once, writing nothing.
+class RefusedWatch final : public grpc::ServerWriteReactor<HealthCheckResponse> {
+ public:
+  explicit RefusedWatch(const absl::Status& why) { Finish(ToGrpcStatus(why)); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
 HealthService::ServingStatus HealthService::StatusLocked(const std::string& service) const {
   const auto it = services_.find(service);
   return it == services_.end() ? HealthCheckResponse::SERVICE_UNKNOWN : it->second;
@@ -160,6 +172,12 @@ grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* cont
                                                const HealthCheckRequest* request,
                                                HealthCheckResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (check_) {
+    if (absl::Status why = check_("/grpc.health.v1.Health/Check", *context); !why.ok()) {
+      reactor->Finish(ToGrpcStatus(why));
+      return reactor;
+    }
+  }
   ServingStatus status;
   {
     MutexLock lock(&mu_);
@@ -177,7 +195,12 @@ grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* cont
 }
 
 grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
-    grpc::CallbackServerContext* /*context*/, const HealthCheckRequest* request) {
+    grpc::CallbackServerContext* context, const HealthCheckRequest* request) {
+  if (check_) {
+    if (absl::Status why = check_("/grpc.health.v1.Health/Watch", *context); !why.ok()) {
+      return new RefusedWatch(why);  // deletes itself in OnDone
+    }
+  }
   return new WatchReactor(this, request->service());
 }
 

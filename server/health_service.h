@@ -11,14 +11,21 @@
 // Watch sends the current status at once (SERVICE_UNKNOWN for an unknown
 // service, per the health protocol), then each change.
 //
+// A call check (constructor) runs first in Check and Watch: a refused call
+// finishes with its status (UNAUTHENTICATED, PERMISSION_DENIED) at once.
+//
 // Thread-safe. Must outlive the grpc::Server it is registered with.
 #ifndef ATTN_SERVER_HEALTH_SERVICE_H_
 #define ATTN_SERVER_HEALTH_SERVICE_H_
 
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "core/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -28,7 +35,14 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
  public:
   using ServingStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
 
+  // Asked before each call with its full method name
+  // ("/grpc.health.v1.Health/Check") and context: OK lets it through.
+  using CallCheck =
+      std::function<absl::Status(absl::string_view method, const grpc::ServerContextBase& context)>;
+
   HealthService() = default;
+  // Null `check`: every call is allowed.
+  explicit HealthService(CallCheck check) : check_(std::move(check)) {}
   HealthService(const HealthService&) = delete;
   HealthService& operator=(const HealthService&) = delete;
 
@@ -55,6 +69,7 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
   // The status a Watch of `service` reports now.
   ServingStatus StatusLocked(const std::string& service) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const CallCheck check_;
   mutable Mutex mu_;
   std::map<std::string, ServingStatus> services_ ABSL_GUARDED_BY(mu_);
   std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(mu_);

@@ -54,6 +54,18 @@ ABSL_FLAG(std::string, log_level, "info",
           "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED, FAILED_PRECONDITION, "
           "ABORTED) or warning");
 ABSL_FLAG(bool, access_log, false, "Log one event=request line per successful Attend request");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Bearer tokens by role, one '<sha256 hex> <roles> [name]' a line (README, \"Using the "
+          "server\"); "
+          "empty: every call is allowed");
+ABSL_FLAG(bool, auth_health, false,
+          "With --auth_tokens_file, health and reflection need the read role too (default: open, "
+          "for probes)");
+ABSL_FLAG(absl::Duration, auth_refresh_interval, absl::Seconds(5),
+          "How often --auth_tokens_file and --metrics_auth_file are re-read");
+ABSL_FLAG(std::string, metrics_auth_file, "",
+          "/metrics needs HTTP basic auth with a '<user> <sha256 hex of the password>' line of "
+          "this file; empty: open");
 
 namespace {
 
@@ -138,6 +150,10 @@ int Run() {
   options.max_response_bytes_in_flight = absl::GetFlag(FLAGS_max_response_bytes_in_flight);
   options.logger = log;
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.auth_health = absl::GetFlag(FLAGS_auth_health);
+  options.auth_refresh_interval = absl::GetFlag(FLAGS_auth_refresh_interval);
+  options.metrics_auth_file = absl::GetFlag(FLAGS_metrics_auth_file);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
     log->Log(LogLevel::kError, "start_failed", {{"error", std::string(server.status().message())}});

@@ -190,6 +190,21 @@ void SessionMetrics::SessionNotFound(const std::string& /*model*/, const Session
   not_found_[why == nullptr ? 3 : static_cast<size_t>(*why)]->Increment();
 }
 
+constexpr AuthFailure kAuthFailures[] = {AuthFailure::kMissingToken, AuthFailure::kInvalidToken,
+                                         AuthFailure::kPermissionDenied, AuthFailure::kMetricsAuth};
+constexpr absl::string_view kCredentialKinds[] = {"tls", "auth_tokens", "metrics_auth"};
+
+void AuthMetrics::AuthFailed(AuthFailure why) {
+  const size_t i = static_cast<size_t>(why);
+  if (i < failures_.size()) failures_[i]->Increment();
+}
+
+void AuthMetrics::CredentialsReloaded(absl::string_view kind, bool ok) {
+  for (size_t k = 0; k < reloads_.size(); ++k) {
+    if (kCredentialKinds[k] == kind) reloads_[k][ok ? 1 : 0]->Increment();
+  }
+}
+
 ServerMetrics::ServerMetrics(const Options& options)
     : registry_(std::make_shared<prometheus::Registry>()),
       requests_(&prometheus::BuildCounter()
@@ -264,7 +279,8 @@ ServerMetrics::ServerMetrics(const Options& options)
                      .Add({})),
       process_(std::make_shared<ProcessMetrics>()),
       kv_cache_(std::make_shared<KvCacheCollectable>()),
-      sessions_(new SessionMetrics(this)) {
+      sessions_(new SessionMetrics(this)),
+      auth_(new AuthMetrics()) {
   prometheus::BuildGauge()
       .Name("attn_build_info")
       .Help("Build and runtime information; always 1.")
@@ -299,6 +315,29 @@ ServerMetrics::ServerMetrics(const Options& options)
         &not_found.Add({{"reason", std::string(SessionEndName(why))}});
   }
   sessions_->not_found_[3] = &not_found.Add({{"reason", "unknown"}});
+
+  auto& failures = prometheus::BuildCounter()
+                       .Name("attn_auth_failures_total")
+                       .Help(
+                           "Calls and /metrics requests refused, by reason (missing_token, "
+                           "invalid_token, permission_denied, metrics_auth).")
+                       .Register(*registry_);
+  for (AuthFailure why : kAuthFailures) {
+    auth_->failures_[static_cast<size_t>(why)] =
+        &failures.Add({{"reason", std::string(AuthFailureName(why))}});
+  }
+  auto& reloads = prometheus::BuildCounter()
+                      .Name("attn_credentials_reloads_total")
+                      .Help(
+                          "Reloads of changed credentials files (kind tls, auth_tokens, "
+                          "metrics_auth), by result (ok, error).")
+                      .Register(*registry_);
+  for (size_t k = 0; k < auth_->reloads_.size(); ++k) {
+    for (const bool ok : {false, true}) {
+      auth_->reloads_[k][ok ? 1 : 0] = &reloads.Add(
+          {{"kind", std::string(kCredentialKinds[k])}, {"result", ok ? "ok" : "error"}});
+    }
+  }
 
   // model="": request counters only (see ModelMetrics), created per code on
   // first use like every model's.

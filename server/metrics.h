@@ -70,6 +70,19 @@
 //                                               existed, or forgotten); no
 //                                               model label (an unknown id
 //                                               has none)
+//   attn_auth_failures_total{reason}           counter, calls and scrapes
+//                                               refused: missing_token,
+//                                               invalid_token,
+//                                               permission_denied,
+//                                               metrics_auth; all at 0 from
+//                                               the start
+//   attn_credentials_reloads_total{kind,result}
+//                                              counter, reloads of a changed
+//                                               credentials file after start
+//                                               (kind tls, auth_tokens,
+//                                               metrics_auth; result ok,
+//                                               error); all at 0 from the
+//                                               start
 //   attn_build_info{version,onednn_version,isa,kernel_target,threads}  gauge = 1
 //   process_cpu_seconds_total, process_resident_memory_bytes,
 //   process_virtual_memory_bytes, process_open_fds, process_max_fds,
@@ -105,6 +118,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/auth.h"
 #include "server/kv_batch_observer.h"
 #include "server/session_manager.h"
 
@@ -191,6 +205,24 @@ class SessionMetrics final : public SessionObserver {
   std::array<prometheus::Counter*, 4> not_found_{};
 };
 
+// The Authorizer's, MetricsAuth's and the TLS reloader's observer:
+// attn_auth_failures_total and attn_credentials_reloads_total. Thread-safe.
+class AuthMetrics final : public AuthObserver {
+ public:
+  void AuthFailed(AuthFailure why) override;
+  // A kind other than tls, auth_tokens and metrics_auth is ignored (a
+  // label value is never made up at run time).
+  void CredentialsReloaded(absl::string_view kind, bool ok) override;
+
+ private:
+  friend class ServerMetrics;
+  AuthMetrics() = default;
+
+  std::array<prometheus::Counter*, 4> failures_{};  // by AuthFailure
+  // tls, auth_tokens, metrics_auth; then error, ok.
+  std::array<std::array<prometheus::Counter*, 2>, 3> reloads_{};
+};
+
 class KvCacheCollectable;
 
 class ServerMetrics final : public core::BatchObservers {
@@ -250,6 +282,8 @@ class ServerMetrics final : public core::BatchObservers {
 
   // The session table's observer (SessionManager::Options::observer).
   SessionMetrics* sessions() { return sessions_.get(); }
+  // The auth observer (Authorizer, MetricsAuth and TLS Options::observer).
+  AuthObserver* auth() { return auth_.get(); }
 
  private:
   friend class ModelMetrics;
@@ -285,6 +319,7 @@ class ServerMetrics final : public core::BatchObservers {
   std::shared_ptr<prometheus::Collectable> process_;
   std::shared_ptr<KvCacheCollectable> kv_cache_;
   std::unique_ptr<SessionMetrics> sessions_;
+  std::unique_ptr<AuthMetrics> auth_;
   KvObservers kv_observers_{this};
 
   mutable Mutex mu_;

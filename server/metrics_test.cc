@@ -499,5 +499,54 @@ TEST_F(MetricsTest, KvCacheGaugesReadTheWatchedPoolsAtEachScrape) {
   EXPECT_EQ(read("attn_kv_cache_bytes"), 0);
 }
 
+TEST_F(MetricsTest, AuthSeriesStartAtZero) {
+  Collect();
+  EXPECT_EQ(SeriesCount("attn_auth_failures_total"), 4);
+  for (const char* reason :
+       {"missing_token", "invalid_token", "permission_denied", "metrics_auth"}) {
+    EXPECT_EQ(CounterValue("attn_auth_failures_total", {{"reason", reason}}), 0) << reason;
+  }
+  EXPECT_EQ(SeriesCount("attn_credentials_reloads_total"), 6);
+  for (const char* kind : {"tls", "auth_tokens", "metrics_auth"}) {
+    for (const char* result : {"ok", "error"}) {
+      EXPECT_EQ(
+          CounterValue("attn_credentials_reloads_total", {{"kind", kind}, {"result", result}}), 0)
+          << kind << " " << result;
+    }
+  }
+}
+
+TEST_F(MetricsTest, AuthEventsLandOnTheirSeries) {
+  AuthObserver* auth = metrics_.auth();
+  auth->AuthFailed(AuthFailure::kMissingToken);
+  auth->AuthFailed(AuthFailure::kInvalidToken);
+  auth->AuthFailed(AuthFailure::kInvalidToken);
+  auth->AuthFailed(AuthFailure::kPermissionDenied);
+  auth->AuthFailed(AuthFailure::kMetricsAuth);
+  auth->AuthFailed(AuthFailure::kMetricsAuth);
+  auth->AuthFailed(AuthFailure::kMetricsAuth);
+  auth->CredentialsReloaded("tls", true);
+  auth->CredentialsReloaded("auth_tokens", false);
+  auth->CredentialsReloaded("auth_tokens", true);
+  auth->CredentialsReloaded("auth_tokens", true);
+  auth->CredentialsReloaded("metrics_auth", false);
+  auth->CredentialsReloaded("something_else", true);  // ignored, no new series
+  Collect();
+  EXPECT_EQ(CounterValue("attn_auth_failures_total", {{"reason", "missing_token"}}), 1);
+  EXPECT_EQ(CounterValue("attn_auth_failures_total", {{"reason", "invalid_token"}}), 2);
+  EXPECT_EQ(CounterValue("attn_auth_failures_total", {{"reason", "permission_denied"}}), 1);
+  EXPECT_EQ(CounterValue("attn_auth_failures_total", {{"reason", "metrics_auth"}}), 3);
+  const auto reloads = [this](const char* kind, const char* result) {
+    return CounterValue("attn_credentials_reloads_total", {{"kind", kind}, {"result", result}});
+  };
+  EXPECT_EQ(reloads("tls", "ok"), 1);
+  EXPECT_EQ(reloads("tls", "error"), 0);
+  EXPECT_EQ(reloads("auth_tokens", "ok"), 2);
+  EXPECT_EQ(reloads("auth_tokens", "error"), 1);
+  EXPECT_EQ(reloads("metrics_auth", "ok"), 0);
+  EXPECT_EQ(reloads("metrics_auth", "error"), 1);
+  EXPECT_EQ(SeriesCount("attn_credentials_reloads_total"), 6);
+}
+
 }  // namespace
 }  // namespace attn::server

@@ -2,9 +2,17 @@
 #ifndef ATTN_SERVER_SERVING_TEST_UTIL_H_
 #define ATTN_SERVER_SERVING_TEST_UTIL_H_
 
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <future>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "attention/v1/attention.pb.h"
@@ -45,6 +53,49 @@ inline std::vector<float> RawFloats(const attention::v1::Tensor& t) {
   if (!v.empty()) std::memcpy(v.data(), t.raw_data().data(), v.size() * sizeof(float));
   return v;
 }
+
+// A connected TCP socket to 127.0.0.1:port, closed when it goes.
+class Connection {
+ public:
+  explicit Connection(int port) : fd_(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = fd_ >= 0 && connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~Connection() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  bool connected() const { return connected_; }
+  bool Send(const std::string& bytes) {
+    return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  // Everything until the peer closes, or nullopt if `timeout` passes first.
+  std::optional<std::string> ReadToEnd(std::chrono::milliseconds timeout) {
+    std::string got;
+    const auto give_up = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          give_up - std::chrono::steady_clock::now());
+      pollfd p{fd_, POLLIN, 0};
+      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        return std::nullopt;
+      char buf[4096];
+      const ssize_t n = recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) return got;
+      got.append(buf, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  const int fd_;
+  bool connected_ = false;
+};
 
 }  // namespace attn::server
 

@@ -87,12 +87,20 @@ absl::StatusOr<SessionInfo> AttentionService::NewSession(const CreateSessionRequ
 grpc::ServerUnaryReactor* AttentionService::CreateSession(grpc::CallbackServerContext* context,
                                                           const CreateSessionRequest* request,
                                                           attention::v1::SessionInfo* response) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/CreateSession", *context);
+      !why.ok()) {
+    return Finish(context, why);
+  }
   return Finish(context, Answer(NewSession(*request), response));
 }
 
 grpc::ServerUnaryReactor* AttentionService::CloseSession(grpc::CallbackServerContext* context,
                                                          const CloseSessionRequest* request,
                                                          CloseSessionResponse* /*response*/) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/CloseSession", *context);
+      !why.ok()) {
+    return Finish(context, why);
+  }
   return Finish(context, OnSession(sessions_, request->session_id(), [&](SessionManager& table) {
                   return table.Close(request->session_id());
                 }));
@@ -101,6 +109,10 @@ grpc::ServerUnaryReactor* AttentionService::CloseSession(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* AttentionService::GetSession(grpc::CallbackServerContext* context,
                                                        const GetSessionRequest* request,
                                                        attention::v1::SessionInfo* response) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/GetSession", *context);
+      !why.ok()) {
+    return Finish(context, why);
+  }
   return Finish(context, OnSession(sessions_, request->session_id(), [&](SessionManager& table) {
                   return Answer(table.Get(request->session_id()), response);
                 }));
@@ -109,6 +121,10 @@ grpc::ServerUnaryReactor* AttentionService::GetSession(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* AttentionService::TruncateSession(grpc::CallbackServerContext* context,
                                                             const TruncateSessionRequest* request,
                                                             attention::v1::SessionInfo* response) {
+  if (absl::Status why = Authorize("/attention.v1.AttentionService/TruncateSession", *context);
+      !why.ok()) {
+    return Finish(context, why);
+  }
   return Finish(context, OnSession(sessions_, request->session_id(), [&](SessionManager& table) {
                   return Answer(table.Truncate(request->session_id(), request->length()), response);
                 }));
