@@ -1,5 +1,6 @@
 #include "server/attention_server.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -14,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/mutex.h"
 #include "core/status_macros.h"
@@ -166,6 +168,21 @@ void ConnectOnce(const std::string& listen, int port) {
   }
 }
 
+// Whether a gRPC listen address (host:port, [v6]:port or unix:path) can only
+// be reached from this machine: a Unix socket, localhost, 127.0.0.0/8 or ::1.
+bool IsLoopbackListen(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return true;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
 // Shuts down (both ways) every TCP connection this process accepted on
 // `port`: sockets whose local port is `port` and that are not listening.
 // Outgoing connections never have it as their local port while it is bound.
@@ -260,6 +277,23 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   metrics_options.max_queue_requests = options.max_queue_size;
   metrics_options.max_queue_tokens = options.max_queue_tokens;
   s->metrics_ = std::make_unique<ServerMetrics>(metrics_options);
+  // TLS first: a broken certificate fails Start before the models warm up.
+  // (ServerTls::Create also refuses a client CA without a certificate.) Its
+  // file polls stay on the real clock; reloads are counted in
+  // attn_credentials_reloads_total{kind="tls"}.
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options.tls.enabled() || !options.tls.client_ca_file.empty()) {
+    ATTN_ASSIGN_OR_RETURN(s->tls_,
+                          ServerTls::Create(options.tls, s->logger_.get(), s->metrics_->auth()));
+    credentials = s->tls_->credentials();
+  } else if (options.auth_tokens_file.empty() && !IsLoopbackListen(options.listen)) {
+    s->logger_->Log(LogLevel::kWarning, "insecure_listener",
+                    {{"listen", options.listen},
+                     {"reason", "plaintext without --auth_tokens_file on a non-loopback address"},
+                     {"hint",
+                      "set --tls_cert_file and --tls_key_file, or --auth_tokens_file, or listen "
+                      "on 127.0.0.1"}});
+  }
   s->env_.observers = s->metrics_.get();
   if (options.observers != core::BatchObservers::Noop()) {
     s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), options.observers);
@@ -404,10 +438,12 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     };
   }
   s->health_ = std::make_unique<HealthService>(health_check);
-  s->health_->SetServingStatus("", true);
-  s->health_->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
-  for (const Model* model : s->repository_->models())
-    s->health_->SetServingStatus(model->name, true);
+  if (!options.health_listen.empty()) s->probe_health_ = std::make_unique<HealthService>();
+  for (HealthService* health : s->health_services()) {
+    health->SetServingStatus("", true);
+    health->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
+    for (const Model* model : s->repository_->models()) health->SetServingStatus(model->name, true);
+  }
 
   // Reflection lists every service registered below, its own included.
   ReflectionService::Options reflection_options;
@@ -419,7 +455,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     reflection_options.services.push_back(name);
   ATTN_ASSIGN_OR_RETURN(s->reflection_, ReflectionService::Create(std::move(reflection_options)));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.AddListeningPort(options.listen, credentials, &s->grpc_port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // Ours, not gRPC's default health service (which never ends a Watch).
@@ -435,6 +471,23 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     return absl::UnavailableError(
         absl::StrCat("--listen=", options.listen, ": cannot listen (address in use or invalid?)"));
   }
+  if (s->probe_health_ != nullptr) {
+    // Plaintext whatever `listen` uses: probes (Kubernetes' among them)
+    // cannot present certificates.
+    grpc::ServerBuilder probe;
+    probe.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                           &s->health_port_);
+    // No SO_REUSEPORT: a port another process (or server) already serves
+    // is an error, not a silent share that would answer its probes.
+    probe.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    probe.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
+    probe.RegisterService(s->probe_health_.get());
+    s->health_server_ = probe.BuildAndStart();
+    if (s->health_server_ == nullptr || s->health_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("--health_listen=", options.health_listen,
+                                                 ": cannot listen (address in use or invalid?)"));
+    }
+  }
   for (const Model* model : s->repository_->models())
     s->metrics_->Find(model->name)->SetReady(true);
   return s;
@@ -445,6 +498,12 @@ AttentionServer::AttentionServer() : calls_(std::make_unique<CallCounter>()) {}
 AttentionServer::~AttentionServer() { Shutdown(); }
 
 int AttentionServer::calls_in_progress() const { return calls_->calls(); }
+
+std::vector<HealthService*> AttentionServer::health_services() const {
+  std::vector<HealthService*> all = {health_.get()};
+  if (probe_health_ != nullptr) all.push_back(probe_health_.get());
+  return all;
+}
 
 void AttentionServer::ShutdownGrpc() {
   // The real clock, not options_.clock: gRPC takes a system-clock deadline,
@@ -485,15 +544,23 @@ void AttentionServer::Shutdown() {
   if (server_ != nullptr) {
     // NOT_SERVING, and every Watch ends: a watcher must not hold gRPC's
     // shutdown for the whole grace.
-    health_->Shutdown();
+    for (HealthService* health : health_services()) health->Shutdown();
     for (const Model* model : repository_->models()) metrics_->Find(model->name)->SetReady(false);
     // Accepted requests run now, without waiting for batching delays; new
     // ones get UNAVAILABLE until gRPC stops taking calls.
     if (batcher_ != nullptr) batcher_->Drain();
     ShutdownGrpc();
   }
+  if (health_server_ != nullptr) {
+    // Probes have seen NOT_SERVING during the drain; a deadline of now
+    // cancels what is left and drops the connections at once.
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_->Wait();
+  }
   if (batcher_ != nullptr) batcher_->Stop();  // runs anything left, joins the executor
   server_.reset();
+  health_server_.reset();
+  probe_health_.reset();
   service_.reset();
   health_.reset();
   sessions_.reset();  // no call holds a lease now

@@ -12,6 +12,15 @@
 // every session (before the models' KV pools go); the metrics endpoint
 // closes last (its open connections are closed, not waited for).
 //
+// With health_listen, a second gRPC server serves only a second health
+// service, in plaintext, that mirrors the first: it turns NOT_SERVING (and
+// its Watch streams end) with the first, answers NOT_SERVING while the main
+// server drains, and is closed (calls cancelled) right after it stops.
+//
+// With TLS (Options::tls), the ServerTls lives as long as the server; Start
+// logs `event=insecure_listener` at warning when `listen` is not a loopback
+// address and neither TLS nor tokens protect it.
+//
 // Thread-compatible: Start() and Shutdown() from one thread; serving itself
 // is concurrent.
 #ifndef ATTN_SERVER_ATTENTION_SERVER_H_
@@ -163,6 +172,8 @@ class AttentionServer {
   // gRPC's Shutdown() until the grace passes or, once no call is left,
   // shutdown_close_wait more.
   void ShutdownGrpc();
+  // health_ and, with health_listen, probe_health_ (kept alike).
+  std::vector<HealthService*> health_services() const;
 
   Options options_;
   std::unique_ptr<ModelRepository> repository_;
@@ -185,7 +196,12 @@ class AttentionServer {
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<ReflectionService> reflection_;  // outlives server_
   std::unique_ptr<CallCounter> calls_;
+  // Before server_, which holds its credentials.
+  std::unique_ptr<ServerTls> tls_;
   std::unique_ptr<grpc::Server> server_;
+  // health_listen's: a copy of health_'s statuses, and its server.
+  std::unique_ptr<HealthService> probe_health_;
+  std::unique_ptr<grpc::Server> health_server_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   int health_port_ = 0;

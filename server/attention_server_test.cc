@@ -2,6 +2,7 @@
 // clients, and shutdown with idle clients holding connections and Watch
 // streams. A real server on free loopback ports, real sockets and channels.
 #include "server/attention_server.h"
+#include "server/serving_test_util.h"
 
 #include <netinet/in.h>
 #include <poll.h>
@@ -53,19 +54,9 @@ struct IdleClients {
 };
 
 std::unique_ptr<AttentionServer> StartServer(AttentionServer::Options options) {
-  Model m;
-  m.name = "small";
-  m.config.embed_dim = 16;
-  m.config.num_heads = 2;
-  m.max_seq_len = 8;
-  m.max_request_tokens = 8;
-  m.mha =
-      *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, 1), {});
-  std::vector<Model> models;
-  models.push_back(std::move(m));
   options.listen = "127.0.0.1:0";
   if (!options.metrics_listen.empty()) options.metrics_listen = "127.0.0.1:0";
-  auto server = AttentionServer::Start(ModelRepository::FromModels(std::move(models)), options);
+  auto server = AttentionServer::Start(SmallModelRepository(), options);
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;
 }

@@ -54,6 +54,19 @@ ABSL_FLAG(std::string, log_level, "info",
           "(the client's mistake: INVALID_ARGUMENT, NOT_FOUND, CANCELLED, FAILED_PRECONDITION, "
           "ABORTED) or warning");
 ABSL_FLAG(bool, access_log, false, "Log one event=request line per successful Attend request");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain (leaf first) for TLS on --listen; needs --tls_key_file. Re-read "
+          "every --tls_refresh_interval: a valid new chain is served without a restart");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file's leaf (unencrypted)");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: mutual TLS, every client must present a certificate it signed (needs "
+          "--tls_cert_file)");
+ABSL_FLAG(absl::Duration, tls_refresh_interval, absl::Seconds(10),
+          "How often the TLS files are re-read (at least 1s); a rotated chain is served within "
+          "this + 1s");
+ABSL_FLAG(std::string, health_listen, "",
+          "Plaintext address HOST:PORT serving only grpc.health.v1.Health (for probes that cannot "
+          "speak TLS); empty: off");
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "Bearer tokens by role, one '<sha256 hex> <roles> [name]' a line (README, \"Using the "
           "server\"); "
@@ -150,6 +163,11 @@ int Run() {
   options.max_response_bytes_in_flight = absl::GetFlag(FLAGS_max_response_bytes_in_flight);
   options.logger = log;
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.tls.cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls.key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls.client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.tls.refresh_interval = absl::GetFlag(FLAGS_tls_refresh_interval);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   options.auth_health = absl::GetFlag(FLAGS_auth_health);
   options.auth_refresh_interval = absl::GetFlag(FLAGS_auth_refresh_interval);
@@ -168,6 +186,14 @@ int Run() {
             {"metrics", options.metrics_listen.empty()
                             ? std::string("off")
                             : absl::StrCat(metrics_host, ":", (*server)->metrics_port())},
+            {"tls", !options.tls.enabled()               ? "off"
+                    : options.tls.client_ca_file.empty() ? "tls"
+                                                         : "mtls"},
+            {"health",
+             options.health_listen.empty()
+                 ? std::string("off")
+                 : absl::StrCat(options.health_listen.substr(0, options.health_listen.rfind(':')),
+                                ":", (*server)->health_port())},
             {"models", (*server)->repository().NameList()},
             {"onednn", attn::core::MultiHeadAttention::OneDnnVersion()},
             {"isa", attn::core::MultiHeadAttention::OneDnnIsa()},

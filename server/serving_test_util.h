@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,22 @@ class ExecutorGate {
   std::shared_future<void> released_ = release_.get_future().share();
   std::atomic<bool> released_flag_{false};
 };
+
+// One small float32 model, "small" (embed_dim 16, 2 heads, sequences of at
+// most 8 tokens), with random weights: for tests of the server around it.
+inline std::unique_ptr<ModelRepository> SmallModelRepository() {
+  Model m;
+  m.name = "small";
+  m.config.embed_dim = 16;
+  m.config.num_heads = 2;
+  m.max_seq_len = 8;
+  m.max_request_tokens = 8;
+  m.mha =
+      *core::MultiHeadAttention::Create(m.config, core::RandomAttentionWeights(m.config, 1), {});
+  std::vector<Model> models;
+  models.push_back(std::move(m));
+  return ModelRepository::FromModels(std::move(models));
+}
 
 // The FLOAT32 raw_data of a tensor.
 inline std::vector<float> RawFloats(const attention::v1::Tensor& t) {

@@ -53,14 +53,19 @@ class ServerTls {
 
   // Reads and validates the files: INVALID_ARGUMENT naming the flag and
   // what is wrong (--tls_key_file: does not match the certificate in
-  // --tls_cert_file, ...).
+  // --tls_cert_file, ...); also for a cert without a key (or the reverse), a
+  // client CA without them, or a refresh_interval under 1 s. `observer`
+  // (null: none) is told of each reload attempt after this one
+  // (CredentialsReloaded("tls", ok)); it, `logger` (null: no log lines) and
+  // `clock` (the file polls) must outlive the ServerTls.
   static absl::StatusOr<std::unique_ptr<ServerTls>> Create(
       const TlsOptions& options, Logger* logger, AuthObserver* observer = AuthObserver::Noop(),
       Clock* clock = Clock::Real());
   ~ServerTls();
 
   // Credentials for ServerBuilder::AddListeningPort; the same for every
-  // port, they follow rotations.
+  // port, they follow rotations. Every server using them must be destroyed
+  // before this ServerTls (it owns the in-memory files they read).
   std::shared_ptr<grpc::ServerCredentials> credentials() const;
 
   // Re-reads the files now (tests); the FileWatch's status.
@@ -75,7 +80,10 @@ class ServerTls {
 };
 
 // Validates one set of PEM contents (the checks above): INVALID_ARGUMENT
-// naming the flag (--tls_cert_file / --tls_key_file / --tls_client_ca_file).
+// naming the flag (--tls_cert_file / --tls_key_file / --tls_client_ca_file)
+// and the reason, never the contents. An empty `client_ca` means no mTLS
+// (ServerTls refuses an empty --tls_client_ca_file itself). An encrypted key
+// is refused (no passphrase is ever asked for).
 absl::Status ValidateTlsMaterial(const std::string& cert_chain, const std::string& private_key,
                                  const std::string& client_ca);
 
