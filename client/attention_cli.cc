@@ -8,7 +8,10 @@
 //
 // Calls go through AttentionClient (client/attention_client.h): --target may
 // list several servers (balanced round-robin), --retries resends calls shed
-// with RESOURCE_EXHAUSTED or UNAVAILABLE.
+// with RESOURCE_EXHAUSTED or UNAVAILABLE. TLS, mutual TLS and the bearer
+// token come from the shared connection flags (client/connection_flags.h:
+// --tls_ca_file, --tls_cert_file, --tls_key_file, --tls_server_name,
+// --token or $ATTN_TOKEN). The token is never printed.
 //
 // Output is line-oriented and stable (scripts parse it); errors go to stderr
 // as `error: <gRPC code name>: <message>`.
@@ -47,6 +50,7 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "attention/v1/attention.pb.h"
 #include "client/attention_client.h"
+#include "client/connection_flags.h"
 #include "client/heatmap.h"
 #include "client/npy.h"
 #include "client/session.h"
@@ -200,6 +204,9 @@ Subcommands:
 
 Common flags:  --target=HOST:PORT[,HOST:PORT...] (default localhost:50051)
                --timeout=10s --retries=1 (attempts per call)
+               --tls_ca_file=CA.pem [--tls_cert_file=C.pem --tls_key_file=C.key]
+               [--tls_server_name=NAME] (any --tls_* flag: TLS; none: plaintext)
+               --token=TOKEN, or better $ATTN_TOKEN (a flag shows in ps)
 attend flags:  --model=default --batch=1 --seq_len=16 --kv_len --seed=1
                --input=FILE.npy|FILE.safetensors --input_tensor=query
                --causal --probs --lengths=3,5 --key_lengths=3,5
@@ -957,7 +964,7 @@ int Run(int argc, char** argv) {
   // the binary, and "attention-cli" is not "attention_cli").
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "attention_cli.cc");
+    return absl::EndsWith(path, "attention_cli.cc") || absl::EndsWith(path, "connection_flags.cc");
   };
   absl::SetFlagsUsageConfig(usage_config);
   if (absl::Status s = CheckFlags(argc, argv); !s.ok()) return UsageError(s.message());
@@ -994,10 +1001,18 @@ int Run(int argc, char** argv) {
   if (rest.size() > allowed_args) {
     return UsageError(absl::StrCat("unexpected argument '", rest[allowed_args], "' for ", command));
   }
+  if (absl::Status s = ApplyConnectionFlags(&options); !s.ok()) {
+    PrintError(s);
+    return command == "health" ? kExitNotServing : kExitError;
+  }
   absl::StatusOr<std::unique_ptr<AttentionClient>> client = AttentionClient::Create(options);
   if (!client.ok()) {
+    // A bad token is named (--token or $ATTN_TOKEN), never echoed.
+    const absl::string_view message = client.status().message();
     PrintError(absl::Status(client.status().code(),
-                            absl::StrCat("--target=", target, ": ", client.status().message())));
+                            absl::StartsWith(message, "token:")
+                                ? absl::StrCat("--token (or $ATTN_TOKEN)", message.substr(5))
+                                : absl::StrCat("--target=", target, ": ", message)));
     // `health` could not ask: "not serving" to a HEALTHCHECK.
     return command == "health" ? kExitNotServing : kExitError;
   }

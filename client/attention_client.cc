@@ -6,9 +6,13 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <deque>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -141,8 +145,10 @@ class StreamImpl final : public AttentionClient::Stream,
     Wait().IgnoreError();
   }
 
-  void Start(attention::v1::AttentionService::Stub* stub, absl::Time deadline) {
-    context_.set_deadline(absl::ToChronoTime(deadline));
+  // For AttentionClient::Prepare, before Start.
+  grpc::ClientContext* context() { return &context_; }
+
+  void Start(attention::v1::AttentionService::Stub* stub) {
     stub->async()->AttendStream(&context_, this);
     StartRead(&response_);
     AddHold();
@@ -287,7 +293,68 @@ class StreamImpl final : public AttentionClient::Stream,
   absl::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
+// The metadata key and value prefix of Options::token.
+constexpr char kAuthorizationMetadata[] = "authorization";
+constexpr char kBearerPrefix[] = "Bearer ";
+
+// A metadata value gRPC accepts, and a bare token (no "Bearer ", no spaces).
+bool ValidToken(absl::string_view token) {
+  return std::all_of(token.begin(), token.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view option,
+                                        absl::string_view kind) {
+  errno = 0;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;
+    const std::string why = absl::StrCat(option, ": cannot read '", path,
+                                         "': ", err != 0 ? std::strerror(err) : "cannot open");
+    if (err == ENOENT) return absl::NotFoundError(why);
+    if (err == EACCES) return absl::PermissionDeniedError(why);
+    return absl::UnavailableError(why);
+  }
+  std::stringstream contents;
+  contents << in.rdbuf();
+  std::string pem = contents.str();
+  // "-----BEGIN CERTIFICATE-----", "-----BEGIN [EC |RSA ]PRIVATE KEY-----".
+  if (pem.find("-----BEGIN ") == std::string::npos ||
+      pem.find(absl::StrCat(kind, "-----")) == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(option, ": '", path, "' is not a PEM file with a ", kind));
+  }
+  return pem;
+}
+
 }  // namespace
+
+absl::StatusOr<AttentionClient::Tls> LoadTls(const std::string& ca_file,
+                                             const std::string& cert_file,
+                                             const std::string& key_file,
+                                             const std::string& server_name) {
+  if (!cert_file.empty() && key_file.empty()) {
+    return absl::InvalidArgumentError("tls_key_file: required with tls_cert_file");
+  }
+  if (cert_file.empty() && !key_file.empty()) {
+    return absl::InvalidArgumentError("tls_cert_file: required with tls_key_file");
+  }
+  AttentionClient::Tls tls;
+  tls.server_name_override = server_name;
+  if (!ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPemFile(ca_file, "tls_ca_file", "CERTIFICATE");
+    if (!ca.ok()) return ca.status();
+    tls.root_certs = *std::move(ca);
+  }
+  if (!cert_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadPemFile(cert_file, "tls_cert_file", "CERTIFICATE");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPemFile(key_file, "tls_key_file", "PRIVATE KEY");
+    if (!key.ok()) return key.status();
+    tls.client_cert = *std::move(cert);
+    tls.client_key = *std::move(key);
+  }
+  return tls;
+}
 
 std::string NewSessionId() {
   std::random_device device;
@@ -399,6 +466,10 @@ absl::StatusOr<std::unique_ptr<AttentionClient>> AttentionClient::Create(const O
       return absl::InvalidArgumentError("tls.client_cert: required with tls.client_key");
     }
   }
+  if (!ValidToken(options.token)) {
+    return absl::InvalidArgumentError(
+        "token: expected the bare token (printable ASCII, no spaces; the client adds \"Bearer \")");
+  }
   absl::StatusOr<std::string> target = ChannelTarget(options.targets);
   if (!target.ok()) return target.status();
 
@@ -450,6 +521,9 @@ absl::Time AttentionClient::Deadline(absl::Duration timeout) const {
 void AttentionClient::Prepare(grpc::ClientContext* context, absl::Duration timeout,
                               const std::string& session_id) const {
   context->set_deadline(absl::ToChronoTime(Deadline(timeout)));
+  if (!options_.token.empty()) {
+    context->AddMetadata(kAuthorizationMetadata, absl::StrCat(kBearerPrefix, options_.token));
+  }
   if (!session_id.empty()) context->AddMetadata(kSessionIdMetadata, session_id);
 }
 
@@ -483,13 +557,14 @@ std::unique_ptr<AttentionClient::Stream> AttentionClient::AttendStream(
     std::function<void(const AttendResponse&)> on_response,
     std::function<void(absl::Status)> on_done, absl::Duration timeout) {
   auto stream = std::make_unique<StreamImpl>(std::move(on_response), std::move(on_done));
-  stream->Start(stub_.get(), Deadline(timeout));
+  Prepare(stream->context(), timeout, "");
+  stream->Start(stub_.get());
   return stream;
 }
 
 absl::StatusOr<std::vector<attention::v1::ModelInfo>> AttentionClient::ListModels() {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(Deadline(absl::ZeroDuration())));
+  Prepare(&context, absl::ZeroDuration(), "");
   attention::v1::ListModelsResponse response;
   if (absl::Status s =
           FromGrpc(stub_->ListModels(&context, attention::v1::ListModelsRequest(), &response));
@@ -501,7 +576,7 @@ absl::StatusOr<std::vector<attention::v1::ModelInfo>> AttentionClient::ListModel
 
 absl::StatusOr<attention::v1::ModelInfo> AttentionClient::GetModel(const std::string& name) {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(Deadline(absl::ZeroDuration())));
+  Prepare(&context, absl::ZeroDuration(), "");
   attention::v1::GetModelRequest request;
   request.set_name(name);
   attention::v1::ModelInfo info;
@@ -554,7 +629,7 @@ absl::StatusOr<attention::v1::SessionInfo> AttentionClient::TruncateSession(
 
 absl::StatusOr<std::string> AttentionClient::Health(const std::string& service) {
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(Deadline(absl::ZeroDuration())));
+  Prepare(&context, absl::ZeroDuration(), "");
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;

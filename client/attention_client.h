@@ -17,6 +17,11 @@
 // Client-side round_robin over several targets cannot
 // keep a session on one replica: client/session.h refuses it.
 //
+// With Options::token, every call and stream (health included) carries
+// `authorization: Bearer <token>` metadata, set on each call's context (not
+// as call credentials), so it is sent over plaintext too (a server behind a
+// TLS-terminating mesh). The token is never logged or put in an error.
+//
 // Errors come back as absl::Status with the gRPC code (same numbers) and the
 // server's message. Thread-safe: calls may be made from any number of
 // threads. Calls and streams in flight keep the channel alive, but callers
@@ -78,10 +83,14 @@ class AttentionClient {
     int max_message_bytes = 256 << 20;
     // Unset: plaintext.
     std::optional<Tls> tls;
+    // Bearer token sent as `authorization: Bearer <token>` on every call
+    // (the bare token: printable ASCII without spaces). Empty: none.
+    std::string token;
   };
 
   // Validates the options and creates the channel (it connects lazily).
-  // INVALID_ARGUMENT naming the bad option; UNAVAILABLE when one of several
+  // INVALID_ARGUMENT naming the bad option (a bad token is named, never
+  // echoed); UNAVAILABLE when one of several
   // targets cannot be resolved.
   static absl::StatusOr<std::unique_ptr<AttentionClient>> Create(const Options& options);
 
@@ -154,8 +163,8 @@ class AttentionClient {
   AttentionClient(const Options& options, std::shared_ptr<grpc::Channel> channel);
   // now + `timeout`, or + Options::timeout when `timeout` <= 0.
   absl::Time Deadline(absl::Duration timeout) const;
-  // Sets the deadline, and the x-session-id metadata when `session_id` is
-  // not empty.
+  // Sets the deadline, the authorization metadata when Options::token is
+  // set, and the x-session-id metadata when `session_id` is not empty.
   void Prepare(grpc::ClientContext* context, absl::Duration timeout,
                const std::string& session_id) const;
 
@@ -170,6 +179,19 @@ class AttentionClient {
 // the call, so a balancer hashing x-session-id sends the CreateSession to the
 // replica the session's steps reach).
 std::string NewSessionId();
+
+// Options::tls from PEM files: `ca_file` (empty: the system roots), a client
+// certificate and key for mutual TLS (`cert_file` and `key_file`, both or
+// neither), and `server_name` (Tls::server_name_override; may be empty).
+// Errors name the option as the connection flags do (tls_ca_file,
+// tls_cert_file, tls_key_file) and the file: INVALID_ARGUMENT for a cert
+// without a key (or the reverse) or a file that is not PEM of the expected
+// kind, NOT_FOUND / PERMISSION_DENIED / UNAVAILABLE when a file cannot be
+// read. The key's contents never appear in an error.
+absl::StatusOr<AttentionClient::Tls> LoadTls(const std::string& ca_file,
+                                             const std::string& cert_file,
+                                             const std::string& key_file,
+                                             const std::string& server_name);
 
 // The channel target that Create uses (exposed for tests and for tools that
 // build their own channels). One target is returned as is: gRPC resolves it

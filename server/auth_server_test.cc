@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "proto/wire/tensor_codec.h"
 #include "server/attention_server.h"
+#include "server/reflection_service.h"
 #include "server/serving_test_util.h"
 
 namespace attn::server {
@@ -186,6 +187,23 @@ class AuthServerTest : public ::testing::Test {
                                        grpc::InsecureChannelCredentials());
     stub_ = attention::v1::AttentionService::NewStub(channel);
     health_ = grpc::health::v1::Health::NewStub(channel);
+    reflection_ = ReflectionV1Alpha::Service::NewStub(channel);
+  }
+
+  // The final code of a reflection stream that lists the services, sent
+  // with `token` (none when nullopt).
+  StatusCode ReflectionCode(const std::optional<std::string>& token) {
+    grpc::ClientContext ctx;
+    if (token) ctx.AddMetadata("authorization", "Bearer " + *token);
+    auto stream = reflection_->ServerReflectionInfo(&ctx);
+    ReflectionV1Alpha::Request request;
+    request.set_list_services("");
+    ReflectionV1Alpha::Response response;
+    if (stream->Write(request) && stream->Read(&response)) {
+      EXPECT_GT(response.list_services_response().service_size(), 0);
+    }
+    stream->WritesDone();
+    return stream->Finish().error_code();
   }
 
   static attention::v1::AttendRequest ValidRequest() {
@@ -297,6 +315,7 @@ class AuthServerTest : public ::testing::Test {
   std::unique_ptr<AttentionServer> server_;
   std::unique_ptr<attention::v1::AttentionService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::unique_ptr<ReflectionV1Alpha::Service::Stub> reflection_;
 };
 
 TEST_F(AuthServerTest, EveryRpcByTokenGetsTheTablesCode) {
@@ -340,6 +359,17 @@ TEST_F(AuthServerTest, AuthHealthNeedsReadForHealth) {
   grpc::health::v1::HealthCheckResponse resp;
   EXPECT_FALSE(watch->Read(&resp));
   EXPECT_EQ(watch->Finish().error_code(), UA);
+  // Reflection likewise.
+  EXPECT_EQ(ReflectionCode(std::nullopt), UA);
+  EXPECT_EQ(ReflectionCode("not-a-token"), UA);
+  EXPECT_EQ(ReflectionCode("tok-infer"), PD);
+  EXPECT_EQ(ReflectionCode("tok-read"), OK);
+}
+
+TEST_F(AuthServerTest, ReflectionIsOpenByDefault) {
+  Start(/*auth=*/true);
+  EXPECT_EQ(ReflectionCode(std::nullopt), OK);
+  EXPECT_EQ(ReflectionCode("tok-infer"), OK);
 }
 
 TEST_F(AuthServerTest, WithoutATokenFileEveryCallWorksAsBefore) {

@@ -647,13 +647,15 @@ TEST(HealthListenTest, StartFailsWhenTheHealthAddressCannotBeBound) {
 // --- insecure_listener ----------------------------------------------------
 
 // The log of starting (and stopping) a server on `listen`.
-std::string StartLog(const std::string& listen, const TlsOptions& tls = TlsOptions()) {
+std::string StartLog(const std::string& listen, const TlsOptions& tls = TlsOptions(),
+                     const std::string& tokens_file = "") {
   SyncLog log;
   Logger::Options log_options;
   log_options.out = log.stream();
   AttentionServer::Options options;
   options.logger = std::make_shared<Logger>(log_options);
   options.tls = tls;
+  options.auth_tokens_file = tokens_file;
   EXPECT_NE(StartServer(options, listen), nullptr);
   return log.text();
 }
@@ -667,6 +669,12 @@ TEST(InsecureListenerTest, WarnsForPlaintextOnAWildcardAddressOnly) {
   const std::string tls = StartLog("0.0.0.0:0", live.options);
   EXPECT_FALSE(absl::StrContains(tls, "insecure_listener")) << tls;
   EXPECT_TRUE(absl::StrContains(tls, "event=tls_enabled")) << tls;
+  // Tokens without TLS (behind a mesh that terminates TLS): no warning.
+  const std::string tokens_file = ::testing::TempDir() + "/insecure_listener_tokens";
+  std::ofstream(tokens_file, std::ios::trunc) << std::string(64, 'a') << " infer\n";
+  const std::string tokens = StartLog("0.0.0.0:0", TlsOptions(), tokens_file);
+  EXPECT_FALSE(absl::StrContains(tokens, "insecure_listener")) << tokens;
+  std::remove(tokens_file.c_str());
 }
 
 }  // namespace

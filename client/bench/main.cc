@@ -32,19 +32,25 @@
 // load_manager.h, recorder.h and statistics.h, profiler.h (one step),
 // report_writer.h (table, CSV, JSON), noop_server.h, core_run.h (the only
 // part linking the engine) and runner.h (the whole run). Flags are read only
-// here.
+// here; TLS and the token come from the connection flags attention-cli
+// shares (client/connection_flags.h: --tls_ca_file, --tls_cert_file,
+// --tls_key_file, --tls_server_name, --token or $ATTN_TOKEN).
 #include <cstdint>
+#include <cstdio>
 #include <string>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
+#include "client/attention_client.h"
 #include "client/bench/core_run.h"
 #include "client/bench/noop_server.h"
 #include "client/bench/options.h"
 #include "client/bench/runner.h"
 #include "client/bench/workload.h"
+#include "client/connection_flags.h"
 
 ABSL_FLAG(std::string, target, "localhost:50051",
           "Server HOST:PORT, or a comma-separated list "
@@ -137,13 +143,22 @@ int main(int argc, char** argv) {
       "  attention-bench [--target=HOST:PORT[,HOST:PORT...]] [--model=NAME] [--batch=B]\n"
       "                  [--seq_len=N|LO:HI|A,B,C] [--concurrency=1:64:x2 | --request_rate=R]\n"
       "                  [--streaming] [--core] [--noop_baseline] [--csv=F] [--json=F]\n"
+      "                  [--tls_ca_file=CA.pem [--tls_cert_file=C.pem --tls_key_file=C.key]]\n"
+      "                  [--tls_server_name=NAME] [--token=T, better $ATTN_TOKEN]\n"
       "  attention-bench --sessions=N[,M...] --context=T [--steps=S] [--step_tokens=K]\n"
       "                  [--noop_baseline] [--csv=F] [--json=F]");
   absl::ParseCommandLine(argc, argv);
   if (!absl::GetFlag(FLAGS_serve_noop).empty()) {
     return attn::bench::ServeNoop(absl::GetFlag(FLAGS_serve_noop));
   }
-  const attn::bench::Options options = OptionsFromFlags();
+  attn::bench::Options options = OptionsFromFlags();
+  attn::client::AttentionClient::Options connection;
+  if (absl::Status s = attn::client::ApplyConnectionFlags(&connection); !s.ok()) {
+    std::fprintf(stderr, "attention-bench: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  options.tls = std::move(connection.tls);
+  options.token = std::move(connection.token);
   return attn::bench::Run(options, [&options](const attn::bench::Workload& w, int batch) {
     return attn::bench::CoreGflops(w, batch, options);
   });

@@ -8,6 +8,7 @@
 #define ATTN_CLIENT_BENCH_OPTIONS_H_
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/attention_client.h"
 
 namespace attn::bench {
 
@@ -53,6 +55,12 @@ struct Options {
   int64_t context = 128;  // tokens prefilled per session
   int64_t steps = 64;     // decode steps per session, all measured
   int step_tokens = 1;    // tokens per step (e.g. speculative drafts)
+  // The connection flags (client/connection_flags.h): TLS (unset:
+  // plaintext) and the bearer token (empty: none) of the calls to the
+  // server. --noop_baseline's child is plaintext on loopback: it gets the
+  // token, not the TLS.
+  std::optional<client::AttentionClient::Tls> tls;
+  std::string token;
 };
 
 // A sweep of levels: "N", a list "A,B,C", or "START:END[:STEP]" where STEP

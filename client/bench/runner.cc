@@ -52,6 +52,7 @@ bool SwapInNoop(const attention::v1::AttendResponse& sample,
   *noop = *std::move(child);
   client::AttentionClient::Options nopts = copts;
   nopts.targets = {absl::StrCat("127.0.0.1:", (*noop)->port())};
+  nopts.tls.reset();  // the child serves plaintext (the token is still sent)
   auto noop_client = client::AttentionClient::Create(nopts);
   if (!noop_client.ok()) {
     std::cerr << "attention-bench: " << noop_client.status() << "\n";
@@ -165,6 +166,8 @@ int Run(const Options& options, const CoreRun& core_run) {
   copts.targets = absl::StrSplit(options.target, ',', absl::SkipEmpty());
   copts.timeout = options.timeout;
   copts.max_attempts = options.retries;
+  copts.tls = options.tls;
+  copts.token = options.token;
   auto real = client::AttentionClient::Create(copts);
   if (!real.ok()) {
     std::cerr << "attention-bench: " << real.status().message() << "\n";

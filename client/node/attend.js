@@ -2,21 +2,19 @@
 'use strict';
 // Lists the models of attention-server and runs one Attend on random data.
 //   npm ci && node attend.js --target=localhost:50051 [--model=default --batch=2 --seq_len=16]
+//   ATTN_TOKEN=... node attend.js --target=HOST:PORT --tls_ca_file=ca.pem \
+//       [--tls_cert_file=client.pem --tls_key_file=client.key] [--tls_server_name=NAME]
 // The proto is read at run time from ../../proto/attention/v1/attention.proto.
-const { createClient, float32Tensor, decodeTensor, call } = require('./attention');
-
-function flag(name, fallback) {
-  const prefix = `--${name}=`;
-  const arg = process.argv.slice(2).find((a) => a.startsWith(prefix));
-  return arg === undefined ? fallback : arg.slice(prefix.length);
-}
+const {
+  createClient, connectionFromArgv, flag, float32Tensor, decodeTensor, call,
+} = require('./attention');
 
 async function main() {
   const target = flag('target', 'localhost:50051');
   const model = flag('model', 'default');
   const batch = Number(flag('batch', 2));
   const seqLen = Number(flag('seq_len', 16));
-  const client = createClient(target);
+  const client = createClient(target, connectionFromArgv());
   try {
     const { models } = await call(client, 'ListModels', {});
     for (const m of models) {

@@ -2,7 +2,12 @@
 // Small helpers for calling attention-server (attention.v1.AttentionService)
 // from Node.js: load the proto at run time, make a client, convert tensors
 // between Float32Array and the wire's little-endian raw_data, and turn the
-// callback API into promises.
+// callback API into promises. TLS, mutual TLS and a bearer token (sent as
+// `authorization: Bearer <token>` metadata on every call, by an interceptor)
+// come from createClient's connection options; connectionFromArgv() reads
+// them from the shared flags (--tls_ca_file, --tls_cert_file,
+// --tls_key_file, --tls_server_name, --token, else $ATTN_TOKEN).
+const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -21,13 +26,89 @@ function loadAttentionPackage(protoPath = DEFAULT_PROTO) {
   return grpc.loadPackageDefinition(definition).attention.v1;
 }
 
-// An AttentionService client for `target` ("HOST:PORT", plaintext).
-function createClient(target, protoPath = DEFAULT_PROTO) {
-  const pkg = loadAttentionPackage(protoPath);
-  return new pkg.AttentionService(target, grpc.credentials.createInsecure(), {
+// Adds `authorization: Bearer <token>` to every call's metadata (unary and
+// streaming; over TLS or plaintext, unlike call credentials).
+function tokenInterceptor(token) {
+  return (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.set('authorization', `Bearer ${token}`);
+      next(metadata, listener);
+    },
+  });
+}
+
+function readPem(file, option) {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`${option}: cannot read '${file}': ${err.code || err.message}`);
+  }
+}
+
+// An AttentionService client for `target` ("HOST:PORT"). `connection`:
+//   tlsCaFile      PEM CA certificates the server's must chain to (unset: the system roots)
+//   tlsCertFile, tlsKeyFile  both or neither: a client certificate (mutual TLS)
+//   tlsServerName  the name checked against the server's certificate
+//   token          bearer token (unset: $ATTN_TOKEN; '' or null: none)
+// Any tls* option makes the channel TLS; otherwise it is plaintext. The
+// second argument may also be the proto path (the older form), or an object
+// with `protoPath` among the connection options. Throws an Error naming the
+// option for a file it cannot read or a bad token (never echoing it).
+function createClient(target, connection = {}, protoPath = DEFAULT_PROTO) {
+  if (typeof connection === 'string') {
+    protoPath = connection;
+    connection = {};
+  }
+  if (connection.protoPath) protoPath = connection.protoPath;
+  const { tlsCaFile, tlsCertFile, tlsKeyFile, tlsServerName } = connection;
+  const token = connection.token === undefined ? process.env.ATTN_TOKEN : connection.token;
+  if (token && !/^[\x21-\x7e]+$/.test(token)) {
+    throw new Error('token: expected the bare token (printable ASCII, no spaces; ' +
+                    "the client adds 'Bearer ')");
+  }
+  if (Boolean(tlsCertFile) !== Boolean(tlsKeyFile)) {
+    throw new Error('tlsCertFile and tlsKeyFile: both or neither');
+  }
+  const options = {
     'grpc.max_receive_message_length': -1, // attention probabilities can be large
     'grpc.max_send_message_length': 256 << 20,
-  });
+  };
+  let credentials;
+  if (tlsCaFile || tlsCertFile || tlsServerName) {
+    credentials = grpc.credentials.createSsl(
+      tlsCaFile ? readPem(tlsCaFile, 'tlsCaFile') : null,
+      tlsKeyFile ? readPem(tlsKeyFile, 'tlsKeyFile') : null,
+      tlsCertFile ? readPem(tlsCertFile, 'tlsCertFile') : null);
+    if (tlsServerName) options['grpc.ssl_target_name_override'] = tlsServerName;
+  } else {
+    credentials = grpc.credentials.createInsecure();
+  }
+  if (token) options.interceptors = [tokenInterceptor(token)];
+  const pkg = loadAttentionPackage(protoPath);
+  return new pkg.AttentionService(target, credentials, options);
+}
+
+// The value of --NAME=VALUE in `argv` (process.argv without node and the
+// script), or `fallback`.
+function flag(name, fallback, argv = process.argv.slice(2)) {
+  const prefix = `--${name}=`;
+  const arg = argv.find((a) => a.startsWith(prefix));
+  return arg === undefined ? fallback : arg.slice(prefix.length);
+}
+
+// createClient's connection options from the shared connection flags:
+// --tls_ca_file, --tls_cert_file, --tls_key_file, --tls_server_name and
+// --token (empty or absent: $ATTN_TOKEN; a token on the command line is
+// visible in ps, so prefer the variable).
+function connectionFromArgv(argv = process.argv.slice(2)) {
+  const get = (name) => flag(name, '', argv) || undefined;
+  return {
+    tlsCaFile: get('tls_ca_file'),
+    tlsCertFile: get('tls_cert_file'),
+    tlsKeyFile: get('tls_key_file'),
+    tlsServerName: get('tls_server_name'),
+    token: get('token'), // undefined: $ATTN_TOKEN
+  };
 }
 
 // attention.v1.Tensor (FLOAT32, raw_data) holding `data` with `shape`.
@@ -102,5 +183,6 @@ function call(client, method, request, timeoutMs = 30000) {
 }
 
 module.exports = {
-  DEFAULT_PROTO, loadAttentionPackage, createClient, float32Tensor, decodeTensor, call,
+  DEFAULT_PROTO, loadAttentionPackage, createClient, connectionFromArgv, flag, float32Tensor,
+  decodeTensor, call,
 };

@@ -17,12 +17,13 @@ import time
 
 import numpy as np
 
-from attention_client import AttentionClient, AttentionError
+from attention_client import (AttentionClient, AttentionError, add_connection_flags,
+                              connection_options)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    add_connection_flags(parser)  # --target, --tls_ca_file, ..., --token (or $ATTN_TOKEN)
     parser.add_argument("--model", default="default")
     parser.add_argument("--prefill", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8)
@@ -30,7 +31,12 @@ def main() -> int:
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
-    with AttentionClient(args.target, timeout=30) as client:
+    try:
+        client = AttentionClient(timeout=30, **connection_options(args))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with client:
         try:
             with client.create_session(model=args.model, dtype=args.dtype) as session:
                 m = session.model

@@ -1,6 +1,7 @@
 'use strict';
 // Tests of client/node against a live attention-server: the model list, an
-// Attend compared with attention-cli on the same .npy input, and a NOT_FOUND.
+// Attend compared with attention-cli on the same .npy input, and a NOT_FOUND;
+// then the bearer token and mutual TLS against an in-process fake server.
 // Env: ATTN_TARGET (server), ATTN_BIN (directory of attention-cli).
 const assert = require('node:assert/strict');
 const { spawnSync } = require('node:child_process');
@@ -8,8 +9,9 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const test = require('node:test');
+const grpc = require('@grpc/grpc-js');
 const {
-  createClient, float32Tensor, decodeTensor, call,
+  createClient, connectionFromArgv, loadAttentionPackage, float32Tensor, decodeTensor, call,
 } = require('../../client/node/attention');
 
 const TARGET = process.env.ATTN_TARGET;
@@ -103,4 +105,99 @@ test('an unknown model is NOT_FOUND and the message lists the models', async () 
     assert.match(err.details, /no_such_model.*default/);
     return true;
   });
+});
+
+// A fake AttentionService (ListModels, Attend, AttendStream) recording each
+// call's authorization metadata (null when absent).
+async function fakeServer(credentials = grpc.ServerCredentials.createInsecure()) {
+  const seen = [];
+  const auth = (metadata) => metadata.get('authorization')[0] ?? null;
+  const server = new grpc.Server();
+  server.addService(loadAttentionPackage().AttentionService.service, {
+    ListModels(c, done) { seen.push(['ListModels', auth(c.metadata)]); done(null, { models: [] }); },
+    Attend(c, done) {
+      seen.push(['Attend', auth(c.metadata)]);
+      done(null, { request_id: c.request.request_id, output: c.request.query });
+    },
+    AttendStream(c) {
+      seen.push(['AttendStream', auth(c.metadata)]);
+      c.on('data', (r) => c.write({ request_id: r.request_id }));
+      c.on('end', () => c.end());
+    },
+  });
+  const port = await new Promise((resolve, reject) => {
+    server.bindAsync('127.0.0.1:0', credentials, (err, p) => (err ? reject(err) : resolve(p)));
+  });
+  return { server, seen, port };
+}
+
+async function everyKind(c) {
+  await call(c, 'ListModels', {});
+  await call(c, 'Attend', { request_id: 'a', query: float32Tensor(new Float32Array(4), [1, 4]) });
+  await new Promise((resolve, reject) => {
+    const stream = c.AttendStream();
+    stream.on('data', () => {});
+    stream.on('error', reject);
+    stream.on('end', resolve);
+    stream.write({ request_id: 's' });
+    stream.end();
+  });
+}
+
+test('the token goes out on unary and streaming calls; ATTN_TOKEN is the default', async () => {
+  const { server, seen, port } = await fakeServer();
+  const saved = process.env.ATTN_TOKEN;
+  try {
+    delete process.env.ATTN_TOKEN;
+    const withToken = createClient(`127.0.0.1:${port}`, { token: 'tok-1' });
+    await everyKind(withToken);
+    withToken.close();
+    assert.deepEqual(seen.splice(0), [['ListModels', 'Bearer tok-1'], ['Attend', 'Bearer tok-1'],
+                                      ['AttendStream', 'Bearer tok-1']]);
+    const none = createClient(`127.0.0.1:${port}`);
+    await everyKind(none);
+    none.close();
+    assert.deepEqual(seen.splice(0).map(([, a]) => a), [null, null, null]);
+    process.env.ATTN_TOKEN = 'from-env';
+    const fromEnv = createClient(`127.0.0.1:${port}`, connectionFromArgv([]));
+    await call(fromEnv, 'ListModels', {});
+    fromEnv.close();
+    assert.deepEqual(seen.splice(0), [['ListModels', 'Bearer from-env']]);
+    assert.throws(() => createClient('x:1', { token: 'Bearer secret' }),
+                  (err) => /^token: /.test(err.message) && !err.message.includes('secret'));
+    assert.throws(() => createClient('x:1', { tlsCaFile: '/nonexistent/ca.pem' }),
+                  /tlsCaFile: cannot read '\/nonexistent\/ca.pem'/);
+  } finally {
+    if (saved === undefined) delete process.env.ATTN_TOKEN; else process.env.ATTN_TOKEN = saved;
+    server.forceShutdown();
+  }
+});
+
+test('mutual TLS from the connection flags, and no handshake without a client certificate',
+     async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'attn-node-tls-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const script = path.resolve(__dirname, '../testing/make_test_certs.sh');
+  if (spawnSync(script, [dir]).status !== 0) {
+    t.skip('make_test_certs.sh (openssl) failed');
+    return;
+  }
+  const read = (name) => fs.readFileSync(path.join(dir, name));
+  const { server, seen, port } = await fakeServer(grpc.ServerCredentials.createSsl(
+    read('ca.pem'), [{ private_key: read('server.key'), cert_chain: read('server.pem') }], true));
+  try {
+    const flags = [`--tls_ca_file=${dir}/ca.pem`, `--tls_cert_file=${dir}/client.pem`,
+                   `--tls_key_file=${dir}/client.key`, '--tls_server_name=attention-server',
+                   '--token=tls-tok'];
+    const c = createClient(`localhost:${port}`, connectionFromArgv(flags));
+    await everyKind(c);
+    c.close();
+    assert.deepEqual(seen.map(([, a]) => a), ['Bearer tls-tok', 'Bearer tls-tok', 'Bearer tls-tok']);
+    const anonymous = createClient(`localhost:${port}`,
+                                   { tlsCaFile: `${dir}/ca.pem`, tlsServerName: 'attention-server' });
+    await assert.rejects(call(anonymous, 'ListModels', {}, 5000), (err) => err.codeName === 'UNAVAILABLE');
+    anonymous.close();
+  } finally {
+    server.forceShutdown();
+  }
 });

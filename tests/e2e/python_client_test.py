@@ -1,11 +1,13 @@
 """Tests of client/python/attention_client: the tensor codec, the client
 against a live attention-server (compared with attention-cli on the same
-input), and attend_stream against an in-process fake server.
+input), and attend_stream, the bearer token and TLS against in-process fake
+servers.
 
 Run by python_client_test.sh with ATTN_TARGET (the live server) and ATTN_BIN
 (the directory of attention-cli) set; run under /usr/bin/python3.
 """
 
+import argparse
 import concurrent.futures
 import os
 import subprocess
@@ -16,9 +18,11 @@ import grpc
 import numpy as np
 
 from attention.v1 import attention_pb2, attention_pb2_grpc
-from attention_client import (AttendInput, AttentionClient, AttentionError,
-                              bfloat16_bits_to_float32, float32_to_bfloat16_bits)
+from attention_client import (AttendInput, AttentionClient, AttentionError, add_connection_flags,
+                              bfloat16_bits_to_float32, connection_options,
+                              float32_to_bfloat16_bits)
 from attention_client import tensors
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TARGET = os.environ.get("ATTN_TARGET", "")
 BIN = os.environ.get("ATTN_BIN", "")
@@ -294,6 +298,160 @@ class StreamClientTest(unittest.TestCase):
         with self.assertRaises(AttentionError) as ctx:
             self.client.attend(np.zeros((1, 4), np.float32))
         self.assertEqual(ctx.exception.code, grpc.StatusCode.UNIMPLEMENTED)
+
+
+class RecordingService(attention_pb2_grpc.AttentionServiceServicer, health_pb2_grpc.HealthServicer):
+    """Answers every call it needs, recording (method, authorization metadata or None)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def _record(self, method, context):
+        self.seen.append((method, dict(context.invocation_metadata()).get("authorization")))
+
+    def GetModel(self, request, context):
+        self._record("GetModel", context)
+        return attention_pb2.ModelInfo(name="m", embed_dim=4, num_heads=1, num_kv_heads=1,
+                                       head_dim=4, num_layers=1, projections=True)
+
+    def ListModels(self, request, context):
+        self._record("ListModels", context)
+        return attention_pb2.ListModelsResponse()
+
+    def Attend(self, request, context):
+        self._record("Attend", context)
+        return attention_pb2.AttendResponse(request_id=request.request_id, output=request.query,
+                                            session_length=request.expected_length + 1)
+
+    def AttendStream(self, request_iterator, context):
+        self._record("AttendStream", context)
+        for request in request_iterator:
+            yield attention_pb2.AttendResponse(request_id=request.request_id, output=request.query)
+
+    def CreateSession(self, request, context):
+        self._record("CreateSession", context)
+        return attention_pb2.SessionInfo(session_id=request.session_id, model_name="m",
+                                         layer_lengths=[0])
+
+    def GetSession(self, request, context):
+        self._record("GetSession", context)
+        return attention_pb2.SessionInfo(session_id=request.session_id, length=1,
+                                         layer_lengths=[1])
+
+    def TruncateSession(self, request, context):
+        self._record("TruncateSession", context)
+        return attention_pb2.SessionInfo(session_id=request.session_id, layer_lengths=[0])
+
+    def CloseSession(self, request, context):
+        self._record("CloseSession", context)
+        return attention_pb2.CloseSessionResponse()
+
+    def Check(self, request, context):
+        self._record("Check", context)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def every_call(client):
+    """One call of every kind the client makes; the methods called, sorted."""
+    client.health()
+    client.list_models()
+    client.attend(np.zeros((1, 1, 4), np.float32), model="m")
+    list(client.attend_stream([{"query": np.zeros((1, 1, 4), np.float32), "model": "m"}]))
+    with client.create_session(model="m") as session:  # GetModel, CreateSession
+        session.step(np.zeros((1, 4), np.float32))      # Attend
+        session.sync()                                  # GetSession
+        session.truncate(0)                             # TruncateSession
+    return sorted(["Check", "ListModels", "Attend", "AttendStream", "GetModel", "CreateSession",
+                   "Attend", "GetSession", "TruncateSession", "CloseSession"])
+
+
+def fake_server(credentials=None):
+    service = RecordingService()
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    attention_pb2_grpc.add_AttentionServiceServicer_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(service, server)
+    port = (server.add_secure_port("127.0.0.1:0", credentials) if credentials
+            else server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    return server, service, port
+
+
+class ConnectionTest(unittest.TestCase):
+    """The token on every call (plaintext and mutual TLS), ATTN_TOKEN, the connection flags."""
+
+    def setUp(self):
+        self.saved_env = os.environ.pop("ATTN_TOKEN", None)
+
+    def tearDown(self):
+        os.environ.pop("ATTN_TOKEN", None)
+        if self.saved_env is not None:
+            os.environ["ATTN_TOKEN"] = self.saved_env
+
+    def test_every_call_carries_the_token_over_plaintext(self):
+        server, service, port = fake_server()
+        try:
+            with AttentionClient(f"127.0.0.1:{port}", timeout=10, token="tok-1") as client:
+                methods = every_call(client)
+            self.assertEqual(sorted(m for m, _ in service.seen), methods)
+            self.assertEqual({a for _, a in service.seen}, {"Bearer tok-1"})
+            service.seen.clear()
+            with AttentionClient(f"127.0.0.1:{port}", timeout=10) as client:  # no ATTN_TOKEN
+                every_call(client)
+            self.assertEqual({a for _, a in service.seen}, {None})
+            service.seen.clear()
+            os.environ["ATTN_TOKEN"] = "from-env"
+            with AttentionClient(f"127.0.0.1:{port}", timeout=10) as client:
+                client.health()
+            with AttentionClient(f"127.0.0.1:{port}", timeout=10, token=None) as client:
+                client.health()
+            self.assertEqual(service.seen, [("Check", "Bearer from-env"), ("Check", None)])
+        finally:
+            server.stop(None)
+
+    def test_mutual_tls_from_the_connection_flags(self):
+        certs = tempfile.mkdtemp()
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing",
+                              "make_test_certs.sh")
+        if subprocess.run([script, certs], capture_output=True).returncode != 0:
+            self.skipTest("make_test_certs.sh (openssl) failed")
+
+        def read(name):
+            with open(os.path.join(certs, name), "rb") as f:
+                return f.read()
+        credentials = grpc.ssl_server_credentials([(read("server.key"), read("server.pem"))],
+                                                  root_certificates=read("ca.pem"),
+                                                  require_client_auth=True)
+        server, service, port = fake_server(credentials)
+        try:
+            parser = argparse.ArgumentParser()
+            add_connection_flags(parser)
+            tls = [f"--tls_ca_file={certs}/ca.pem", f"--tls_cert_file={certs}/client.pem",
+                   f"--tls_key_file={certs}/client.key"]
+            os.environ["ATTN_TOKEN"] = "env-tok"
+            args = parser.parse_args([f"--target=localhost:{port}", *tls,
+                                      "--tls_server_name=attention-server"])
+            with AttentionClient(timeout=10, **connection_options(args)) as client:
+                methods = every_call(client)
+            self.assertEqual(sorted(m for m, _ in service.seen), methods)
+            self.assertEqual({a for _, a in service.seen}, {"Bearer env-tok"})
+            # No client certificate: the handshake fails.
+            args = parser.parse_args([f"--target=127.0.0.1:{port}", tls[0], "--token=t"])
+            with AttentionClient(timeout=5, **connection_options(args)) as client:
+                with self.assertRaises(AttentionError) as ctx:
+                    client.health()
+                self.assertEqual(ctx.exception.code, grpc.StatusCode.UNAVAILABLE)
+        finally:
+            server.stop(None)
+            subprocess.run(["rm", "-rf", certs])
+
+    def test_bad_options_raise_naming_them(self):
+        with self.assertRaisesRegex(ValueError, "tls_ca_file: cannot read '/nonexistent/ca.pem'"):
+            AttentionClient("x:1", tls_ca_file="/nonexistent/ca.pem")
+        with self.assertRaisesRegex(ValueError, "tls_cert_file and tls_key_file: both or neither"):
+            AttentionClient("x:1", tls_cert_file="c.pem")
+        with self.assertRaises(ValueError) as ctx:
+            AttentionClient("x:1", token="Bearer secret")
+        self.assertNotIn("secret", str(ctx.exception))
 
 
 if __name__ == "__main__":

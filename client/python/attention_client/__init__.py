@@ -7,6 +7,10 @@
             session.prefill(prompt_rows)                            # [n, 512]
             out = session.step(next_row).output                     # [1, 512]
 
+    # TLS, mutual TLS and a bearer token (default: $ATTN_TOKEN):
+    AttentionClient("attention.example:443", tls_ca_file="ca.pem", tls_cert_file="client.pem",
+                    tls_key_file="client.key")
+
 Needs grpcio, protobuf and numpy (Debian: python3-grpcio python3-numpy), and
 the stubs the build generates into <build>/python: put that directory on
 PYTHONPATH along with client/python.
@@ -21,12 +25,13 @@ except ImportError as _e:
         "grpc_health.v1.health_pb2): build the project (cmake --build build), then add "
         f"build/python to PYTHONPATH ({_e})") from _e
 
-from .client import (AttendInput, AttendResult, AttentionClient, AttentionError, ModelInfo,
-                     Session, SessionInfo, StepResult, StreamResult, new_session_id)
+from .client import (TOKEN_ENV, AttendInput, AttendResult, AttentionClient, AttentionError,
+                     ModelInfo, Session, SessionInfo, StepResult, StreamResult,
+                     add_connection_flags, connection_options, new_session_id)
 from .tensors import bfloat16_bits_to_float32, float32_to_bfloat16_bits
 
 __all__ = [
     "AttendInput", "AttendResult", "AttentionClient", "AttentionError", "ModelInfo", "Session",
-    "SessionInfo", "StepResult", "StreamResult", "new_session_id", "bfloat16_bits_to_float32",
-    "float32_to_bfloat16_bits",
+    "SessionInfo", "StepResult", "StreamResult", "TOKEN_ENV", "add_connection_flags",
+    "connection_options", "new_session_id", "bfloat16_bits_to_float32", "float32_to_bfloat16_bits",
 ]

@@ -1,7 +1,9 @@
 """AttentionClient: attention.v1.AttentionService from Python, numpy in and out."""
 
+import argparse
 import dataclasses
 import itertools
+import os
 import secrets
 import time
 from typing import Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Union
@@ -16,6 +18,77 @@ from . import tensors
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _CLIENT_TIMEOUT = object()  # attend_stream's default: the client's timeout
+_ENV_TOKEN = object()  # AttentionClient's default token: $ATTN_TOKEN
+
+TOKEN_ENV = "ATTN_TOKEN"
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call's metadata (works on
+    plaintext channels too, unlike call credentials)."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or ()) + [self._header]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            getattr(details, "wait_for_ready", None),
+                            getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method = method
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+
+
+
+
+def _read(path: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"{option}: cannot read {path!r}: {e.strerror}") from None
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --target and the connection flags (--tls_ca_file, --tls_cert_file,
+    --tls_key_file, --tls_server_name, --token) to an argparse parser; see
+    connection_options()."""
+    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    parser.add_argument("--tls_ca_file", default="",
+                        help="TLS: PEM CA certificates the server's must chain to (empty: the "
+                             "system roots); any --tls_* flag turns TLS on")
+    parser.add_argument("--tls_cert_file", default="",
+                        help="mutual TLS: PEM client certificate (with --tls_key_file)")
+    parser.add_argument("--tls_key_file", default="", help="mutual TLS: its PEM private key")
+    parser.add_argument("--tls_server_name", default="",
+                        help="TLS: the name checked against the server's certificate")
+    parser.add_argument("--token", default="",
+                        help=f"bearer token (empty: ${TOKEN_ENV}); a token on the command line "
+                             f"is visible in ps: prefer ${TOKEN_ENV}")
+
+
+def connection_options(args: argparse.Namespace) -> dict:
+    """AttentionClient's keyword arguments from add_connection_flags' flags (an
+    empty --token falls back to $ATTN_TOKEN)."""
+    return {"target": args.target, "tls_ca_file": args.tls_ca_file or None,
+            "tls_cert_file": args.tls_cert_file or None,
+            "tls_key_file": args.tls_key_file or None,
+            "tls_server_name": args.tls_server_name or None,
+            "token": args.token or _ENV_TOKEN}
 
 
 class AttentionError(Exception):
@@ -396,22 +469,54 @@ class AttentionClient:
     target: "HOST:PORT"; timeout: deadline of each call in seconds (None: no
     deadline). Thread-safe: one client may serve many threads. Use it as a
     context manager, or call close().
+
+    TLS: any of tls_ca_file (PEM CA certificates; None: the system roots),
+    tls_cert_file and tls_key_file (both or neither: a client certificate for
+    mutual TLS) or tls_server_name (the name checked against the server's
+    certificate) makes the channel secure; otherwise it is plaintext.
+    token: sent as `authorization: Bearer <token>` metadata on every call
+    (sessions and health included, over TLS or plaintext); default: the
+    ATTN_TOKEN environment variable; None or "": no token. The token is never
+    put in an error or a repr. ValueError names an option it cannot use.
     """
 
     def __init__(self, target: str = "localhost:50051", timeout: Optional[float] = 30.0,
-                 max_message_bytes: int = 256 << 20, options: Sequence[tuple] = ()):
+                 max_message_bytes: int = 256 << 20, options: Sequence[tuple] = (),
+                 tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None, tls_server_name: Optional[str] = None,
+                 token=_ENV_TOKEN):
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=[
+        if token is _ENV_TOKEN:
+            token = os.environ.get(TOKEN_ENV, "")
+        if token and not all(0x20 < ord(c) < 0x7f for c in token):
+            raise ValueError("token: expected the bare token (printable ASCII, no spaces; the "
+                             "client adds 'Bearer ')")
+        if bool(tls_cert_file) != bool(tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file: both or neither")
+        channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", -1),  # attention probs can be large
-            *options,
-        ])
+        ]
+        if tls_ca_file or tls_cert_file or tls_server_name:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca_file, "tls_ca_file") if tls_ca_file else None,
+                private_key=_read(tls_key_file, "tls_key_file") if tls_key_file else None,
+                certificate_chain=_read(tls_cert_file, "tls_cert_file") if tls_cert_file else None)
+            if tls_server_name:
+                channel_options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(target, credentials,
+                                                options=[*channel_options, *options])
+        else:
+            self._channel = grpc.insecure_channel(target, options=[*channel_options, *options])
+        self._raw_channel = self._channel
+        if token:
+            self._channel = grpc.intercept_channel(self._channel, _TokenInterceptor(token))
         self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> "AttentionClient":
         return self
