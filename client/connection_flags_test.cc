@@ -138,8 +138,8 @@ class RecordingHealth final : public grpc::health::v1::Health::CallbackService {
 // Both services on a free loopback port.
 class FakeServer {
  public:
-  explicit FakeServer(std::shared_ptr<grpc::ServerCredentials> credentials =
-                          grpc::InsecureServerCredentials())
+  explicit FakeServer(
+      std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials())
       : service_(&recorder_), health_(&recorder_) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", std::move(credentials), &port_);
@@ -201,9 +201,9 @@ void CallEveryKind(AttentionClient* client) {
   ASSERT_TRUE(client->Health().ok());
 }
 
-const std::vector<std::string> kEveryMethod = {
-    "Attend",     "AttendStream",    "CloseSession", "CreateSession", "GetModel",
-    "GetSession", "Health",          "ListModels",   "TruncateSession"};
+const std::vector<std::string> kEveryMethod = {"Attend",        "AttendStream", "CloseSession",
+                                               "CreateSession", "GetModel",     "GetSession",
+                                               "Health",        "ListModels",   "TruncateSession"};
 
 AttentionClient::Options PlainOptions(int port) {
   AttentionClient::Options options;
@@ -280,8 +280,7 @@ class TempDir {
 
 constexpr char kCert[] = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 constexpr char kKey[] = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n";
-constexpr char kEcKey[] =
-    "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n";
+constexpr char kEcKey[] = "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n";
 
 TEST(LoadTlsTest, ReadsThePemFiles) {
   TempDir dir;
@@ -414,8 +413,7 @@ TEST(AttentionClientTokenTest, MutualTlsWithLoadedFilesCarriesTheTokenToo) {
   options.timeout = absl::Seconds(5);
   auto anonymous = AttentionClient::Create(options);
   ASSERT_TRUE(anonymous.ok());
-  EXPECT_EQ((*anonymous)->Attend(AttendRequest()).status().code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*anonymous)->Attend(AttendRequest()).status().code(), absl::StatusCode::kUnavailable);
 
   const auto seen = server.recorder().seen();
   ASSERT_EQ(seen.count("Attend"), 1u);
