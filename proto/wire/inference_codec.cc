@@ -95,9 +95,11 @@ absl::Status MapParameters(const ModelInferRequest& request, const ModelInferOpt
                            AttendRequest* out) {
   const auto& params = request.parameters();
   std::vector<std::string> unknown;
-  for (const auto& [name, value] : params) {
+  for (const auto& entry : params) {
+    // (A lambda may not capture a structured binding before C++20.)
+    const std::string& name = entry.first;
     const auto* known = std::find_if(std::begin(kKnownParameters), std::end(kKnownParameters),
-                                     [&](const KnownParameter& k) { return name == k.name; });
+                                     [&name](const KnownParameter& k) { return name == k.name; });
     if (known == std::end(kKnownParameters)) {
       unknown.push_back(name);
     }
