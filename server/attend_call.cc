@@ -83,12 +83,14 @@ void CallOutcome::Record(bool delivered) const {
            {"message", std::string(final_status.message())}});
 }
 
-AttendUnaryReactor::AttendUnaryReactor(AttendBatcher* batcher) {
+AttendUnaryReactor::AttendUnaryReactor(AttendBatcher* batcher, Completion completion)
+    : completion_(std::move(completion)) {
   MutexLock lock(&mu_);
   batcher_ = batcher;
 }
 
 void AttendUnaryReactor::FinishCall(CallOutcome outcome) {
+  if (completion_) outcome.status = completion_(outcome.status, attend_response_);
   const grpc::Status status = ToGrpcStatus(outcome.status);
   {
     MutexLock lock(&mu_);

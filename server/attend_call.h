@@ -17,6 +17,7 @@
 #include "core/batching/batcher.h"
 #include "core/clock.h"
 #include "core/mutex.h"
+#include "google/protobuf/message.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/attend_codec.h"
@@ -138,6 +139,9 @@ struct AttendCall {
   AttendResponder* responder = nullptr;
   attention::v1::AttendResponse* response = nullptr;
   attention::v1::AttendResponse stream_response;
+  // The request as another protocol's stream sent it, stripped of its
+  // tensors, when answering needs it (ModelStreamInfer); null otherwise.
+  std::unique_ptr<google::protobuf::Message> protocol_request;
   // Session requests (request.session()): the session table, and the hold
   // on the session taken at admission. It ends with the call, run or not
   // (FinishAttendCall releases it before the client can hear back).
@@ -158,9 +162,19 @@ using AttendBatcher = core::Batcher<AttendCall>;
 // gRPC is done with it (OnDone), by whether the status reached the client; a
 // cancellation (client, deadline or shutdown) sweeps the batcher so this
 // call's queue slot frees at once, even while a long batch computes.
+//
+// Another protocol's unary call (the Open Inference Protocol's ModelInfer)
+// answers through a Completion: the call's `response` is then the reactor's
+// own attend_response(), and FinishCall hands it, with the call's status,
+// to the completion just before Finish; what the completion returns is the
+// status sent (and recorded).
 class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit AttendUnaryReactor(AttendBatcher* batcher);
+  using Completion = std::function<absl::Status(const absl::Status& status,
+                                                const attention::v1::AttendResponse& response)>;
+  explicit AttendUnaryReactor(AttendBatcher* batcher, Completion completion = nullptr);
+  // Where a call with a Completion writes its response.
+  attention::v1::AttendResponse* attend_response() { return &attend_response_; }
   // Finishes the RPC with `outcome.status`. Call once.
   void FinishCall(CallOutcome outcome);
   void OnCancel() override;
@@ -176,6 +190,8 @@ class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
   AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
+  const Completion completion_;
+  attention::v1::AttendResponse attend_response_;  // the batch runner's, then completion_'s
 };
 
 inline bool AttendCall::cancelled() const {
