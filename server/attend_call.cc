@@ -59,6 +59,7 @@ void CallOutcome::Record(bool delivered) const {
     seen.tokens = tokens;
   }
   observer->OnRequest(seen);
+  env->protocols->OnProtocolRequest(protocol, final_status.code());
 
   Logger& log = *env->logger;
   if (final_status.ok()) {
@@ -143,6 +144,7 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   outcome.deadline_at = call->deadline_at;
   outcome.model = call->model != nullptr ? call->model->name : "";
   outcome.request_id = call->response->request_id();
+  outcome.protocol = call->protocol;
   if (status.ok()) {
     outcome.server_time = call->env->clock->Now() - call->enqueued;
     outcome.timing = call->response->timing();

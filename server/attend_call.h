@@ -24,6 +24,7 @@
 #include "server/kv_batch_observer.h"
 #include "server/log.h"
 #include "server/model_repository.h"
+#include "server/protocol_observer.h"
 #include "server/session_manager.h"
 
 namespace attn::server {
@@ -64,6 +65,8 @@ struct CallEnv {
   core::BatchObservers* observers = core::BatchObservers::Noop();
   // Every model's KV observer (the server's metrics); asked once per model.
   KvBatchObservers* kv_observers = KvBatchObservers::Noop();
+  // Finished requests by protocol (the server's metrics).
+  ProtocolObserver* protocols = ProtocolObserver::Noop();
   Logger* logger = nullptr;  // required
   // Every timestamp of a call: arrival, deadline, queue and compute times,
   // and the deadline-or-cancelled judgement of an undelivered call. The
@@ -88,13 +91,14 @@ struct CallOutcome {
   absl::Status status;
   absl::Time deadline_at = absl::InfiniteFuture();
   std::string model, request_id;
+  absl::string_view protocol = kAttentionV1Protocol;
   // For OK: server time (admission to response), the response's timing and
   // the query tokens.
   absl::Duration server_time;
   attention::v1::Timing timing;
   int64_t tokens = 0;
 
-  // Tells the observer (the request, by code; for OK also latency, queue
+  // Tells the observer and env->protocols (the request, by code; for OK also latency, queue
   // time and tokens; out of flight for an admitted call) and logs (access
   // log; failures at info for the client's own mistakes, warning
   // otherwise). `delivered` false: the call was cancelled before its status
@@ -121,6 +125,8 @@ class AttendResponder {
 // A core::BatchTask.
 struct AttendCall {
   const CallEnv* env = nullptr;  // required
+  // The protocol the request came over (ProtocolObserver's label).
+  absl::string_view protocol = kAttentionV1Protocol;
   // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
   core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s

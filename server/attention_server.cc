@@ -301,6 +301,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), s->stats_tee_.get());
   s->env_.observers = s->tee_.get();
   s->env_.kv_observers = s->metrics_->kv_observers();
+  s->env_.protocols = s->metrics_.get();
   for (const Model* model : s->repository_->models()) {
     if (model->kv_pool != nullptr) s->metrics_->WatchKvPool(model->name, model->kv_pool.get());
   }

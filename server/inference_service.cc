@@ -98,6 +98,7 @@ class InferenceService::StreamProtocol {
   // The read buffer is refilled by the next read: its tensors move into
   // the AttendRequest, the rest is kept for the answer.
   absl::Status Admit(ModelInferRequest& request, std::unique_ptr<AttendCall>* call) {
+    (*call)->protocol = kOpenInferenceProtocol;
     (*call)->protocol_request = WithoutData(request);
     const std::string model = request.model_name(), id = request.id();
     return attention_->AdmitMapped(model, id, wire::FromModelInfer(std::move(request)), call);
@@ -244,6 +245,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerConte
         return absl::OkStatus();
       });
   auto call = std::make_unique<AttendCall>();
+  call->protocol = kOpenInferenceProtocol;
   call->context = context;
   call->reactor = reactor;
   call->response = reactor->attend_response();

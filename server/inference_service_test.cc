@@ -21,6 +21,7 @@
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "inference/grpc_service.grpc.pb.h"
+#include "prometheus/registry.h"
 #include "server/attention_server.h"
 #include "server/auth.h"
 #include "server/serving_test_util.h"
@@ -170,6 +171,23 @@ std::vector<float> TensorValues(const attention::v1::Tensor& t) {
 void ExpectNear(const std::vector<float>& got, const std::vector<float>& want, float tol) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], tol) << "at " << i;
+}
+
+// attn_requests_by_protocol_total{protocol, code="OK"}.
+double OkRequestsOver(AttentionServer& server, absl::string_view protocol) {
+  double n = 0;
+  for (const auto& family : server.metrics().registry()->Collect()) {
+    if (family.name != "attn_requests_by_protocol_total") continue;
+    for (const auto& metric : family.metric) {
+      bool mine = true;
+      for (const auto& label : metric.label) {
+        if (label.name == "protocol" && label.value != protocol) mine = false;
+        if (label.name == "code" && label.value != "OK") mine = false;
+      }
+      if (mine) n += metric.counter.value;
+    }
+  }
+  return n;
 }
 
 TEST(InferenceServiceTest, MetadataRpcsDescribeTheModel) {
@@ -364,8 +382,19 @@ TEST(InferenceServiceTest, BothProtocolsRideInTheSameBatch) {
   EXPECT_TRUE(infer_done.get());
   // The Attend's batch held two requests: the ModelInfer was the other.
   EXPECT_EQ(attended.timing().batch_size(), 2);
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(sizes, std::vector<int>{2});
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(sizes, std::vector<int>{2});
+  }
+  // Each counted under its protocol (recorded once gRPC is done with the
+  // call, just after the client has its answer).
+  for (int tries = 0; tries < 500 && (OkRequestsOver(*server, "kserve.v2") < 1 ||
+                                      OkRequestsOver(*server, "attention.v1") < 1);
+       ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(OkRequestsOver(*server, "kserve.v2"), 1);
+  EXPECT_EQ(OkRequestsOver(*server, "attention.v1"), 1);
 }
 
 TEST(InferenceServiceTest, ErrorsCarryTheMessages) {
