@@ -172,12 +172,12 @@ using AttendBatcher = core::Batcher<AttendCall>;
 // Another protocol's unary call (the Open Inference Protocol's ModelInfer)
 // answers through a Completion: the call's `response` is then the reactor's
 // own attend_response(), and FinishCall hands it, with the call's status,
-// to the completion just before Finish; what the completion returns is the
-// status sent (and recorded).
+// to the completion just before Finish (which may move from it); what the
+// completion returns is the status sent (and recorded).
 class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
   using Completion = std::function<absl::Status(const absl::Status& status,
-                                                const attention::v1::AttendResponse& response)>;
+                                                attention::v1::AttendResponse& response)>;
   explicit AttendUnaryReactor(AttendBatcher* batcher, Completion completion = nullptr);
   // Where a call with a Completion writes its response.
   attention::v1::AttendResponse* attend_response() { return &attend_response_; }

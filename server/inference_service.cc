@@ -236,10 +236,10 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerConte
   // The request and response live until the reactor is done.
   auto* reactor = new AttendUnaryReactor(  // deletes itself in OnDone
       attention_->batcher(),
-      [request, response](const absl::Status& status,
-                          const AttendResponse& attended) -> absl::Status {
+      [request, response](const absl::Status& status, AttendResponse& attended) -> absl::Status {
         if (!status.ok()) return status;
-        absl::StatusOr<ModelInferResponse> answer = wire::ToModelInfer(attended, *request);
+        absl::StatusOr<ModelInferResponse> answer =
+            wire::ToModelInfer(std::move(attended), *request);
         if (!answer.ok()) return answer.status();
         *response = *std::move(answer);
         return absl::OkStatus();

@@ -19,6 +19,8 @@
 #include "attention/v1/attention.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "inference/grpc_service.grpc.pb.h"
 #include "prometheus/registry.h"
@@ -558,6 +560,45 @@ TEST(InferenceServiceTest, ModelInferNeedsTheInferRole) {
     EXPECT_FALSE(stream->Read(&m));
     EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
   }
+}
+
+TEST(InferenceServiceTest, NotReadyOnceShutdownBegins) {
+  // The service alone on a server of its own (AttentionServer::Shutdown
+  // calls Shutdown() first, with health).
+  std::unique_ptr<ModelRepository> repository = SmallModelRepository();
+  InferenceService service(repository.get(), /*attention=*/nullptr, /*stats=*/nullptr, {});
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  auto stub = GRPCInferenceService::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  auto ready = [&] {
+    grpc::ClientContext ctx;
+    inference::ServerReadyResponse r;
+    EXPECT_TRUE(stub->ServerReady(&ctx, {}, &r).ok());
+    return r.ready();
+  };
+  auto model_ready = [&] {
+    grpc::ClientContext ctx;
+    inference::ModelReadyRequest q;
+    q.set_name("small");
+    inference::ModelReadyResponse r;
+    EXPECT_TRUE(stub->ModelReady(&ctx, q, &r).ok());
+    return r.ready();
+  };
+  EXPECT_TRUE(ready());
+  EXPECT_TRUE(model_ready());
+  service.Shutdown();
+  EXPECT_FALSE(ready());
+  EXPECT_FALSE(model_ready());
+  grpc::ClientContext ctx;
+  inference::ServerLiveResponse live;
+  ASSERT_TRUE(stub->ServerLive(&ctx, {}, &live).ok());
+  EXPECT_TRUE(live.live());  // still serving the drain
+  server->Shutdown();
 }
 
 }  // namespace
