@@ -93,6 +93,7 @@ struct Case {
   bool bf16 = false;
   bool lengths = false;
   bool probs = false;
+  bool cross = false;  // key and value (the query's values) as inputs
 };
 
 constexpr int kB = 2, kL = 3;
@@ -115,6 +116,10 @@ AttendRequest AttendFor(const Case& c, const std::vector<float>& q) {
     r.add_query_lengths(1);
   }
   r.set_return_attention_probs(c.probs);
+  if (c.cross) {
+    *r.mutable_key() = r.query();
+    *r.mutable_value() = r.query();
+  }
   return r;
 }
 
@@ -146,6 +151,14 @@ ModelInferRequest InferFor(const Case& c, const std::vector<float>& q) {
     }
   }
   if (c.probs) (*r.mutable_parameters())["return_attention_probs"].set_bool_param(true);
+  if (c.cross) {
+    for (const char* name : {"key", "value"}) {
+      auto* t = r.add_inputs();
+      *t = r.inputs(0);
+      t->set_name(name);
+      if (c.raw) r.add_raw_input_contents(r.raw_input_contents(0));
+    }
+  }
   return r;
 }
 
@@ -317,9 +330,11 @@ TEST(InferenceServiceTest, ModelInferEqualsAttend) {
   }
   cases.push_back({true, true, true, true});  // BF16: raw only
   cases.push_back({true, true, false, false});
+  cases.push_back({true, false, true, false, /*cross=*/true});
+  cases.push_back({false, false, false, true, /*cross=*/true});
   for (const Case& c : cases) {
-    SCOPED_TRACE(
-        absl::StrCat("raw=", c.raw, " bf16=", c.bf16, " lengths=", c.lengths, " probs=", c.probs));
+    SCOPED_TRACE(absl::StrCat("raw=", c.raw, " bf16=", c.bf16, " lengths=", c.lengths,
+                              " probs=", c.probs, " cross=", c.cross));
     AttendResponse want;
     {
       grpc::ClientContext ctx;
@@ -397,6 +412,45 @@ TEST(InferenceServiceTest, BothProtocolsRideInTheSameBatch) {
   }
   EXPECT_EQ(OkRequestsOver(*server, "kserve.v2"), 1);
   EXPECT_EQ(OkRequestsOver(*server, "attention.v1"), 1);
+}
+
+TEST(InferenceServiceTest, ModelInferIsShedByTheSameQueueBound) {
+  ExecutorGate gate;
+  AttentionServer::Options options;
+  options.max_queue_size = 1;
+  options.before_batch_for_test = gate.Hook();
+  std::unique_ptr<AttentionServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto channel = ChannelTo(*server);
+  const std::vector<float> q = Values(kB * kL * kEmbed, 0.5f);
+  auto infer = [&] {
+    grpc::ClientContext ctx;
+    ModelInferResponse r;
+    return GRPCInferenceService::NewStub(channel)->ModelInfer(&ctx, InferFor({}, q), &r).ok();
+  };
+  // An Attend holds the executor; a ModelInfer fills the queue.
+  auto attended = std::async(std::launch::async, [&] {
+    grpc::ClientContext ctx;
+    AttendResponse r;
+    return attention::v1::AttentionService::NewStub(channel)
+        ->Attend(&ctx, AttendFor({}, q), &r)
+        .ok();
+  });
+  gate.WaitEntered();
+  auto queued = std::async(std::launch::async, infer);
+  for (int tries = 0; tries < 500 && server->queued_requests() < 1; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(server->queued_requests(), 1);
+  grpc::ClientContext ctx;
+  ModelInferResponse r;
+  const grpc::Status shed =
+      GRPCInferenceService::NewStub(channel)->ModelInfer(&ctx, InferFor({}, q), &r);
+  EXPECT_EQ(shed.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << shed.error_message();
+  EXPECT_EQ(ctx.GetServerTrailingMetadata().count("grpc-retry-pushback-ms"), 1u);
+  gate.Release();
+  EXPECT_TRUE(attended.get());
+  EXPECT_TRUE(queued.get());
 }
 
 TEST(InferenceServiceTest, ErrorsCarryTheMessages) {
