@@ -59,6 +59,7 @@ void CallOutcome::Record(bool delivered) const {
     seen.tokens = tokens;
   }
   observer->OnRequest(seen);
+  env->protocols->OnProtocolRequest(protocol, final_status.code());
 
   Logger& log = *env->logger;
   if (final_status.ok()) {
@@ -83,12 +84,14 @@ void CallOutcome::Record(bool delivered) const {
            {"message", std::string(final_status.message())}});
 }
 
-AttendUnaryReactor::AttendUnaryReactor(AttendBatcher* batcher) {
+AttendUnaryReactor::AttendUnaryReactor(AttendBatcher* batcher, Completion completion)
+    : completion_(std::move(completion)) {
   MutexLock lock(&mu_);
   batcher_ = batcher;
 }
 
 void AttendUnaryReactor::FinishCall(CallOutcome outcome) {
+  if (completion_) outcome.status = completion_(outcome.status, attend_response_);
   const grpc::Status status = ToGrpcStatus(outcome.status);
   {
     MutexLock lock(&mu_);
@@ -141,6 +144,7 @@ void FinishAttendCall(std::unique_ptr<AttendCall> call, const absl::Status& stat
   outcome.deadline_at = call->deadline_at;
   outcome.model = call->model != nullptr ? call->model->name : "";
   outcome.request_id = call->response->request_id();
+  outcome.protocol = call->protocol;
   if (status.ok()) {
     outcome.server_time = call->env->clock->Now() - call->enqueued;
     outcome.timing = call->response->timing();

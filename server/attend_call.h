@@ -17,12 +17,14 @@
 #include "core/batching/batcher.h"
 #include "core/clock.h"
 #include "core/mutex.h"
+#include "google/protobuf/message.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/attend_codec.h"
 #include "server/kv_batch_observer.h"
 #include "server/log.h"
 #include "server/model_repository.h"
+#include "server/protocol_observer.h"
 #include "server/session_manager.h"
 
 namespace attn::server {
@@ -63,6 +65,8 @@ struct CallEnv {
   core::BatchObservers* observers = core::BatchObservers::Noop();
   // Every model's KV observer (the server's metrics); asked once per model.
   KvBatchObservers* kv_observers = KvBatchObservers::Noop();
+  // Finished requests by protocol (the server's metrics).
+  ProtocolObserver* protocols = ProtocolObserver::Noop();
   Logger* logger = nullptr;  // required
   // Every timestamp of a call: arrival, deadline, queue and compute times,
   // and the deadline-or-cancelled judgement of an undelivered call. The
@@ -87,13 +91,14 @@ struct CallOutcome {
   absl::Status status;
   absl::Time deadline_at = absl::InfiniteFuture();
   std::string model, request_id;
+  absl::string_view protocol = kAttentionV1Protocol;
   // For OK: server time (admission to response), the response's timing and
   // the query tokens.
   absl::Duration server_time;
   attention::v1::Timing timing;
   int64_t tokens = 0;
 
-  // Tells the observer (the request, by code; for OK also latency, queue
+  // Tells the observer and env->protocols (the request, by code; for OK also latency, queue
   // time and tokens; out of flight for an admitted call) and logs (access
   // log; failures at info for the client's own mistakes, warning
   // otherwise). `delivered` false: the call was cancelled before its status
@@ -120,6 +125,8 @@ class AttendResponder {
 // A core::BatchTask.
 struct AttendCall {
   const CallEnv* env = nullptr;  // required
+  // The protocol the request came over (ProtocolObserver's label).
+  absl::string_view protocol = kAttentionV1Protocol;
   // Null until the request's model is known (NOT_FOUND leaves it null).
   const Model* model = nullptr;
   core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s
@@ -138,6 +145,9 @@ struct AttendCall {
   AttendResponder* responder = nullptr;
   attention::v1::AttendResponse* response = nullptr;
   attention::v1::AttendResponse stream_response;
+  // The request as another protocol's stream sent it, stripped of its
+  // tensors, when answering needs it (ModelStreamInfer); null otherwise.
+  std::unique_ptr<google::protobuf::Message> protocol_request;
   // Session requests (request.session()): the session table, and the hold
   // on the session taken at admission. It ends with the call, run or not
   // (FinishAttendCall releases it before the client can hear back).
@@ -158,9 +168,19 @@ using AttendBatcher = core::Batcher<AttendCall>;
 // gRPC is done with it (OnDone), by whether the status reached the client; a
 // cancellation (client, deadline or shutdown) sweeps the batcher so this
 // call's queue slot frees at once, even while a long batch computes.
+//
+// Another protocol's unary call (the Open Inference Protocol's ModelInfer)
+// answers through a Completion: the call's `response` is then the reactor's
+// own attend_response(), and FinishCall hands it, with the call's status,
+// to the completion just before Finish (which may move from it); what the
+// completion returns is the status sent (and recorded).
 class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit AttendUnaryReactor(AttendBatcher* batcher);
+  using Completion = std::function<absl::Status(const absl::Status& status,
+                                                attention::v1::AttendResponse& response)>;
+  explicit AttendUnaryReactor(AttendBatcher* batcher, Completion completion = nullptr);
+  // Where a call with a Completion writes its response.
+  attention::v1::AttendResponse* attend_response() { return &attend_response_; }
   // Finishes the RPC with `outcome.status`. Call once.
   void FinishCall(CallOutcome outcome);
   void OnCancel() override;
@@ -176,6 +196,8 @@ class AttendUnaryReactor final : public grpc::ServerUnaryReactor {
   AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   CallOutcome outcome_ ABSL_GUARDED_BY(mu_);  // written before Finish, read in OnDone
+  const Completion completion_;
+  attention::v1::AttendResponse attend_response_;  // the batch runner's, then completion_'s
 };
 
 inline bool AttendCall::cancelled() const {

@@ -294,12 +294,14 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
                       "set --tls_cert_file and --tls_key_file, or --auth_tokens_file, or listen "
                       "on 127.0.0.1"}});
   }
-  s->env_.observers = s->metrics_.get();
-  if (options.observers != core::BatchObservers::Noop()) {
-    s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), options.observers);
-    s->env_.observers = s->tee_.get();
-  }
+  // The metrics, then ModelStatistics' counts, then the test's observers.
+  s->model_stats_ = std::make_unique<ModelStats>();
+  s->stats_tee_ =
+      std::make_unique<core::TeeBatchObservers>(s->model_stats_.get(), options.observers);
+  s->tee_ = std::make_unique<core::TeeBatchObservers>(s->metrics_.get(), s->stats_tee_.get());
+  s->env_.observers = s->tee_.get();
   s->env_.kv_observers = s->metrics_->kv_observers();
+  s->env_.protocols = s->metrics_.get();
   for (const Model* model : s->repository_->models()) {
     if (model->kv_pool != nullptr) s->metrics_->WatchKvPool(model->name, model->kv_pool.get());
   }
@@ -421,6 +423,12 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   if (s->auth_->enabled()) service_options.auth = s->auth_.get();
   s->service_ = std::make_unique<AttentionService>(s->repository_.get(), &s->env_,
                                                    s->batcher_.get(), service_options);
+  InferenceService::Options inference_options;
+  inference_options.version = Version();
+  inference_options.default_batching = options.batching;
+  inference_options.auth = service_options.auth;
+  s->inference_ = std::make_unique<InferenceService>(s->repository_.get(), s->service_.get(),
+                                                     s->model_stats_.get(), inference_options);
   // Warm every model up on the batcher's executor thread (the one that will
   // serve it) before reporting SERVING.
   absl::Status warm;
@@ -442,6 +450,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   for (HealthService* health : s->health_services()) {
     health->SetServingStatus("", true);
     health->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
+    health->SetServingStatus(inference::GRPCInferenceService::service_full_name(), true);
     for (const Model* model : s->repository_->models()) health->SetServingStatus(model->name, true);
   }
 
@@ -450,6 +459,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   // The Authorizer lets probe methods through unless --auth_health.
   reflection_options.authorize = health_check;
   reflection_options.services = {attention::v1::AttentionService::service_full_name(),
+                                 inference::GRPCInferenceService::service_full_name(),
                                  grpc::health::v1::Health::service_full_name()};
   for (const std::string& name : ReflectionService::ServiceNames())
     reflection_options.services.push_back(name);
@@ -462,6 +472,7 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
   builder.RegisterService(s->health_.get());
   builder.RegisterService(s->service_.get());
+  builder.RegisterService(s->inference_.get());
   s->reflection_->RegisterWith(builder);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> counting;
   counting.push_back(s->calls_->NewFactory());
@@ -545,6 +556,7 @@ void AttentionServer::Shutdown() {
     // NOT_SERVING, and every Watch ends: a watcher must not hold gRPC's
     // shutdown for the whole grace.
     for (HealthService* health : health_services()) health->Shutdown();
+    inference_->Shutdown();  // ServerReady and ModelReady false with health
     for (const Model* model : repository_->models()) metrics_->Find(model->name)->SetReady(false);
     // Accepted requests run now, without waiting for batching delays; new
     // ones get UNAVAILABLE until gRPC stops taking calls.

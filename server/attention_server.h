@@ -1,8 +1,10 @@
-// A running attention server: the gRPC endpoint (AttentionService, health,
-// reflection), the /metrics endpoint and the batcher whose executor computes, wired together.
+// A running attention server: the gRPC endpoint (AttentionService, the Open
+// Inference Protocol's InferenceService over it, health, reflection), the /metrics endpoint and the
+// batcher whose executor computes, wired together.
 //
 // Shutdown order (Shutdown() or the destructor): health turns NOT_SERVING
-// and attn_model_ready 0, and every health Watch stream ends; the batcher
+// (and the Open Inference Protocol's ServerReady/ModelReady false) and
+// attn_model_ready 0, and every health Watch stream ends; the batcher
 // drains (new requests get UNAVAILABLE, everything queued runs without
 // waiting for batching delays); gRPC stops accepting calls and waits, up to
 // the grace period, for calls in flight (an open AttendStream ends when its
@@ -41,6 +43,7 @@
 #include "server/attention_service.h"
 #include "server/auth.h"
 #include "server/health_service.h"
+#include "server/inference_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_repository.h"
@@ -182,8 +185,10 @@ class AttentionServer {
   // After metrics_ (their observer), before the exposer and the services
   // (which call them).
   std::unique_ptr<Authorizer> auth_;
-  std::unique_ptr<MetricsAuth> metrics_auth_;     // null: /metrics is open
-  std::unique_ptr<core::TeeBatchObservers> tee_;  // metrics_, then options_.observers
+  std::unique_ptr<MetricsAuth> metrics_auth_;           // null: /metrics is open
+  std::unique_ptr<ModelStats> model_stats_;             // ModelStatistics' counts
+  std::unique_ptr<core::TeeBatchObservers> stats_tee_;  // model_stats_, then options_.observers
+  std::unique_ptr<core::TeeBatchObservers> tee_;        // metrics_, then stats_tee_
   // metrics_->sessions(), then options_.session_observer.
   std::unique_ptr<SessionObserver> session_tee_;
   // Before the batcher and service (which hold leases), after the models
@@ -193,6 +198,7 @@ class AttentionServer {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<InferenceService> inference_;  // over service_
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<ReflectionService> reflection_;  // outlives server_
   std::unique_ptr<CallCounter> calls_;

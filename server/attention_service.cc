@@ -1,6 +1,5 @@
 #include "server/attention_service.h"
 
-#include <deque>
 #include <memory>
 #include <string>
 
@@ -10,6 +9,7 @@
 #include "core/mutex.h"
 #include "proto/wire/model_info.h"
 #include "server/attend_codec.h"
+#include "server/attend_stream.h"
 #include "server/status_util.h"
 
 namespace attn::server {
@@ -38,7 +38,8 @@ AttentionService::AttentionService(const ModelRepository* repository, const Call
       response_budget_(options.max_response_bytes_in_flight),
       unknown_model_observer_(env->observers->For("")),
       sessions_(options.sessions),
-      auth_(options.auth) {
+      auth_(options.auth),
+      stream_protocol_(std::make_unique<StreamProtocol>(this)) {
   for (const Model* model : repository->models()) {
     model_observers_[model] = env->observers->For(model->name);
     kv_observers_[model] = env->kv_observers->For(model->name);
@@ -69,21 +70,43 @@ class RefusedStream final : public grpc::ServerBidiReactor<AttendRequest, Attend
 
 }  // namespace
 
-absl::Status AttentionService::Admit(const AttendRequest& request,
-                                     std::unique_ptr<AttendCall>* call) {
-  AttendCall& c = **call;
+absl::Status AttentionService::Bind(absl::string_view model_name, absl::string_view request_id,
+                                    AttendCall* call) {
+  AttendCall& c = *call;
   c.env = env_;
   c.observer = unknown_model_observer_;
-  c.response->set_request_id(request.request_id());
-  const Model* model = repository_->Find(request.model_name());
+  c.response->set_request_id(std::string(request_id));
+  const Model* model = repository_->Find(model_name);
   if (model == nullptr) {
-    return absl::NotFoundError(absl::StrCat("model_name: no model '", request.model_name(),
+    return absl::NotFoundError(absl::StrCat("model_name: no model '", model_name,
                                             "'; available: ", repository_->NameList()));
   }
   c.response->set_model_name(model->name);
   c.model = model;
   c.observer = model_observers_.at(model);
   c.kv_observer = kv_observers_.at(model);
+  return absl::OkStatus();
+}
+
+absl::Status AttentionService::AdmitMapped(absl::string_view model_name,
+                                           absl::string_view request_id,
+                                           const absl::StatusOr<AttendRequest>& mapped,
+                                           std::unique_ptr<AttendCall>* call) {
+  if (mapped.ok()) return Admit(*mapped, call);
+  // An unknown model is named first, as attention.v1 would; otherwise the
+  // mapping's error counts under the model.
+  if (absl::Status bound = Bind(model_name, request_id, call->get()); !bound.ok()) return bound;
+  return mapped.status();
+}
+
+absl::Status AttentionService::Admit(const AttendRequest& request,
+                                     std::unique_ptr<AttendCall>* call) {
+  if (absl::Status bound = Bind(request.model_name(), request.request_id(), call->get());
+      !bound.ok()) {
+    return bound;
+  }
+  AttendCall& c = **call;
+  const Model* model = c.model;
   absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
@@ -151,179 +174,30 @@ grpc::ServerUnaryReactor* AttentionService::Attend(grpc::CallbackServerContext* 
   return reactor;
 }
 
-// One AttendStream. Every entry point (a read, a write or a cancellation
-// completing, a call finishing) decides under mu_ what to start next, then
-// starts it after unlocking; Finish is decided once, when reads are done, no
-// call is pending and nothing is being written, and nothing touches the
-// reactor after it (OnDone deletes it).
-class AttentionService::StreamReactor final
-    : public grpc::ServerBidiReactor<AttendRequest, AttendResponse>,
-      public AttendResponder {
+// attention.v1's messages on the shared stream (attend_stream.h).
+class AttentionService::StreamProtocol {
  public:
-  StreamReactor(AttentionService* service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context) {
-    {
-      // OnCancel runs on a gRPC thread whose hand-off from this one goes
-      // through gRPC's own (uninstrumented) locks: publishing the batcher
-      // under mu_ keeps that visible to TSan.
-      MutexLock lock(&mu_);
-      batcher_ = service->batcher_;
-    }
-    StartRead(&request_);
+  using Request = AttendRequest;
+  using Response = AttendResponse;
+  explicit StreamProtocol(AttentionService* service) : service_(service) {}
+  absl::Status Admit(const AttendRequest& request, std::unique_ptr<AttendCall>* call) {
+    return service_->Admit(request, call);
   }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {  // the client half-closed, or the stream broke
-      Actions next;
-      {
-        MutexLock lock(&mu_);
-        reads_done_ = true;
-        next = DecideLocked();
-      }
-      Run(next);
-      return;
-    }
-    auto call = std::make_unique<AttendCall>();
-    call->context = context_;
-    call->responder = this;
-    call->response = &call->stream_response;
-    {
-      MutexLock lock(&mu_);
-      ++pending_;
-    }
-    if (absl::Status status = service_->Admit(request_, &call); !status.ok()) {
-      if (status.code() == absl::StatusCode::kResourceExhausted) {
-        status = absl::ResourceExhaustedError(
-            absl::StrCat(status.message(), " (retry after ", kRetryPushbackMs, " ms)"));
-      }
-      // Comes back through Respond; cannot finish the stream: no read is done yet.
-      FinishAttendCall(std::move(call), status);
-    }
-    Actions next;
-    {
-      MutexLock lock(&mu_);
-      read_paused_ = true;  // no read outstanding until DecideLocked restarts it
-      next = DecideLocked();
-    }
-    Run(next);
+  AttendResponse Answer(AttendCall& call, const absl::Status& status) {
+    if (status.ok()) return std::move(call.stream_response);
+    AttendResponse message;
+    message.set_request_id(call.stream_response.request_id());
+    message.set_model_name(call.stream_response.model_name());
+    message.mutable_status()->set_code(static_cast<int>(status.code()));
+    message.mutable_status()->set_message(std::string(status.message()));
+    return message;
   }
-
-  void Respond(std::unique_ptr<AttendCall> call, const absl::Status& status,
-               CallOutcome outcome) override {
-    Outgoing out{{}, std::move(outcome)};
-    if (status.ok()) {
-      out.message = std::move(call->stream_response);
-    } else {
-      out.message.set_request_id(call->stream_response.request_id());
-      out.message.set_model_name(call->stream_response.model_name());
-      out.message.mutable_status()->set_code(static_cast<int>(status.code()));
-      out.message.mutable_status()->set_message(std::string(status.message()));
-    }
-    call.reset();
-    Actions next;
-    bool dropped = false;
-    {
-      MutexLock lock(&mu_);
-      --pending_;
-      dropped = broken_;
-      if (!broken_) outbox_.push_back(std::move(out));
-      next = DecideLocked();
-    }
-    if (dropped) out.outcome.Record(/*delivered=*/false);
-    Run(next);
-  }
-
-  void OnWriteDone(bool ok) override {
-    Actions next;
-    std::vector<CallOutcome> done;
-    {
-      MutexLock lock(&mu_);
-      writing_ = false;
-      done.push_back(std::move(outbox_.front().outcome));
-      outbox_.pop_front();
-      if (!ok) {  // the stream is gone: drop what is left to write
-        broken_ = true;
-        for (Outgoing& o : outbox_) done.push_back(std::move(o.outcome));
-        outbox_.clear();
-      }
-      next = DecideLocked();
-    }
-    // Recorded before Run: once it may finish the stream, `this` is off limits.
-    for (const CallOutcome& o : done) o.Record(/*delivered=*/ok);
-    Run(next);
-  }
-
-  void OnCancel() override {
-    Actions next;
-    AttendBatcher* batcher;
-    {
-      MutexLock lock(&mu_);
-      batcher = batcher_;
-      // A paused stream has no read to complete with !ok: end reading here.
-      if (read_paused_) reads_done_ = true;
-      next = DecideLocked();
-    }
-    // This stream's queued requests free their slots now, not at their cut,
-    // even while a long batch computes. Before Run: once it may finish the
-    // stream, `this` must not be touched.
-    batcher->Sweep();
-    Run(next);
-  }
-
-  void OnDone() override { delete this; }
 
  private:
-  // A response waiting to be written, and what to record once it is.
-  struct Outgoing {
-    AttendResponse message;
-    CallOutcome outcome;
-  };
-  struct Actions {
-    bool read = false;
-    const AttendResponse* write = nullptr;
-    bool finish = false;
-  };
-
-  Actions DecideLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Actions a;
-    if (!writing_ && !outbox_.empty()) {
-      writing_ = true;
-      a.write = &outbox_.front().message;  // deque: stays valid while others are appended
-    }
-    if (read_paused_ && !reads_done_ && !context_->IsCancelled() &&
-        pending_ + static_cast<int>(outbox_.size()) < kMaxStreamInflight) {
-      read_paused_ = false;
-      a.read = true;
-    }
-    if (read_paused_ && context_->IsCancelled()) reads_done_ = true;
-    if (reads_done_ && pending_ == 0 && !writing_ && outbox_.empty() && !finished_) {
-      finished_ = true;
-      a.finish = true;
-    }
-    return a;
-  }
-
-  // Starts what DecideLocked chose; the last thing an entry point does.
-  void Run(const Actions& a) {
-    if (a.read) StartRead(&request_);
-    if (a.write != nullptr) StartWrite(a.write);
-    if (a.finish) Finish(grpc::Status::OK);
-  }
-
   AttentionService* const service_;
-  grpc::CallbackServerContext* const context_;
-  AttendRequest request_;  // the read buffer; only the read path touches it
-
-  Mutex mu_;
-  AttendBatcher* batcher_ ABSL_GUARDED_BY(mu_) = nullptr;
-  int pending_ ABSL_GUARDED_BY(mu_) = 0;  // admitted or being admitted, not yet responded
-  std::deque<Outgoing> outbox_ ABSL_GUARDED_BY(mu_);  // front is being written
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
-  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+AttentionService::~AttentionService() = default;
 
 grpc::ServerBidiReactor<AttendRequest, AttendResponse>* AttentionService::AttendStream(
     grpc::CallbackServerContext* context) {
@@ -331,7 +205,8 @@ grpc::ServerBidiReactor<AttendRequest, AttendResponse>* AttentionService::Attend
       !why.ok()) {
     return new RefusedStream(why);  // deletes itself in OnDone
   }
-  return new StreamReactor(this, context);
+  // Deletes itself in OnDone.
+  return new AttendStreamReactor<StreamProtocol>(stream_protocol_.get(), batcher_, context);
 }
 
 grpc::ServerUnaryReactor* AttentionService::ListModels(

@@ -43,10 +43,12 @@
 #ifndef ATTN_SERVER_ATTENTION_SERVICE_H_
 #define ATTN_SERVER_ATTENTION_SERVICE_H_
 
+#include <memory>
 #include <unordered_map>
 
 #include "attention/v1/attention.grpc.pb.h"
 #include "server/attend_call.h"
+#include "server/attend_stream.h"
 #include "server/auth.h"
 #include "server/model_repository.h"
 #include "server/session_manager.h"
@@ -58,7 +60,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   // How long a shed client should wait before retrying (CallEnv).
   static constexpr int kRetryPushbackMs = 50;
   // Requests one AttendStream may have in flight before reading pauses.
-  static constexpr int kMaxStreamInflight = 256;
+  static constexpr int kMaxStreamInflight = kStreamMaxInflight;
 
   struct Options {
     // The largest response the server can send (its max message size): a
@@ -81,6 +83,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   // Asks env->observers for every model's observer.
   AttentionService(const ModelRepository* repository, const CallEnv* env, AttendBatcher* batcher,
                    const Options& options);
+  ~AttentionService() override;
 
   grpc::ServerUnaryReactor* Attend(grpc::CallbackServerContext* context,
                                    const attention::v1::AttendRequest* request,
@@ -107,18 +110,32 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
                                             const attention::v1::TruncateSessionRequest* request,
                                             attention::v1::SessionInfo* response) override;
 
+  // The one admission path of every protocol (Attend, AttendStream, and the
+  // Open Inference Protocol's ModelInfer and ModelStreamInfer): validates
+  // `request` and hands `*call` (context, reactor or responder already set)
+  // to the batcher, counted against the same queues, response budget and
+  // sessions. On failure returns why and leaves `*call` with the caller,
+  // its response's request_id and model_name filled in when known. Auth is
+  // the caller's (checked before).
+  absl::Status Admit(const attention::v1::AttendRequest& request,
+                     std::unique_ptr<AttendCall>* call);
+  // Admit for a protocol that maps its request to an AttendRequest first:
+  // `mapped` is the mapping's result; when it failed, the call is set up
+  // for FinishAttendCall and the error returned (NOT_FOUND first when
+  // `model_name` is unknown, as Admit's).
+  absl::Status AdmitMapped(absl::string_view model_name, absl::string_view request_id,
+                           const absl::StatusOr<attention::v1::AttendRequest>& mapped,
+                           std::unique_ptr<AttendCall>* call);
+  AttendBatcher* batcher() const { return batcher_; }
+
  private:
-  class StreamReactor;
+  class StreamProtocol;
 
   // OK, or why `context`'s call of `method` (full name) is refused.
   absl::Status Authorize(absl::string_view method, const grpc::CallbackServerContext& context);
 
-  // Validates `request` and hands `*call` (context, reactor or responder
-  // already set) to the batcher. On failure returns why and leaves `*call`
-  // with the caller, its response's request_id and model_name filled in
-  // when known.
-  absl::Status Admit(const attention::v1::AttendRequest& request,
-                     std::unique_ptr<AttendCall>* call);
+  // The call's env and observers, and its model (NOT_FOUND when unknown).
+  absl::Status Bind(absl::string_view model_name, absl::string_view request_id, AttendCall* call);
   // CreateSession's checks and defaults, then the table's CreateSession.
   absl::StatusOr<SessionInfo> NewSession(const attention::v1::CreateSessionRequest& request);
 
@@ -133,6 +150,7 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   core::BatchObserver* const unknown_model_observer_;
   SessionManager* const sessions_;
   Authorizer* const auth_;
+  std::unique_ptr<StreamProtocol> stream_protocol_;
 };
 
 // Fills `info` from a loaded model (wire::ToModelInfo).

@@ -35,7 +35,22 @@ constexpr MethodRole kAttentionMethods[] = {
     {"/attention.v1.AttentionService/TruncateSession", Role::kInfer},
     {"/attention.v1.AttentionService/ListModels", Role::kRead},
     {"/attention.v1.AttentionService/GetModel", Role::kRead},
+    // The Open Inference Protocol (server/inference_service.h).
+    {"/inference.GRPCInferenceService/ModelInfer", Role::kInfer},
+    {"/inference.GRPCInferenceService/ModelStreamInfer", Role::kInfer},
+    {"/inference.GRPCInferenceService/ModelReady", Role::kRead},
+    {"/inference.GRPCInferenceService/ServerMetadata", Role::kRead},
+    {"/inference.GRPCInferenceService/ModelMetadata", Role::kRead},
+    {"/inference.GRPCInferenceService/ModelConfig", Role::kRead},
+    {"/inference.GRPCInferenceService/ModelStatistics", Role::kRead},
+    {"/inference.GRPCInferenceService/RepositoryIndex", Role::kRead},
+    {"/inference.GRPCInferenceService/RepositoryModelLoad", Role::kAdmin},
+    {"/inference.GRPCInferenceService/RepositoryModelUnload", Role::kAdmin},
 };
+// The protocol's liveness and readiness: probes, like health (they tell only
+// serving or not).
+constexpr absl::string_view kInferenceProbes[] = {"/inference.GRPCInferenceService/ServerLive",
+                                                  "/inference.GRPCInferenceService/ServerReady"};
 
 constexpr Role kRoles[] = {Role::kInfer, Role::kRead, Role::kAdmin};
 
@@ -155,6 +170,9 @@ absl::string_view RoleName(Role role) {
 
 bool IsProbeMethod(absl::string_view method) {
   if (IsMethodOf(method, kHealthPrefix)) return true;
+  for (absl::string_view probe : kInferenceProbes) {
+    if (method == probe) return true;
+  }
   for (absl::string_view prefix : kReflectionPrefixes) {
     if (IsMethodOf(method, prefix)) return true;
   }

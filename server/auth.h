@@ -7,10 +7,14 @@
 // lines and lines starting with # are ignored. The token itself is never on
 // disk: `printf %s "$TOKEN" | sha256sum` gives its line's first field.
 //
-// Roles (RoleFor): infer = Attend, AttendStream and the session RPCs; read =
-// ListModels, GetModel (and, with Options::protect_health, health and
-// reflection); admin = every method, including later model control. A
-// method the table does not know needs admin (deny by default).
+// Roles (RoleFor): infer = Attend, AttendStream, the session RPCs and the
+// Open Inference Protocol's ModelInfer and ModelStreamInfer; read =
+// ListModels, GetModel, the protocol's ModelReady, ServerMetadata,
+// ModelMetadata, ModelConfig, ModelStatistics and RepositoryIndex (and, with
+// Options::protect_health, health, reflection and the protocol's ServerLive
+// and ServerReady, which are probes like health); admin = every method,
+// including model control (RepositoryModelLoad/Unload). A method the table
+// does not know needs admin (deny by default).
 //
 // A call without `authorization: Bearer <token>` metadata, or whose token
 // is not in the file, is UNAUTHENTICATED; a known token without the method's
@@ -65,7 +69,8 @@ absl::string_view RoleName(Role role);
 // ("/attention.v1.AttentionService/Attend"). Health and reflection methods
 // are kRead (open unless Options::protect_health). Unknown methods: kAdmin.
 Role RoleFor(absl::string_view method);
-// Health and reflection methods (open by default).
+// Health, reflection, and the Open Inference Protocol's ServerLive and
+// ServerReady (open by default).
 bool IsProbeMethod(absl::string_view method);
 
 using Digest = std::array<uint8_t, 32>;

@@ -211,6 +211,12 @@ ServerMetrics::ServerMetrics(const Options& options)
                      .Name("attn_requests_total")
                      .Help("Finished Attend requests by model and gRPC status code.")
                      .Register(*registry_)),
+      requests_by_protocol_(
+          &prometheus::BuildCounter()
+               .Name("attn_requests_by_protocol_total")
+               .Help(
+                   "Finished requests by protocol (attention.v1, kserve.v2) and gRPC status code.")
+               .Register(*registry_)),
       request_duration_(&prometheus::BuildHistogram()
                              .Name("attn_request_duration_seconds")
                              .Help("Server time of OK requests, admission to response.")
@@ -417,6 +423,13 @@ void ServerMetrics::RecordRequest(absl::string_view model, absl::StatusCode code
   // models the repository serves (or ""), so this cannot grow unboundedly.
   if (m == nullptr) m = AddModel(model);
   m->RequestFinished(code);
+}
+
+void ServerMetrics::OnProtocolRequest(absl::string_view protocol, absl::StatusCode code) {
+  // Family::Add returns the existing series: protocols and codes are few.
+  requests_by_protocol_
+      ->Add({{"protocol", std::string(protocol)}, {"code", absl::StatusCodeToString(code)}})
+      .Increment();
 }
 
 void ServerMetrics::InflightChanged(int64_t delta) {

@@ -8,6 +8,13 @@
 // a label lookup.
 //
 // Metric names (base units, Prometheus conventions):
+//   attn_requests_by_protocol_total{protocol,code}  counter, the same
+//                                               requests by protocol
+//                                               (attention.v1, kserve.v2):
+//                                               a family of its own, so
+//                                               attn_requests_total keeps
+//                                               its labels (dashboards,
+//                                               alerts, exact-series checks)
 //   attn_requests_total{model,code}            counter, every finished Attend
 //                                               request by the code the
 //                                               client got (code = gRPC
@@ -120,6 +127,7 @@
 #include "prometheus/registry.h"
 #include "server/auth.h"
 #include "server/kv_batch_observer.h"
+#include "server/protocol_observer.h"
 #include "server/session_manager.h"
 
 namespace attn::server {
@@ -225,7 +233,7 @@ class AuthMetrics final : public AuthObserver {
 
 class KvCacheCollectable;
 
-class ServerMetrics final : public core::BatchObservers {
+class ServerMetrics final : public core::BatchObservers, public ProtocolObserver {
  public:
   struct Options {
     std::string version;         // attn_build_info{version}
@@ -268,6 +276,8 @@ class ServerMetrics final : public core::BatchObservers {
   // unknown_model(). A name never added is added first, so pass only names
   // of models that exist (or "").
   void RecordRequest(absl::string_view model, absl::StatusCode code);
+  // ProtocolObserver: attn_requests_by_protocol_total{protocol,code} += 1.
+  void OnProtocolRequest(absl::string_view protocol, absl::StatusCode code) override;
   // attn_inflight_requests += delta.
   void InflightChanged(int64_t delta);
   // Finished requests by code name over all models (attn_requests_total),
@@ -300,6 +310,7 @@ class ServerMetrics final : public core::BatchObservers {
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Counter>* requests_by_protocol_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
   prometheus::Family<prometheus::Histogram>* queue_duration_;
   prometheus::Family<prometheus::Histogram>* compute_duration_;

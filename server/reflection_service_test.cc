@@ -145,10 +145,10 @@ TYPED_TEST(ReflectionServiceTest, ListServicesNamesExactlyTheRegisteredServices)
   std::vector<std::string> names;
   for (const auto& service : response.list_services_response().service())
     names.push_back(service.name());
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"attention.v1.AttentionService", "grpc.health.v1.Health",
-                                      "grpc.reflection.v1.ServerReflection",
-                                      "grpc.reflection.v1alpha.ServerReflection"}));
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "attention.v1.AttentionService", "inference.GRPCInferenceService",
+                       "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                       "grpc.reflection.v1alpha.ServerReflection"}));
   EXPECT_EQ(response.valid_host(), "localhost");
   EXPECT_EQ(response.original_request().list_services(), "*");
   EXPECT_TRUE(stream.Close().ok());
@@ -274,7 +274,7 @@ TYPED_TEST(ReflectionServiceTest, ManyRequestsOnOneStreamAreAnsweredInOrder) {
     typename TypeParam::Request list;
     list.set_list_services("");
     auto response = stream.Ask(list);
-    EXPECT_EQ(response.list_services_response().service_size(), 4);
+    EXPECT_EQ(response.list_services_response().service_size(), 5);
     response = stream.Symbol("attention.v1.AttendResponse");
     EXPECT_EQ(response.original_request().file_containing_symbol(), "attention.v1.AttendResponse");
     EXPECT_EQ(FileNames(response).front(), "attention/v1/attention.proto");
