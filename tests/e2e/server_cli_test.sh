@@ -51,7 +51,10 @@ expect_in "$work/bad.err" "INVALID_ARGUMENT.*query_lengths" "bad length names th
 # under TSan): scrape until both counts are in, for at most 10 s.
 for _ in $(seq 100); do
   curl -sf "$METRICS_URL" >"$work/metrics.txt" || fail "cannot scrape $METRICS_URL"
-  grep -q '^attn_inflight_requests 0$' "$work/metrics.txt" && break
+  grep -q '^attn_inflight_requests 0$' "$work/metrics.txt" &&
+    grep -q '^attn_requests_total{code="OK",model="default"} 1$' "$work/metrics.txt" &&
+    grep -q '^attn_requests_total{code="INVALID_ARGUMENT",model="default"} 1$' "$work/metrics.txt" &&
+    break
   sleep 0.1
 done
 expect_in "$work/metrics.txt" '^attn_requests_total\{code="DEADLINE_EXCEEDED",model="default"\} 0$' "codes not yet seen exist at 0"
