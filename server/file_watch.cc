@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -124,7 +125,7 @@ absl::Status FileWatch::PollNow() {
   absl::Status status = contents.ok() ? loader_(*contents) : contents.status();
   if (status.ok()) {
     loaded_ = *std::move(contents);
-    last_failure_.clear();
+    last_failure_.reset();
     {
       MutexLock l(&mu_);
       ++loads_;
@@ -137,14 +138,15 @@ absl::Status FileWatch::PollNow() {
     // Once per distinct failure: the same broken file polled again is quiet.
     std::string failure = std::string(status.message());
     if (contents.ok()) absl::StrAppend(&failure, "\n", absl::StrJoin(*contents, "\n"));
-    if (failure != last_failure_) {
+    const size_t failure_hash = std::hash<std::string>()(failure);
+    if (failure_hash != last_failure_) {
       if (options_.logger != nullptr) {
         options_.logger->Log(LogLevel::kWarning, absl::StrCat(options_.name, "_reload_failed"),
                              {{"files", absl::StrJoin(options_.paths, ",")},
                               {"error", std::string(status.message())},
                               {"kept", "previous"}});
       }
-      last_failure_ = std::move(failure);
+      last_failure_ = failure_hash;
     } else {
       return status;  // already reported
     }

@@ -26,6 +26,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -92,8 +93,9 @@ class FileWatch {
   // Serializes polls (the loader never runs twice at once).
   Mutex poll_mu_;
   std::vector<std::string> loaded_ ABSL_GUARDED_BY(poll_mu_);
-  // The last contents (or read error) that failed, so it is logged once.
-  std::string last_failure_ ABSL_GUARDED_BY(poll_mu_);
+  // A hash of the last failure (its error and the contents that caused it),
+  // so it is logged once; a hash, not a copy of the keys or tokens.
+  std::optional<size_t> last_failure_ ABSL_GUARDED_BY(poll_mu_);
   mutable Mutex mu_;
   CondVar cv_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
