@@ -102,6 +102,54 @@ def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def check_grpc_probes(c, port, cw):
+    """Startup, readiness and liveness are native gRPC health probes of the whole server on port."""
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        p = c.get(probe)
+        check(p is not None, f"{cw}: no {probe}")
+        g = p.get("grpc")
+        check(g is not None, f"{cw}: {probe} is not a grpc probe")
+        check(g.get("port") == port, f"{cw}: {probe} port {g.get('port')}, health is on {port}")
+        check(g.get("service", "") == "", f"{cw}: {probe} checks service '{g.get('service')}', not the server")
+
+
+def pre_stop_pause(c, cw):
+    """Seconds the container's preStop hook sleeps (it must have one)."""
+    pre_stop = c.get("lifecycle", {}).get("preStop")
+    check(pre_stop is not None, f"{cw}: no preStop hook (endpoints need a moment to update)")
+    cmd = pre_stop.get("exec", {}).get("command", [])
+    if cmd and os.path.basename(cmd[0]) == "sleep":
+        return float(cmd[1])
+    if "sleep" in pre_stop:
+        return float(pre_stop["sleep"]["seconds"])
+    return 0
+
+
+def check_cpu_is_threads(c, threads, cw):
+    """The CPU request and limit are --threads whole cores; memory is requested and limited."""
+    res = c.get("resources", {})
+    check(threads > 0, f"{cw}: --threads must be set (0 means one per node core, not per pod)")
+    for kind in ("requests", "limits"):
+        cpu = res.get(kind, {}).get("cpu")
+        check(cpu is not None, f"{cw}: no cpu {kind}")
+        check(cpu_cores(cpu, cw) == threads, f"{cw}: cpu {kind} {cpu} != --threads={threads}")
+        check("memory" in res.get(kind, {}), f"{cw}: no memory {kind}")
+
+
+def check_restricted(psc, csc, uid, where, cw):
+    """The restricted Pod Security Standard, from the pod (psc) and container (csc) contexts."""
+    either = lambda key: csc.get(key, psc.get(key))
+    check(either("runAsNonRoot") is True, f"{where}: runAsNonRoot is not true")
+    run_as = either("runAsUser")
+    check(run_as in (None, uid), f"{where}: runAsUser {run_as}, the image's USER is {uid}")
+    check((either("seccompProfile") or {}).get("type") == "RuntimeDefault",
+          f"{where}: seccompProfile is not RuntimeDefault")
+    check(csc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem is not true")
+    check(csc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation is not false")
+    check(not csc.get("privileged", False), f"{cw}: privileged")
+    check("ALL" in csc.get("capabilities", {}).get("drop", []), f"{cw}: capabilities do not drop ALL")
+
+
 def check_k8s(path, flags, uid, gid, seen):
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     path = os.path.basename(path)  # messages name the overlay
@@ -162,51 +210,22 @@ def check_k8s(path, flags, uid, gid, seen):
         probe_port = port_of(security["health_listen"], f"{cw} --health_listen")
         check(ports.get("health") == probe_port,
               f"{cw}: port 'health' is {ports.get('health')}, --health_listen says {probe_port}")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        p = c.get(probe)
-        check(p is not None, f"{cw}: no {probe}")
-        g = p.get("grpc")
-        check(g is not None, f"{cw}: {probe} is not a grpc probe")
-        check(g.get("port") == probe_port, f"{cw}: {probe} port {g.get('port')}, health is on {probe_port}")
-        check(g.get("service", "") == "", f"{cw}: {probe} checks service '{g.get('service')}', not the server")
+    check_grpc_probes(c, probe_port, cw)
     if path == "base.yaml":
         check(not security, f"{cw}: base sets {sorted(security)}; security belongs in components/tls-auth")
 
     # Shutdown: preStop pause + --shutdown_grace must fit in the grace period.
-    pre_stop = c.get("lifecycle", {}).get("preStop")
-    check(pre_stop is not None, f"{cw}: no preStop hook (endpoints need a moment to update)")
-    pause = 0
-    cmd = pre_stop.get("exec", {}).get("command", [])
-    if cmd and os.path.basename(cmd[0]) == "sleep":
-        pause = float(cmd[1])
-    elif "sleep" in pre_stop:
-        pause = float(pre_stop["sleep"]["seconds"])
+    pause = pre_stop_pause(c, cw)
     tgps = spec.get("terminationGracePeriodSeconds", 30)
     check(tgps > grace + pause,
           f"{where}: terminationGracePeriodSeconds {tgps} <= preStop {pause:g}s + --shutdown_grace {grace:g}s")
     print(f"  {where}: terminationGracePeriodSeconds {tgps} > preStop {pause:g}s + shutdown_grace {grace:g}s")
 
     # Resources: the CPU request and limit are --threads whole cores.
-    res = c.get("resources", {})
-    check(threads > 0, f"{cw}: --threads must be set (0 means one per node core, not per pod)")
-    for kind in ("requests", "limits"):
-        cpu = res.get(kind, {}).get("cpu")
-        check(cpu is not None, f"{cw}: no cpu {kind}")
-        check(cpu_cores(cpu, cw) == threads, f"{cw}: cpu {kind} {cpu} != --threads={threads}")
-        check("memory" in res.get(kind, {}), f"{cw}: no memory {kind}")
+    check_cpu_is_threads(c, threads, cw)
 
     # Security.
-    psc, csc = spec.get("securityContext", {}), c.get("securityContext", {})
-    either = lambda key: csc.get(key, psc.get(key))
-    check(either("runAsNonRoot") is True, f"{where}: runAsNonRoot is not true")
-    run_as = either("runAsUser")
-    check(run_as in (None, uid), f"{where}: runAsUser {run_as}, the image's USER is {uid}")
-    check((either("seccompProfile") or {}).get("type") == "RuntimeDefault",
-          f"{where}: seccompProfile is not RuntimeDefault")
-    check(csc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem is not true")
-    check(csc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation is not false")
-    check(not csc.get("privileged", False), f"{cw}: privileged")
-    check("ALL" in csc.get("capabilities", {}).get("drop", []), f"{cw}: capabilities do not drop ALL")
+    check_restricted(spec.get("securityContext", {}), c.get("securityContext", {}), uid, where, cw)
     print(f"  {where}: runAsNonRoot, uid {uid}, seccomp RuntimeDefault, read-only root, drop ALL")
 
     # Volumes: models and the repository flag.
