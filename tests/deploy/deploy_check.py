@@ -1,6 +1,7 @@
 """Checks the deployment files against the real attention-server and Dockerfile.
 
   deploy_check.py k8s BIN_DIR DOCKERFILE RENDERED.yaml...   (kubectl kustomize output, one per overlay)
+  deploy_check.py kserve BIN_DIR DOCKERFILE RENDERED.yaml... (kubectl kustomize of deploy/k8s/kserve/*)
   deploy_check.py compose BIN_DIR CONFIG.yaml               (docker-compose config output)
 
 With TLS, tokens or metrics basic auth in the args (deploy/k8s/components/tls, tokens, mtls;
@@ -480,6 +481,145 @@ def check_component_adds_only_security(plain_path, secure_path):
           f"+ only the TLS/token/metrics-auth/health wiring")
 
 
+# --- KServe (deploy/k8s/kserve) ------------------------------------------------------------------
+
+KSERVE_API = {"ServingRuntime": "serving.kserve.io/v1alpha1",
+              "ClusterServingRuntime": "serving.kserve.io/v1alpha1",
+              "InferenceService": "serving.kserve.io/v1beta1",
+              "PersistentVolumeClaim": "v1", "ServiceAccount": "v1"}
+KSERVE_MODEL_DIR = "/mnt/models"   # where KServe puts the storageUri's contents
+KSERVE_CONTAINER = "kserve-container"  # the container KServe merges spec.predictor.model into
+
+
+def check_kserve_runtime(rt, flags, uid, where):
+    """A (Cluster)ServingRuntime of attention-server; returns what InferenceServices need of it."""
+    spec = rt["spec"]
+    protocols = spec.get("protocolVersions") or []
+    check("grpc-v2" in protocols, f"{where}: protocolVersions {protocols} lack grpc-v2")
+    formats = spec.get("supportedModelFormats") or []
+    check(formats and all(f.get("name") for f in formats), f"{where}: no supportedModelFormats")
+    containers = [c for c in spec.get("containers", []) if c.get("name") == KSERVE_CONTAINER]
+    check(len(containers) == 1, f"{where}: no container named {KSERVE_CONTAINER}")
+    c = containers[0]
+    cw = f"{where} container {KSERVE_CONTAINER}"
+    check("command" not in c, f"{cw}: sets command, bypassing the image's entrypoint")
+    values = parse_server_args(c.get("args", []), flags, f"{cw} args")
+    check(values["model_repository"].rstrip("/") == KSERVE_MODEL_DIR,
+          f"{cw}: --model_repository='{values['model_repository']}', KServe mounts the model at "
+          f"{KSERVE_MODEL_DIR}")
+    grpc_port = port_of(values["listen"], f"{cw} --listen")
+    ports = c.get("ports") or []
+    check(ports, f"{cw}: no container port (KServe's Service forwards to the first one)")
+    first = ports[0]
+    check(first.get("containerPort") == grpc_port,
+          f"{cw}: first port {first.get('containerPort')} is KServe's Service target, --listen says {grpc_port}")
+    check("h2c" in first.get("name", "") or "grpc" in first.get("name", ""),
+          f"{cw}: first port is named '{first.get('name')}': KServe marks a port HTTP/2 (h2c) only "
+          f"when its name contains h2c or grpc")
+    check_grpc_probes(c, grpc_port, cw)
+    check_cpu_is_threads(c, int(values["threads"]), cw)
+    check_restricted({}, c.get("securityContext", {}), uid, cw, cw)
+    check(c["securityContext"].get("runAsUser") == uid,
+          f"{cw}: runAsUser is not the image's USER {uid} (a ServingRuntime has no pod securityContext)")
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    check(mounts.get("/tmp") in volumes, f"{cw}: read-only root but no writable /tmp volume")
+    check(KSERVE_MODEL_DIR not in mounts, f"{cw}: mounts over {KSERVE_MODEL_DIR}, KServe's model mount")
+
+    # Metrics: the container port and the annotations KServe copies onto the pods.
+    metrics_port = port_of(values["metrics_listen"], f"{cw} --metrics_listen")
+    check(metrics_port in [p.get("containerPort") for p in ports],
+          f"{cw}: no container port {metrics_port} (--metrics_listen)")
+    ann = spec.get("annotations") or {}
+    for key, want in (("prometheus.kserve.io/port", str(metrics_port)),
+                      ("prometheus.kserve.io/path", "/metrics"),
+                      ("prometheus.io/port", str(metrics_port)),
+                      ("prometheus.io/path", "/metrics"),
+                      ("prometheus.io/scrape", "true")):
+        check(str(ann.get(key)) == want, f"{where}: spec.annotations {key} is {ann.get(key)!r}, want {want!r}")
+    check(ann.get("serving.kserve.io/enable-prometheus-scraping") == "false",
+          f"{where}: serving.kserve.io/enable-prometheus-scraping must be \"false\": \"true\" (or the "
+          f"cluster default) makes KServe's webhook set prometheus.io/port to Knative's 9091")
+    grace = duration_seconds(values["shutdown_grace"], f"{cw} --shutdown_grace")
+    print(f"  {where}: {len(c.get('args', []))} args, all real flags; {first['name']} {grpc_port} "
+          f"(first port, probes), metrics {metrics_port} (annotations), --model_repository="
+          f"{KSERVE_MODEL_DIR}, protocols {protocols}, restricted")
+    return {"formats": formats, "protocols": protocols, "grace": grace + pre_stop_pause(c, cw),
+            "uid": uid}
+
+
+def format_supported(want, formats):
+    """KServe's rule: the name, and the version when the InferenceService gives one."""
+    return any(f["name"] == want.get("name") and
+               ("version" not in want or str(f.get("version")) == str(want["version"]))
+               for f in formats)
+
+
+def check_kserve_isvc(isvc, runtimes, by_kind, where, seen):
+    pred = isvc["spec"]["predictor"]
+    model = pred.get("model")
+    check(model, f"{where}: no spec.predictor.model")
+    name = model.get("runtime")
+    check(name in runtimes, f"{where}: runtime {name!r} is no (Cluster)ServingRuntime of the render "
+                            f"({sorted(runtimes)})")
+    rt = runtimes[name]
+    fmt = model.get("modelFormat") or {}
+    check(format_supported(fmt, rt["formats"]),
+          f"{where}: modelFormat {fmt} is not one of the runtime's {rt['formats']}")
+    proto = model.get("protocolVersion")
+    check(proto == "grpc-v2" and proto in rt["protocols"],
+          f"{where}: protocolVersion {proto!r}, want grpc-v2 (runtime: {rt['protocols']})")
+    mode = (isvc["metadata"].get("annotations") or {}).get("serving.kserve.io/deploymentMode")
+    check(mode in ("RawDeployment", "Standard"),
+          f"{where}: deploymentMode {mode!r}: the runtime has two ports and gRPC probes, which "
+          f"Knative (KServe's default Serverless mode) refuses")
+    tgps = pred.get("terminationGracePeriodSeconds", 30)
+    check(tgps > rt["grace"], f"{where}: terminationGracePeriodSeconds {tgps} <= preStop + "
+                              f"--shutdown_grace ({rt['grace']:g}s)")
+    psc = pred.get("securityContext") or {}
+    check(psc.get("runAsNonRoot", True) is True and psc.get("runAsUser", rt["uid"]) == rt["uid"] and
+          (psc.get("seccompProfile") or {"type": "RuntimeDefault"}).get("type") == "RuntimeDefault",
+          f"{where}: predictor securityContext {psc} loosens the runtime's restricted one")
+    uri = model.get("storageUri", "")
+    scheme = uri.partition("://")[0]
+    check(scheme in ("pvc", "s3", "gs"), f"{where}: storageUri {uri!r} is not pvc://, s3:// or gs://")
+    if scheme == "pvc":
+        claim = uri[len("pvc://"):].partition("/")[0]
+        claims = [p["metadata"]["name"] for p in by_kind.get("PersistentVolumeClaim", [])]
+        check(claim in claims, f"{where}: storageUri claim {claim!r} is no PersistentVolumeClaim of the "
+                               f"render ({claims})")
+    else:
+        sa = pred.get("serviceAccountName")
+        accounts = {a["metadata"]["name"]: a for a in by_kind.get("ServiceAccount", [])}
+        check(sa in accounts, f"{where}: {scheme}:// needs credentials: serviceAccountName {sa!r} is "
+                              f"no ServiceAccount of the render")
+    seen.add(f"isvc_{scheme}")
+    print(f"  {where}: runtime {name}, modelFormat {fmt.get('name')}, {proto}, {mode}, {uri}, "
+          f"grace {tgps}s")
+
+
+def check_kserve(path, flags, uid, seen):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    path = os.path.basename(path)
+    by_kind = {}
+    for d in docs:
+        where = f"{path}: {d.get('kind')}/{d['metadata']['name']}"
+        check(d.get("kind") in KSERVE_API, f"{where}: unexpected kind")
+        check(d["apiVersion"] == KSERVE_API[d["kind"]],
+              f"{where}: apiVersion {d['apiVersion']}, want {KSERVE_API[d['kind']]}")
+        by_kind.setdefault(d["kind"], []).append(d)
+    runtimes = {}
+    for kind in ("ServingRuntime", "ClusterServingRuntime"):
+        for rt in by_kind.get(kind, []):
+            runtimes[rt["metadata"]["name"]] = check_kserve_runtime(
+                rt, flags, uid, f"{path}: {kind}/{rt['metadata']['name']}")
+            check(kind == "ServingRuntime" or "namespace" not in rt["metadata"],
+                  f"{path}: ClusterServingRuntime with a namespace")
+            seen.add(kind)
+    for isvc in by_kind.get("InferenceService", []):
+        check_kserve_isvc(isvc, runtimes, by_kind, f"{path}: InferenceService/{isvc['metadata']['name']}", seen)
+
+
 # --- docker-compose ------------------------------------------------------------------------------
 
 def check_compose(path, flags):
@@ -646,6 +786,14 @@ def main(argv):
             if "overlays_example.yaml" in by_name and "overlays_example-tls.yaml" in by_name:
                 check_component_adds_only_security(by_name["overlays_example.yaml"],
                                                    by_name["overlays_example-tls.yaml"])
+        elif len(argv) >= 5 and argv[1] == "kserve":
+            flags = server_flags(argv[2])
+            uid, _ = dockerfile_user(argv[3])
+            seen = set()
+            for path in argv[4:]:
+                check_kserve(path, flags, uid, seen)
+            for what in ("ServingRuntime", "ClusterServingRuntime", "isvc_pvc", "isvc_s3"):
+                check(what in seen, f"no render of deploy/k8s/kserve has {what}")
         elif len(argv) == 4 and argv[1] == "compose":
             check_compose(argv[3], server_flags(argv[2]))
         else:

@@ -7,7 +7,11 @@
 # metrics-auth file is a read-only whole-volume Secret mount (rendered, or issued by the
 # cert-manager Certificate, whose dnsNames cover the headless Service), probes on the plaintext
 # health port, the ServiceMonitor sends basic auth, and the component changes nothing else
-# (tests/deploy/deploy_check.py). No private key or user secret file is in git.
+# (tests/deploy/deploy_check.py). deploy/k8s/kserve: the ServingRuntime's args are real flags, its
+# first port is --listen's (named h2c), probes, metrics port and scrape annotations follow
+# --metrics_listen, --model_repository is /mnt/models, restricted securityContext; each
+# InferenceService names a rendered runtime, a format and protocol it supports, and a rendered PVC
+# or ServiceAccount for its storageUri. No private key or user secret file is in git.
 # Usage: tests/deploy/k8s_test.sh BIN_DIR
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -87,4 +91,14 @@ for dir in "$work/k8s/base" "$work"/k8s/overlays/*/; do
 done
 [ "${#rendered[@]}" -ge 2 ] || { echo "FAIL: no overlays under deploy/k8s/overlays" >&2; exit 1; }
 "$PY" "$top/tests/deploy/deploy_check.py" k8s "$BIN" "$top/Dockerfile" "${rendered[@]}"
+
+# KServe: the ServingRuntime with the PVC InferenceService, the S3 one, the ClusterServingRuntime.
+kserve=()
+for dir in kserve kserve/s3 kserve/cluster; do
+  out="$work/${dir//\//_}.yaml"   # e.g. kserve_s3.yaml
+  kubectl kustomize "$work/k8s/$dir" >"$out" || { echo "FAIL: kubectl kustomize $dir" >&2; exit 1; }
+  echo "rendered $dir: $(grep '^kind:' "$out" | awk '{print $2}' | sort | tr '\n' ' ')"
+  kserve+=("$out")
+done
+"$PY" "$top/tests/deploy/deploy_check.py" kserve "$BIN" "$top/Dockerfile" "${kserve[@]}"
 echo "k8s: all checks passed"
