@@ -10,11 +10,11 @@ namespace attn::server {
 
 std::string BatchKey(const Model& model, const DecodedRequest& request) {
   if (request.session()) {
-    return absl::StrCat(model.name, "|session|causal=", request.causal,
+    return absl::StrCat(model.name, "|v", model.version, "|session|causal=", request.causal,
                         "|probs=", request.need_probs);
   }
-  return absl::StrCat(model.name, "|causal=", request.causal, "|cross=", request.cross,
-                      "|probs=", request.need_probs);
+  return absl::StrCat(model.name, "|v", model.version, "|causal=", request.causal,
+                      "|cross=", request.cross, "|probs=", request.need_probs);
 }
 
 namespace {

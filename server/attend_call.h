@@ -128,7 +128,9 @@ struct AttendCall {
   // The protocol the request came over (ProtocolObserver's label).
   absl::string_view protocol = kAttentionV1Protocol;
   // Null until the request's model is known (NOT_FOUND leaves it null).
-  const Model* model = nullptr;
+  // The version the request was admitted to (or its session's), held until
+  // the call ends: a reload or unload meanwhile does not touch it.
+  std::shared_ptr<const Model> model;
   core::BatchObserver* observer = nullptr;  // required: the model's, or For("")'s
   KvBatchObserver* kv_observer = nullptr;   // the model's; required once `model` is set
   bool admitted = false;                    // in the batcher: counted in flight and queued
@@ -205,10 +207,11 @@ inline bool AttendCall::cancelled() const {
          (context != nullptr && context->IsCancelled());
 }
 
-// Requests that may share a batch: same model and the same batch-wide
-// options (causal, cross-attention, probabilities); session requests apart
-// from the others, so decode steps of any sessions (and layers) of a model
-// batch together. Starts with the model name and a '|'.
+// Requests that may share a batch: same model and version and the same
+// batch-wide options (causal, cross-attention, probabilities); session
+// requests apart from the others, so decode steps of any sessions (and
+// layers) of a model batch together. Starts with the model name and a '|'
+// ("m|v2|...": requests of two versions never share a batch).
 std::string BatchKey(const Model& model, const DecodedRequest& request);
 
 // Runs `calls` (one key, all admitted) as one core call over all their

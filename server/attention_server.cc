@@ -243,6 +243,64 @@ void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, const std::string
 
 const char* Version() { return ATTN_VERSION; }
 
+// The server's side of the model lifecycle (ModelManager::Hooks), and the
+// repository RPCs' way to the manager once it exists.
+class AttentionServer::Lifecycle final : public ModelManager::Hooks, public ModelControl {
+ public:
+  explicit Lifecycle(AttentionServer* server) : server_(server) {}
+  void set_manager(ModelManager* manager) { manager_.store(manager); }
+
+  void LoadModel(std::string name, Done done) override {
+    if (ModelManager* m = manager_.load(); m != nullptr) return m->LoadModel(std::move(name), done);
+    done(absl::UnavailableError("the server is starting"));
+  }
+  void UnloadModel(std::string name, Done done) override {
+    if (ModelManager* m = manager_.load(); m != nullptr) {
+      return m->UnloadModel(std::move(name), done);
+    }
+    done(absl::UnavailableError("the server is starting"));
+  }
+
+  absl::Status Prepare(const Model& model) override {
+    // Its series exist (at zero, not ready) before it serves.
+    server_->env_.observers->For(model.name);
+    server_->env_.kv_observers->For(model.name);
+    // On the executor thread, which will serve it, between batches.
+    absl::Status warm;
+    ATTN_RETURN_IF_ERROR(
+        server_->batcher_->RunOnExecutor([&warm, &model] { warm = WarmUp(model); }));
+    return warm;
+  }
+  void Published(const Model& model, const Model* /*replaced*/) override {
+    if (model.kv_pool != nullptr) {
+      server_->metrics_->WatchKvPool(model.name, model.kv_pool.get());
+    } else {
+      server_->metrics_->UnwatchKvPool(model.name);
+    }
+    for (HealthService* health : server_->health_services()) {
+      health->SetServingStatus(model.name, true);
+    }
+    server_->metrics_->AddModel(model.name)->SetReady(true);
+  }
+  void Withdrawing(const std::string& name) override {
+    for (HealthService* health : server_->health_services()) health->SetServingStatus(name, false);
+    if (ModelMetrics* m = server_->metrics_->Find(name); m != nullptr) m->SetReady(false);
+  }
+  void Withdrawn(const Model& model) override {
+    server_->metrics_->UnwatchKvPool(model.name);
+    if (server_->sessions_ != nullptr) server_->sessions_->CloseModel(model.name);
+  }
+  void LoadFinished(const std::string& name, bool reload, const absl::Status& status,
+                    absl::Duration took) override {
+    server_->metrics_->ModelLoaded(name, reload, status.ok(), took);
+  }
+  void Unloaded(const std::string& name) override { server_->metrics_->ModelUnloaded(name); }
+
+ private:
+  AttentionServer* const server_;
+  std::atomic<ModelManager*> manager_{nullptr};
+};
+
 absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     std::unique_ptr<ModelRepository> repository, const Options& options) {
   if (options.clock == nullptr) {
@@ -302,8 +360,9 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   s->env_.observers = s->tee_.get();
   s->env_.kv_observers = s->metrics_->kv_observers();
   s->env_.protocols = s->metrics_.get();
-  for (const Model* model : s->repository_->models()) {
+  for (const ModelRepository::ModelPtr& model : s->repository_->models()) {
     if (model->kv_pool != nullptr) s->metrics_->WatchKvPool(model->name, model->kv_pool.get());
+    s->metrics_->ModelLoaded(model->name, /*reload=*/false, /*ok=*/true, model->load_duration);
   }
   if (options.max_sessions > 0) {
     SessionManager::Options session_options;
@@ -394,9 +453,11 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   batcher_options.policy = options.batching;
   // A model's own batching settings (config.pbtxt) win over the server's.
   // Keys start with the model name (BatchKey).
+  // (A queued request of an older version is cut by the serving version's
+  // settings: they are read per cut, and a name has one serving version.)
   batcher_options.policy_for_key = [repo = s->repository_.get(),
                                     fallback = options.batching](const std::string& key) {
-    const Model* model = repo->Find(absl::string_view(key).substr(0, key.find('|')));
+    ModelRepository::ModelPtr model = repo->Find(absl::string_view(key).substr(0, key.find('|')));
     return model != nullptr && model->batching ? *model->batching : fallback;
   };
   batcher_options.max_queue_requests = options.max_queue_size;
@@ -427,13 +488,15 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
   inference_options.version = Version();
   inference_options.default_batching = options.batching;
   inference_options.auth = service_options.auth;
+  s->lifecycle_ = std::make_unique<Lifecycle>(s.get());
+  inference_options.control = s->lifecycle_.get();
   s->inference_ = std::make_unique<InferenceService>(s->repository_.get(), s->service_.get(),
                                                      s->model_stats_.get(), inference_options);
   // Warm every model up on the batcher's executor thread (the one that will
   // serve it) before reporting SERVING.
   absl::Status warm;
   ATTN_RETURN_IF_ERROR(s->batcher_->RunOnExecutor([&warm, repo = s->repository_.get()] {
-    for (const Model* model : repo->models()) warm.Update(WarmUp(*model));
+    for (const ModelRepository::ModelPtr& model : repo->models()) warm.Update(WarmUp(*model));
   }));
   ATTN_RETURN_IF_ERROR(warm);
 
@@ -451,7 +514,9 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
     health->SetServingStatus("", true);
     health->SetServingStatus(attention::v1::AttentionService::service_full_name(), true);
     health->SetServingStatus(inference::GRPCInferenceService::service_full_name(), true);
-    for (const Model* model : s->repository_->models()) health->SetServingStatus(model->name, true);
+    for (const ModelRepository::ModelPtr& model : s->repository_->models()) {
+      health->SetServingStatus(model->name, true);
+    }
   }
 
   // Reflection lists every service registered below, its own included.
@@ -499,12 +564,25 @@ absl::StatusOr<std::unique_ptr<AttentionServer>> AttentionServer::Start(
                                                  ": cannot listen (address in use or invalid?)"));
     }
   }
-  for (const Model* model : s->repository_->models())
+  for (const ModelRepository::ModelPtr& model : s->repository_->models()) {
     s->metrics_->Find(model->name)->SetReady(true);
+  }
+  // Last: its changes go through everything above.
+  ModelManager::Options manager_options;
+  manager_options.mode = options.model_control_mode;
+  manager_options.poll_interval = options.repository_poll_interval;
+  manager_options.logger = s->logger_.get();
+  ATTN_ASSIGN_OR_RETURN(s->manager_, ModelManager::Create(s->repository_.get(), s->lifecycle_.get(),
+                                                          manager_options));
+  s->lifecycle_->set_manager(s->manager_.get());
   return s;
 }
 
 AttentionServer::AttentionServer() : calls_(std::make_unique<CallCounter>()) {}
+
+absl::Status AttentionServer::PollModelsForTest() {
+  return manager_ == nullptr ? absl::FailedPreconditionError("not started") : manager_->PollNow();
+}
 
 AttentionServer::~AttentionServer() { Shutdown(); }
 
@@ -552,12 +630,17 @@ void AttentionServer::ShutdownGrpc() {
 void AttentionServer::Shutdown() {
   if (stopped_) return;
   stopped_ = true;
+  // The change under way finishes (it may need the executor); no other
+  // starts.
+  if (manager_ != nullptr) manager_->Shutdown();
   if (server_ != nullptr) {
     // NOT_SERVING, and every Watch ends: a watcher must not hold gRPC's
     // shutdown for the whole grace.
     for (HealthService* health : health_services()) health->Shutdown();
     inference_->Shutdown();  // ServerReady and ModelReady false with health
-    for (const Model* model : repository_->models()) metrics_->Find(model->name)->SetReady(false);
+    for (const ModelRepository::ModelPtr& model : repository_->models()) {
+      metrics_->Find(model->name)->SetReady(false);
+    }
     // Accepted requests run now, without waiting for batching delays; new
     // ones get UNAVAILABLE until gRPC stops taking calls.
     if (batcher_ != nullptr) batcher_->Drain();

@@ -46,6 +46,7 @@
 #include "server/inference_service.h"
 #include "server/log.h"
 #include "server/metrics.h"
+#include "server/model_manager.h"
 #include "server/model_repository.h"
 #include "server/reflection_service.h"
 #include "server/session_manager.h"
@@ -105,6 +106,12 @@ class AttentionServer {
     TlsOptions tls;
     // Bearer tokens by role (server/auth.h); empty: every call is allowed.
     std::string auth_tokens_file;
+    // Live model changes (server/model_manager.h): none, poll (the
+    // repository directory every repository_poll_interval) or explicit
+    // (RepositoryModelLoad/Unload). poll and explicit need a repository
+    // directory.
+    ModelControlMode model_control_mode = ModelControlMode::kNone;
+    absl::Duration repository_poll_interval = absl::Seconds(15);
     // Health and reflection need the read role too (default: open, for
     // probes).
     bool auth_health = false;
@@ -169,8 +176,11 @@ class AttentionServer {
   MetricsAuth* metrics_auth() { return metrics_auth_.get(); }
   // Null when sessions are disabled.
   SessionManager* sessions() { return sessions_.get(); }
+  // Poll mode: one poll of the repository now (ModelManager::PollNow).
+  absl::Status PollModelsForTest();
 
  private:
+  class Lifecycle;
   AttentionServer();
   // gRPC's Shutdown() until the grace passes or, once no call is left,
   // shutdown_close_wait more.
@@ -198,6 +208,8 @@ class AttentionServer {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<AttentionService> service_;
+  // Hooks for manager_, and the repository RPCs' way to it.
+  std::unique_ptr<Lifecycle> lifecycle_;
   std::unique_ptr<InferenceService> inference_;  // over service_
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<ReflectionService> reflection_;  // outlives server_
@@ -208,6 +220,8 @@ class AttentionServer {
   // health_listen's: a copy of health_'s statuses, and its server.
   std::unique_ptr<HealthService> probe_health_;
   std::unique_ptr<grpc::Server> health_server_;
+  // Stopped first in Shutdown(); created last in Start().
+  std::unique_ptr<ModelManager> manager_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   int health_port_ = 0;

@@ -40,10 +40,19 @@ AttentionService::AttentionService(const ModelRepository* repository, const Call
       sessions_(options.sessions),
       auth_(options.auth),
       stream_protocol_(std::make_unique<StreamProtocol>(this)) {
-  for (const Model* model : repository->models()) {
-    model_observers_[model] = env->observers->For(model->name);
-    kv_observers_[model] = env->kv_observers->For(model->name);
+  for (const ModelRepository::ModelPtr& model : repository->models()) ObserversFor(model->name);
+}
+
+AttentionService::ModelObservers AttentionService::ObserversFor(const std::string& model) {
+  MutexLock lock(&observers_mu_);
+  auto it = observers_.find(model);
+  if (it == observers_.end()) {
+    it = observers_
+             .emplace(model,
+                      ModelObservers{env_->observers->For(model), env_->kv_observers->For(model)})
+             .first;
   }
+  return it->second;
 }
 
 absl::Status AttentionService::Authorize(absl::string_view method,
@@ -76,15 +85,13 @@ absl::Status AttentionService::Bind(absl::string_view model_name, absl::string_v
   c.env = env_;
   c.observer = unknown_model_observer_;
   c.response->set_request_id(std::string(request_id));
-  const Model* model = repository_->Find(model_name);
-  if (model == nullptr) {
-    return absl::NotFoundError(absl::StrCat("model_name: no model '", model_name,
-                                            "'; available: ", repository_->NameList()));
-  }
+  ModelRepository::ModelPtr model = repository_->Find(model_name);
+  if (model == nullptr) return repository_->NotServing("model_name", model_name);
   c.response->set_model_name(model->name);
-  c.model = model;
-  c.observer = model_observers_.at(model);
-  c.kv_observer = kv_observers_.at(model);
+  const ModelObservers observers = ObserversFor(model->name);
+  c.observer = observers.batch;
+  c.kv_observer = observers.kv;
+  c.model = std::move(model);
   return absl::OkStatus();
 }
 
@@ -106,8 +113,7 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
     return bound;
   }
   AttendCall& c = **call;
-  const Model* model = c.model;
-  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *model, decode_options_);
+  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *c.model, decode_options_);
   if (!decoded.ok()) return decoded.status();
   c.request = *std::move(decoded);
   if (c.request.session()) {
@@ -119,11 +125,21 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
     // Held from here until the call ends (FinishAttendCall): a second
     // request of the session meanwhile is ABORTED.
     absl::StatusOr<SessionManager::Lease> lease =
-        sessions_->Acquire(c.request.session_id, model->name);
+        sessions_->Acquire(c.request.session_id, c.model->name);
     if (!lease.ok()) return lease.status();
     c.sessions = sessions_;
     c.lease = *std::move(lease);
+    // A session runs on the version it was created on, which a reload since
+    // has not replaced for it: decode again against that one.
+    if (auto pinned = std::static_pointer_cast<const Model>(c.lease.owner());
+        pinned != nullptr && pinned != c.model) {
+      c.model = std::move(pinned);
+      decoded = DecodeAttendRequest(request, *c.model, decode_options_);
+      if (!decoded.ok()) return decoded.status();
+      c.request = *std::move(decoded);
+    }
   }
+  const Model* model = c.model.get();
   const int64_t response_bytes = c.request.response_bytes;
   if (!response_budget_.TryAcquire(response_bytes)) {
     return absl::ResourceExhaustedError(
@@ -216,7 +232,9 @@ grpc::ServerUnaryReactor* AttentionService::ListModels(
       !why.ok()) {
     return Refuse(context, why);
   }
-  for (const Model* model : repository_->models()) FillModelInfo(*model, response->add_models());
+  for (const ModelRepository::ModelPtr& model : repository_->models()) {
+    FillModelInfo(*model, response->add_models());
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -230,11 +248,9 @@ grpc::ServerUnaryReactor* AttentionService::GetModel(grpc::CallbackServerContext
     return Refuse(context, why);
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const Model* model = repository_->Find(request->name());
+  ModelRepository::ModelPtr model = repository_->Find(request->name());
   if (model == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 absl::StrCat("name: no model '", request->name(),
-                                              "'; available: ", repository_->NameList())));
+    reactor->Finish(ToGrpcStatus(repository_->NotServing("name", request->name())));
     return reactor;
   }
   FillModelInfo(*model, response);

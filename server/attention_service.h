@@ -144,9 +144,16 @@ class AttentionService final : public attention::v1::AttentionService::CallbackS
   AttendBatcher* const batcher_;
   const DecodeOptions decode_options_;
   ResponseBudget response_budget_;
-  // Filled in the constructor, read-only after: no lock on the hot path.
-  std::unordered_map<const Model*, core::BatchObserver*> model_observers_;
-  std::unordered_map<const Model*, KvBatchObserver*> kv_observers_;
+  struct ModelObservers {
+    core::BatchObserver* batch = nullptr;
+    KvBatchObserver* kv = nullptr;
+  };
+  // The observers of the model named `model` (the same for every version),
+  // asked of env_ the first time the name is seen.
+  ModelObservers ObserversFor(const std::string& model);
+
+  Mutex observers_mu_;
+  std::unordered_map<std::string, ModelObservers> observers_ ABSL_GUARDED_BY(observers_mu_);
   core::BatchObserver* const unknown_model_observer_;
   SessionManager* const sessions_;
   Authorizer* const auth_;

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "proto/wire/inference_codec.h"
 #include "server/attend_stream.h"
 #include "server/status_util.h"
@@ -54,6 +55,26 @@ std::unique_ptr<ModelInferRequest> WithoutData(const ModelInferRequest& request)
   return kept;
 }
 
+// The version a request names ("" for the serving one), or NOT_FOUND
+// naming the one that serves.
+absl::Status CheckVersion(const Model& model, absl::string_view version) {
+  if (version.empty() || version == absl::StrCat(model.version)) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat("version: model '", model.name, "' serves version ",
+                                          model.version, " (or \"\" for it), got '", version, "'"));
+}
+
+// `mapped`, or NOT_FOUND when the request names a version `name` does not
+// serve (an unknown `name` is Admit's to report).
+absl::StatusOr<AttendRequest> CheckedVersion(const ModelRepository& repository,
+                                             absl::string_view name, absl::string_view version,
+                                             absl::StatusOr<AttendRequest> mapped) {
+  if (version.empty()) return mapped;
+  ModelRepository::ModelPtr model = repository.Find(name);
+  if (model == nullptr) return mapped;
+  if (absl::Status s = CheckVersion(*model, version); !s.ok()) return s;
+  return mapped;
+}
+
 // The input/output tensors of `model`, by the mapping's names: dtype, shape
 // with -1 for variable dims.
 struct TensorSpec {
@@ -93,7 +114,8 @@ class InferenceService::StreamProtocol {
  public:
   using Request = ModelInferRequest;
   using Response = ModelStreamInferResponse;
-  explicit StreamProtocol(AttentionService* attention) : attention_(attention) {}
+  StreamProtocol(AttentionService* attention, const ModelRepository* repository)
+      : attention_(attention), repository_(repository) {}
 
   // The read buffer is refilled by the next read: its tensors move into
   // the AttendRequest, the rest is kept for the answer.
@@ -101,7 +123,11 @@ class InferenceService::StreamProtocol {
     (*call)->protocol = kOpenInferenceProtocol;
     (*call)->protocol_request = WithoutData(request);
     const std::string model = request.model_name(), id = request.id();
-    return attention_->AdmitMapped(model, id, wire::FromModelInfer(std::move(request)), call);
+    const std::string version = request.model_version();
+    return attention_->AdmitMapped(
+        model, id,
+        CheckedVersion(*repository_, model, version, wire::FromModelInfer(std::move(request))),
+        call);
   }
 
   ModelStreamInferResponse Answer(AttendCall& call, const absl::Status& status) {
@@ -127,6 +153,7 @@ class InferenceService::StreamProtocol {
 
  private:
   AttentionService* const attention_;
+  const ModelRepository* const repository_;
 };
 
 InferenceService::InferenceService(const ModelRepository* repository, AttentionService* attention,
@@ -135,7 +162,7 @@ InferenceService::InferenceService(const ModelRepository* repository, AttentionS
       attention_(attention),
       stats_(stats),
       options_(options),
-      stream_protocol_(std::make_unique<StreamProtocol>(attention)) {}
+      stream_protocol_(std::make_unique<StreamProtocol>(attention, repository)) {}
 
 InferenceService::~InferenceService() = default;
 
@@ -145,17 +172,11 @@ absl::Status InferenceService::Authorize(absl::string_view method,
   return options_.auth->Check(absl::StrCat(kServicePrefix, method), context);
 }
 
-absl::StatusOr<const Model*> InferenceService::FindModel(absl::string_view name,
-                                                         absl::string_view version) const {
-  const Model* model = repository_->Find(name);
-  if (model == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("name: no model '", name, "'; available: ", repository_->NameList()));
-  }
-  if (!version.empty() && version != kModelVersion) {
-    return absl::NotFoundError(absl::StrCat("version: model '", name, "' has version ",
-                                            kModelVersion, " only, got '", version, "'"));
-  }
+absl::StatusOr<ModelRepository::ModelPtr> InferenceService::FindModel(
+    absl::string_view name, absl::string_view version) const {
+  ModelRepository::ModelPtr model = repository_->Find(name);
+  if (model == nullptr) return repository_->NotServing("name", name);
+  ATTN_RETURN_IF_ERROR(CheckVersion(*model, version));
   return model;
 }
 
@@ -181,7 +202,18 @@ grpc::ServerUnaryReactor* InferenceService::ModelReady(grpc::CallbackServerConte
                                                        const inference::ModelReadyRequest* request,
                                                        inference::ModelReadyResponse* response) {
   if (absl::Status why = Authorize("ModelReady", *context); !why.ok()) return Answer(context, why);
-  absl::StatusOr<const Model*> model = FindModel(request->name(), request->version());
+  // A known model that does not serve (unloaded, failed, loading) is not
+  // ready; an unknown name is NOT_FOUND.
+  ModelRepository::ModelPtr serving = repository_->Find(request->name());
+  if (serving == nullptr) {
+    for (const ModelStatus& status : repository_->Statuses()) {
+      if (status.name == request->name()) {
+        response->set_ready(false);
+        return Answer(context, absl::OkStatus());
+      }
+    }
+  }
+  absl::StatusOr<ModelRepository::ModelPtr> model = FindModel(request->name(), request->version());
   if (!model.ok()) return Answer(context, model.status());
   response->set_ready(ready_.load());
   return Answer(context, absl::OkStatus());
@@ -195,9 +227,11 @@ grpc::ServerUnaryReactor* InferenceService::ServerMetadata(
   }
   response->set_name("attention-server");
   response->set_version(options_.version);
-  // Only what works: not model_repository (load/unload are not there yet),
-  // no shared memory, no binary_tensor_data (HTTP only).
-  for (const char* extension : {"model_configuration", "parameters", "statistics"}) {
+  // Only what works: no shared memory, no binary_tensor_data (HTTP only).
+  // model_repository: RepositoryIndex always; load and unload with
+  // --model_control_mode=explicit.
+  for (const char* extension :
+       {"model_configuration", "model_repository", "parameters", "statistics"}) {
     response->add_extensions(extension);
   }
   return Answer(context, absl::OkStatus());
@@ -209,10 +243,10 @@ grpc::ServerUnaryReactor* InferenceService::ModelMetadata(
   if (absl::Status why = Authorize("ModelMetadata", *context); !why.ok()) {
     return Answer(context, why);
   }
-  absl::StatusOr<const Model*> model = FindModel(request->name(), request->version());
+  absl::StatusOr<ModelRepository::ModelPtr> model = FindModel(request->name(), request->version());
   if (!model.ok()) return Answer(context, model.status());
   response->set_name((*model)->name);
-  response->mutable_versions()->Add(std::string(kModelVersion));
+  response->mutable_versions()->Add(absl::StrCat((*model)->version));
   response->set_platform(kPlatform);
   for (const TensorSpec& spec : Inputs(**model)) {
     auto* t = response->add_inputs();
@@ -249,8 +283,11 @@ grpc::ServerUnaryReactor* InferenceService::ModelInfer(grpc::CallbackServerConte
   call->context = context;
   call->reactor = reactor;
   call->response = reactor->attend_response();
-  if (absl::Status status = attention_->AdmitMapped(request->model_name(), request->id(),
-                                                    wire::FromModelInfer(*request), &call);
+  if (absl::Status status = attention_->AdmitMapped(
+          request->model_name(), request->id(),
+          CheckedVersion(*repository_, request->model_name(), request->model_version(),
+                         wire::FromModelInfer(*request)),
+          &call);
       !status.ok()) {
     FinishAttendCall(std::move(call), status);
   }
@@ -271,7 +308,7 @@ grpc::ServerUnaryReactor* InferenceService::ModelConfig(
     grpc::CallbackServerContext* context, const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
   if (absl::Status why = Authorize("ModelConfig", *context); !why.ok()) return Answer(context, why);
-  absl::StatusOr<const Model*> model = FindModel(request->name(), request->version());
+  absl::StatusOr<ModelRepository::ModelPtr> model = FindModel(request->name(), request->version());
   if (!model.ok()) return Answer(context, model.status());
   inference::ModelConfig* config = response->mutable_config();
   config->set_name((*model)->name);
@@ -308,19 +345,20 @@ grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
   if (absl::Status why = Authorize("ModelStatistics", *context); !why.ok()) {
     return Answer(context, why);
   }
-  std::vector<const Model*> models;
+  std::vector<ModelRepository::ModelPtr> models;
   if (request->name().empty()) {
     models = repository_->models();
   } else {
-    absl::StatusOr<const Model*> model = FindModel(request->name(), request->version());
+    absl::StatusOr<ModelRepository::ModelPtr> model =
+        FindModel(request->name(), request->version());
     if (!model.ok()) return Answer(context, model.status());
     models.push_back(*model);
   }
-  for (const Model* model : models) {
+  for (const ModelRepository::ModelPtr& model : models) {
     const ModelStatsSnapshot s = stats_->Get(model->name);
     inference::ModelStatistics* m = response->add_model_stats();
     m->set_name(model->name);
-    m->set_version(kModelVersion);
+    m->set_version(absl::StrCat(model->version));
     m->set_last_inference(s.last_inference_ms);
     m->set_inference_count(s.inference_count);
     m->set_execution_count(s.execution_count);
@@ -336,45 +374,72 @@ grpc::ServerUnaryReactor* InferenceService::ModelStatistics(
 }
 
 grpc::ServerUnaryReactor* InferenceService::RepositoryIndex(
-    grpc::CallbackServerContext* context, const inference::RepositoryIndexRequest*,
+    grpc::CallbackServerContext* context, const inference::RepositoryIndexRequest* request,
     inference::RepositoryIndexResponse* response) {
   if (absl::Status why = Authorize("RepositoryIndex", *context); !why.ok()) {
     return Answer(context, why);
   }
-  // Every loaded model is ready, so `ready` filters nothing.
-  for (const Model* model : repository_->models()) {
+  // Every name served now or before, or that failed to load; `ready`: the
+  // serving ones only. (A directory never loaded in explicit mode is not
+  // listed until a load is asked for.)
+  for (const ModelStatus& status : repository_->Statuses()) {
+    if (request->ready() && status.state != ModelState::kReady) continue;
     auto* index = response->add_models();
-    index->set_name(model->name);
-    index->set_version(kModelVersion);
-    index->set_state("READY");
+    index->set_name(status.name);
+    if (status.version > 0) index->set_version(absl::StrCat(status.version));
+    index->set_state(std::string(ModelStateName(status.state)));
+    index->set_reason(status.reason);
   }
   return Answer(context, absl::OkStatus());
 }
 
 namespace {
-constexpr absl::string_view kNoModelControl =
-    ": model control is not available yet; it comes with --model_control_mode=explicit "
-    "(models are loaded once, at start)";
+
+// Runs a repository change and finishes the call when it is done.
+grpc::ServerUnaryReactor* Control(grpc::CallbackServerContext* context, ModelControl* control,
+                                  const std::string& name, bool load) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (control == nullptr) {
+    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(
+        "model control is off on this server (--model_control_mode=explicit turns it on)")));
+    return reactor;
+  }
+  auto done = [reactor](const absl::Status& status) { reactor->Finish(ToGrpcStatus(status)); };
+  if (load) {
+    control->LoadModel(name, done);
+  } else {
+    control->UnloadModel(name, done);
+  }
+  return reactor;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* InferenceService::RepositoryModelLoad(
-    grpc::CallbackServerContext* context, const inference::RepositoryModelLoadRequest*,
+    grpc::CallbackServerContext* context, const inference::RepositoryModelLoadRequest* request,
     inference::RepositoryModelLoadResponse*) {
   if (absl::Status why = Authorize("RepositoryModelLoad", *context); !why.ok()) {
     return Answer(context, why);
   }
-  return Answer(context,
-                absl::UnimplementedError(absl::StrCat("RepositoryModelLoad", kNoModelControl)));
+  // Loading from a config or files sent in the request (Triton's
+  // "config" and "file:" parameters) is not supported: the directory is
+  // the source.
+  if (!request->parameters().empty()) {
+    return Answer(context,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "parameters: expected none (models load from --model_repository), got '",
+                      request->parameters().begin()->first, "'")));
+  }
+  return Control(context, options_.control, request->model_name(), /*load=*/true);
 }
 
 grpc::ServerUnaryReactor* InferenceService::RepositoryModelUnload(
-    grpc::CallbackServerContext* context, const inference::RepositoryModelUnloadRequest*,
+    grpc::CallbackServerContext* context, const inference::RepositoryModelUnloadRequest* request,
     inference::RepositoryModelUnloadResponse*) {
   if (absl::Status why = Authorize("RepositoryModelUnload", *context); !why.ok()) {
     return Answer(context, why);
   }
-  return Answer(context,
-                absl::UnimplementedError(absl::StrCat("RepositoryModelUnload", kNoModelControl)));
+  return Control(context, options_.control, request->model_name(), /*load=*/false);
 }
 
 }  // namespace attn::server

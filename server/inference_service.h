@@ -11,14 +11,20 @@
 // AttendStream); a failed request is answered in error_message
 // ("<CODE>: <message>") while the stream goes on.
 //
-// ServerLive: true while the service exists. ServerReady and ModelReady:
-// true until Shutdown() (every loaded model is ready once loaded). Versions:
-// each model has one, "1"; "" means it. ModelConfig reports max_batch_size
-// 0: inputs are [B, L, E] with B the request's own batch, and the server
-// batches across requests itself (dynamic_batching carries its
-// max_queue_delay). ModelStatistics comes from ModelStats (model_stats.h).
-// RepositoryIndex lists the loaded models (READY); RepositoryModelLoad and
-// RepositoryModelUnload are UNIMPLEMENTED until --model_control_mode.
+// ServerLive: true while the service exists. ServerReady: true until
+// Shutdown(). ModelReady: true for a model that serves (until Shutdown()),
+// false for a known one that does not (unloaded, failed to load, loading),
+// NOT_FOUND for a name never seen. Versions: the serving version's number
+// ("1", then one more per reload; "" means it); a request naming another
+// is NOT_FOUND. ModelConfig reports max_batch_size 0: inputs are [B, L, E]
+// with B the request's own batch, and the server batches across requests
+// itself (dynamic_batching carries its max_queue_delay). ModelStatistics
+// comes from ModelStats (model_stats.h), by name over all versions.
+// RepositoryIndex lists every model served now or before, or that failed
+// to load, with Triton's states and the reason; RepositoryModelLoad and
+// RepositoryModelUnload go to Options::control (server/model_manager.h),
+// which refuses them unless --model_control_mode=explicit; the reply comes
+// when the change is done.
 //
 // Auth: with Options::auth every RPC asks it first (server/auth.h roles);
 // ModelStreamInfer once when the stream starts.
@@ -35,6 +41,7 @@
 #include "inference/grpc_service.grpc.pb.h"
 #include "server/attention_service.h"
 #include "server/auth.h"
+#include "server/model_manager.h"
 #include "server/model_repository.h"
 #include "server/model_stats.h"
 
@@ -42,8 +49,6 @@ namespace attn::server {
 
 class InferenceService final : public inference::GRPCInferenceService::CallbackService {
  public:
-  // The one version of every model.
-  static constexpr char kModelVersion[] = "1";
   static constexpr char kPlatform[] = "attention";
 
   struct Options {
@@ -54,6 +59,9 @@ class InferenceService final : public inference::GRPCInferenceService::CallbackS
     core::BatchPolicy default_batching;
     // Checks each call's token and role; null: every call is allowed.
     Authorizer* auth = nullptr;
+    // RepositoryModelLoad and RepositoryModelUnload; null: refused
+    // (FAILED_PRECONDITION). Must outlive the service.
+    ModelControl* control = nullptr;
   };
 
   InferenceService(const ModelRepository* repository, AttentionService* attention,
@@ -105,8 +113,10 @@ class InferenceService final : public inference::GRPCInferenceService::CallbackS
 
   // OK, or why `context`'s call of `method` (the short name) is refused.
   absl::Status Authorize(absl::string_view method, const grpc::CallbackServerContext& context);
-  // The model `name` at `version` ("" or "1"); NOT_FOUND naming what exists.
-  absl::StatusOr<const Model*> FindModel(absl::string_view name, absl::string_view version) const;
+  // The model `name` at `version` ("" or the serving one's); NOT_FOUND
+  // naming what exists.
+  absl::StatusOr<ModelRepository::ModelPtr> FindModel(absl::string_view name,
+                                                      absl::string_view version) const;
 
   const ModelRepository* const repository_;
   AttentionService* const attention_;

@@ -3,6 +3,7 @@
 // against attention.v1 Attend on the same inputs.
 #include "server/inference_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -238,7 +239,7 @@ TEST(InferenceServiceTest, MetadataRpcsDescribeTheModel) {
     inference::ModelReadyResponse r;
     const grpc::Status s = stub->ModelReady(&ctx, q, &r);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
-    EXPECT_TRUE(absl::StrContains(s.error_message(), "version 1 only")) << s.error_message();
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "serves version 1")) << s.error_message();
   }
   {
     grpc::ClientContext ctx;
@@ -246,7 +247,7 @@ TEST(InferenceServiceTest, MetadataRpcsDescribeTheModel) {
     ASSERT_TRUE(stub->ServerMetadata(&ctx, {}, &r).ok());
     EXPECT_EQ(r.name(), "attention-server");
     EXPECT_EQ(r.version(), Version());
-    for (const std::string& e : r.extensions()) EXPECT_NE(e, "model_repository");
+    EXPECT_EQ(std::count(r.extensions().begin(), r.extensions().end(), "model_repository"), 1);
   }
   {
     grpc::ClientContext ctx;
@@ -293,16 +294,18 @@ TEST(InferenceServiceTest, MetadataRpcsDescribeTheModel) {
     inference::RepositoryModelLoadRequest q;
     q.set_model_name("small");
     inference::RepositoryModelLoadResponse r;
+    // Without --model_control_mode=explicit, refused, saying so.
     const grpc::Status s = stub->RepositoryModelLoad(&ctx, q, &r);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-    EXPECT_TRUE(absl::StrContains(s.error_message(), "--model_control_mode")) << s.error_message();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "--model_control_mode=explicit"))
+        << s.error_message();
   }
   {
     grpc::ClientContext ctx;
     inference::RepositoryModelUnloadRequest q;
     inference::RepositoryModelUnloadResponse r;
     EXPECT_EQ(stub->RepositoryModelUnload(&ctx, q, &r).error_code(),
-              grpc::StatusCode::UNIMPLEMENTED);
+              grpc::StatusCode::FAILED_PRECONDITION);
   }
   {
     grpc::ClientContext ctx;

@@ -26,6 +26,14 @@ ABSL_FLAG(absl::Duration, metrics_request_timeout, absl::Seconds(2),
           "How long a /metrics connection may take to send its request before it is closed");
 ABSL_FLAG(std::string, model_repository, "",
           "Directory of <model>/config.pbtxt; empty serves the built-in model 'default'");
+ABSL_FLAG(std::string, model_control_mode, "none",
+          "Live model changes: none (models load once, at start), poll (every "
+          "--repository_poll_interval a new <model>/ loads, a removed one unloads, a changed one "
+          "reloads) or explicit (only RepositoryModelLoad/RepositoryModelUnload, role admin); "
+          "poll and explicit need --model_repository");
+ABSL_FLAG(absl::Duration, repository_poll_interval, absl::Seconds(15),
+          "How often --model_control_mode=poll scans --model_repository (a change acts once two "
+          "scans in a row saw it the same)");
 ABSL_FLAG(int, threads, 0, "Compute threads per model (0: one per core, or OMP_NUM_THREADS)");
 ABSL_FLAG(int, max_message_bytes, 256 << 20, "Largest gRPC request/response message");
 ABSL_FLAG(int, max_batch_size, 64, "Most requests in one batch");
@@ -107,8 +115,31 @@ int Run() {
            {{"version", attn::server::Version()},
             {"pid", absl::StrCat(getpid())},
             {"model_repository", absl::GetFlag(FLAGS_model_repository)},
+            {"model_control_mode", absl::GetFlag(FLAGS_model_control_mode)},
             {"threads", absl::StrCat(absl::GetFlag(FLAGS_threads))}});
 
+  absl::StatusOr<attn::server::ModelControlMode> control_mode =
+      attn::server::ParseModelControlMode(absl::GetFlag(FLAGS_model_control_mode));
+  if (!control_mode.ok()) {
+    log->Log(LogLevel::kError, "start_failed",
+             {{"error", std::string(control_mode.status().message())}});
+    return 1;
+  }
+  if (*control_mode != attn::server::ModelControlMode::kNone &&
+      absl::GetFlag(FLAGS_model_repository).empty()) {
+    log->Log(
+        LogLevel::kError, "start_failed",
+        {{"error", absl::StrCat("--model_control_mode=", absl::GetFlag(FLAGS_model_control_mode),
+                                ": needs --model_repository (the built-in model is fixed)")}});
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_repository_poll_interval) < absl::Milliseconds(1)) {
+    log->Log(LogLevel::kError, "start_failed",
+             {{"error",
+               absl::StrCat("--repository_poll_interval: expected at least 1ms, got ",
+                            absl::FormatDuration(absl::GetFlag(FLAGS_repository_poll_interval)))}});
+    return 1;
+  }
   attn::server::ModelRepository::Options repo_options;
   repo_options.directory = absl::GetFlag(FLAGS_model_repository);
   repo_options.num_threads = absl::GetFlag(FLAGS_threads);
@@ -124,7 +155,7 @@ int Run() {
              {{"error", absl::StrCat("cannot load models: ", repository.status().message())}});
     return 1;
   }
-  for (const attn::server::Model* model : (*repository)->models()) {
+  for (const attn::server::ModelRepository::ModelPtr& model : (*repository)->models()) {
     const attn::core::AttentionConfig& c = model->config;
     const bool bf16 = c.dtype == attn::core::DType::kBF16;
     // How the layer computes here (see MultiHeadAttention::Options); an
@@ -172,6 +203,8 @@ int Run() {
   options.auth_health = absl::GetFlag(FLAGS_auth_health);
   options.auth_refresh_interval = absl::GetFlag(FLAGS_auth_refresh_interval);
   options.metrics_auth_file = absl::GetFlag(FLAGS_metrics_auth_file);
+  options.model_control_mode = *control_mode;
+  options.repository_poll_interval = absl::GetFlag(FLAGS_repository_poll_interval);
   auto server = attn::server::AttentionServer::Start(*std::move(repository), options);
   if (!server.ok()) {
     log->Log(LogLevel::kError, "start_failed", {{"error", std::string(server.status().message())}});

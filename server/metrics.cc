@@ -45,7 +45,17 @@ class KvCacheCollectable final : public prometheus::Collectable {
  public:
   void Watch(std::string model, const core::KvBlockPool* pool) {
     MutexLock lock(&mu_);
+    for (auto& [name, watched] : pools_) {
+      if (name == model) {
+        watched = pool;
+        return;
+      }
+    }
     pools_.emplace_back(std::move(model), pool);
+  }
+  void Unwatch(absl::string_view model) {
+    MutexLock lock(&mu_);
+    std::erase_if(pools_, [model](const auto& p) { return p.first == model; });
   }
 
   std::vector<prometheus::MetricFamily> Collect() const override {
@@ -74,7 +84,8 @@ class KvCacheCollectable final : public prometheus::Collectable {
   std::vector<std::pair<std::string, const core::KvBlockPool*>> pools_ ABSL_GUARDED_BY(mu_);
 };
 constexpr SessionEnd kSessionEnds[] = {SessionEnd::kClosed, SessionEnd::kExpired,
-                                       SessionEnd::kEvicted};
+                                       SessionEnd::kEvicted, SessionEnd::kUnloaded};
+constexpr size_t kUnknownSession = std::size(kSessionEnds);  // not_found_'s last
 
 // The codes a model's requests end with (see README, Metrics): their series
 // exist at 0 from the start, so rate() and alerts on them work before the
@@ -187,7 +198,7 @@ void SessionMetrics::SessionEnded(const std::string& model, SessionEnd why) {
 }
 
 void SessionMetrics::SessionNotFound(const std::string& /*model*/, const SessionEnd* why) {
-  not_found_[why == nullptr ? 3 : static_cast<size_t>(*why)]->Increment();
+  not_found_[why == nullptr ? kUnknownSession : static_cast<size_t>(*why)]->Increment();
 }
 
 constexpr AuthFailure kAuthFailures[] = {AuthFailure::kMissingToken, AuthFailure::kInvalidToken,
@@ -276,8 +287,22 @@ ServerMetrics::ServerMetrics(const Options& options)
                             .Register(*registry_)),
       session_ends_(&prometheus::BuildCounter()
                          .Name("attn_session_ends_total")
-                         .Help("KV-cache sessions ended, by reason (closed, expired, evicted).")
+                         .Help("KV-cache sessions ended, by reason (closed, expired, evicted, "
+                               "unloaded).")
                          .Register(*registry_)),
+      model_loads_(&prometheus::BuildCounter()
+                        .Name("attn_model_loads_total")
+                        .Help("Model loads, by kind (load, reload) and result (ok, failed).")
+                        .Register(*registry_)),
+      model_unloads_(&prometheus::BuildCounter()
+                          .Name("attn_model_unloads_total")
+                          .Help("Models unloaded while the server ran.")
+                          .Register(*registry_)),
+      model_load_duration_(&prometheus::BuildHistogram()
+                                .Name("attn_model_load_duration_seconds")
+                                .Help("Time to read, build (and, live, warm up) a model version "
+                                      "that loaded.")
+                                .Register(*registry_)),
       inflight_(&prometheus::BuildGauge()
                      .Name("attn_inflight_requests")
                      .Help("Requests accepted and not yet answered (queued or computing).")
@@ -314,13 +339,13 @@ ServerMetrics::ServerMetrics(const Options& options)
                         .Name("attn_session_not_found_total")
                         .Help(
                             "Calls and requests naming a session that is gone, by reason "
-                            "(closed, expired, evicted, unknown).")
+                            "(closed, expired, evicted, unloaded, unknown).")
                         .Register(*registry_);
   for (SessionEnd why : kSessionEnds) {
     sessions_->not_found_[static_cast<size_t>(why)] =
         &not_found.Add({{"reason", std::string(SessionEndName(why))}});
   }
-  sessions_->not_found_[3] = &not_found.Add({{"reason", "unknown"}});
+  sessions_->not_found_[kUnknownSession] = &not_found.Add({{"reason", "unknown"}});
 
   auto& failures = prometheus::BuildCounter()
                        .Name("attn_auth_failures_total")
@@ -405,6 +430,26 @@ KvBatchObserver* ServerMetrics::KvObservers::For(absl::string_view model) {
 
 void ServerMetrics::WatchKvPool(absl::string_view model, const core::KvBlockPool* pool) {
   kv_cache_->Watch(std::string(model), pool);
+}
+
+void ServerMetrics::UnwatchKvPool(absl::string_view model) { kv_cache_->Unwatch(model); }
+
+void ServerMetrics::ModelLoaded(absl::string_view model, bool reload, bool ok,
+                                absl::Duration took) {
+  model_loads_
+      ->Add({{"model", std::string(model)},
+             {"kind", reload ? "reload" : "load"},
+             {"result", ok ? "ok" : "failed"}})
+      .Increment();
+  if (!ok) return;
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {0.01, 0.03, 0.1, 0.3, 1,
+                                                                   3,    10,   30,  100, 300};
+  model_load_duration_->Add({{"model", std::string(model)}}, kBuckets)
+      .Observe(absl::ToDoubleSeconds(took));
+}
+
+void ServerMetrics::ModelUnloaded(absl::string_view model) {
+  model_unloads_->Add({{"model", std::string(model)}}).Increment();
 }
 
 std::shared_ptr<prometheus::Collectable> ServerMetrics::kv_cache_collectable() const {

@@ -41,7 +41,16 @@
 //   attn_inflight_requests                     gauge, accepted and not yet
 //                                               answered (queued + computing)
 //   attn_model_ready{model}                    gauge, 1 once warmed up and
-//                                               serving, 0 when draining
+//                                               serving, 0 when draining or
+//                                               unloaded
+//   attn_model_loads_total{model,kind,result}  counter, model loads (kind
+//                                               load, reload; result ok,
+//                                               failed), at start and live
+//   attn_model_load_duration_seconds{model}    histogram, reading and
+//                                               building a version that
+//                                               loaded (with its warm-up
+//                                               when live)
+//   attn_model_unloads_total{model}            counter, live unloads
 //   attn_tokens_total{model}                   counter, query tokens of OK
 //                                               requests
 //   attn_flops_total{model}                    counter, floating-point
@@ -68,7 +77,8 @@
 //   attn_session_ends_total{model,reason}      counter, sessions ended by
 //                                               reason: closed (CloseSession),
 //                                               expired (idle timeout),
-//                                               evicted (cache full, LRU);
+//                                               evicted (cache full, LRU),
+//                                               unloaded (its model was);
 //                                               all at 0 from the start
 //   attn_session_not_found_total{reason}       counter, calls and requests
 //                                               that named a session that is
@@ -189,7 +199,7 @@ class ModelMetrics final : public core::BatchObserver, public KvBatchObserver {
   prometheus::Counter* kv_bytes_read_ = nullptr;
   prometheus::Histogram* decode_step_duration_ = nullptr;
   prometheus::Gauge* sessions_active_ = nullptr;
-  std::array<prometheus::Counter*, 3> session_ends_{};  // by SessionEnd
+  std::array<prometheus::Counter*, 4> session_ends_{};  // by SessionEnd
 };
 
 // The session table's observer: each event lands on its model's series
@@ -210,7 +220,7 @@ class SessionMetrics final : public SessionObserver {
 
   ServerMetrics* const server_;
   // closed, expired, evicted (by SessionEnd), then unknown.
-  std::array<prometheus::Counter*, 4> not_found_{};
+  std::array<prometheus::Counter*, 5> not_found_{};  // by SessionEnd, then unknown
 };
 
 // The Authorizer's, MetricsAuth's and the TLS reloader's observer:
@@ -255,7 +265,17 @@ class ServerMetrics final : public core::BatchObservers, public ProtocolObserver
   // Reports `pool` as `model`'s attn_kv_cache_bytes and
   // attn_kv_cache_capacity_bytes from now on; the pool must outlive this
   // object.
+  // Watching another pool for `model` replaces the first (a reload's new
+  // version).
   void WatchKvPool(absl::string_view model, const core::KvBlockPool* pool);
+  // The pool of `model` is no longer read (before it may be freed).
+  void UnwatchKvPool(absl::string_view model);
+  // A load (reload: a version was serving) finished: attn_model_loads_total
+  // {model,kind=load|reload,result=ok|failed} += 1; for ok also
+  // attn_model_load_duration_seconds{model}.
+  void ModelLoaded(absl::string_view model, bool reload, bool ok, absl::Duration took);
+  // attn_model_unloads_total{model} += 1.
+  void ModelUnloaded(absl::string_view model);
   // The KV cache gauges, read from the watched pools at each scrape.
   std::shared_ptr<prometheus::Collectable> kv_cache_collectable() const;
 
@@ -326,6 +346,9 @@ class ServerMetrics final : public core::BatchObservers, public ProtocolObserver
   prometheus::Family<prometheus::Histogram>* decode_step_duration_;
   prometheus::Family<prometheus::Gauge>* sessions_active_;
   prometheus::Family<prometheus::Counter>* session_ends_;
+  prometheus::Family<prometheus::Counter>* model_loads_;
+  prometheus::Family<prometheus::Counter>* model_unloads_;
+  prometheus::Family<prometheus::Histogram>* model_load_duration_;
   prometheus::Gauge* inflight_;
   std::shared_ptr<prometheus::Collectable> process_;
   std::shared_ptr<KvCacheCollectable> kv_cache_;

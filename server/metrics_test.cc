@@ -425,12 +425,12 @@ TEST_F(MetricsTest, SessionSeriesStartAtZero) {
     EXPECT_EQ(CounterValue("attn_session_ends_total", {{"model", "m"}, {"reason", reason}}), 0)
         << reason;
   }
-  for (const char* reason : {"closed", "expired", "evicted", "unknown"}) {
+  for (const char* reason : {"closed", "expired", "evicted", "unloaded", "unknown"}) {
     EXPECT_EQ(CounterValue("attn_session_not_found_total", {{"reason", reason}}), 0) << reason;
   }
   // The unknown model has no session series.
   EXPECT_EQ(SeriesCount("attn_sessions_active"), 1);
-  EXPECT_EQ(SeriesCount("attn_session_ends_total"), 3);
+  EXPECT_EQ(SeriesCount("attn_session_ends_total"), 4);
 }
 
 TEST_F(MetricsTest, SessionEventsLandOnTheirSeries) {

@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "attention/v1/model_config.pb.h"
@@ -271,7 +272,8 @@ absl::StatusOr<core::AttentionWeights> LoadWeights(const fs::path& dir,
 }
 
 absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Options& options,
-                                core::ByteBudget* kv_budget) {
+                                const std::shared_ptr<core::ByteBudget>& kv_budget) {
+  const absl::Time started = absl::Now();
   const fs::path config_path = dir / "config.pbtxt";
   std::ifstream in(config_path);
   if (!in) return absl::NotFoundError(absl::StrCat(config_path.string(), ": cannot read"));
@@ -293,10 +295,23 @@ absl::StatusOr<Model> LoadModel(const fs::path& dir, const ModelRepository::Opti
     ATTN_ASSIGN_OR_RETURN(model.sdpa, core::ScaledDotProductAttention::Create(
                                           model.sdpa_shape(), c.dtype, sdpa_options));
   }
-  if (absl::Status s = AttachKvPool(&model, kv_budget); !s.ok()) {
+  if (absl::Status s = AttachKvPool(&model, kv_budget.get()); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat(config_path.string(), ": ", s.message()));
   }
+  model.kv_budget = kv_budget;
+  model.load_duration = absl::Now() - started;
   return model;
+}
+
+// A model directory's name: one path component, not "." or "..".
+absl::Status ValidateModelName(absl::string_view name) {
+  if (name.empty() || name == "." || name == ".." || name.size() > 255 ||
+      name.find_first_of(absl::string_view("/\\\0", 3)) != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "name: expected a model directory name (one path component, not '.' or '..'), got '",
+        absl::CHexEscape(name.substr(0, 256)), "'"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -326,7 +341,7 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::LoadHere(const
         absl::StrCat("--session_idle_timeout: expected a positive duration, got ",
                      absl::FormatDuration(options.session_idle_timeout)));
   }
-  auto kv_budget = std::make_unique<core::ByteBudget>(options.kv_cache_bytes);
+  auto kv_budget = std::make_shared<core::ByteBudget>(options.kv_cache_bytes);
   std::vector<Model> models;
   if (options.directory.empty()) {
     Model model;
@@ -344,8 +359,9 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::LoadHere(const
         core::MultiHeadAttention::Create(
             model.config, core::RandomAttentionWeights(model.config, kDefaultSeed), mha_options));
     ATTN_RETURN_IF_ERROR(AttachKvPool(&model, kv_budget.get()));
+    model.kv_budget = kv_budget;
     models.push_back(std::move(model));
-    return FromModels(std::move(models), std::move(kv_budget));
+    return Make(std::move(models), std::move(kv_budget), options);
   }
   std::error_code ec;
   const fs::path root(options.directory);
@@ -366,38 +382,175 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::LoadHere(const
   }
   std::sort(dirs.begin(), dirs.end());
   for (const auto& dir : dirs) {
-    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options, kv_budget.get()));
+    ATTN_ASSIGN_OR_RETURN(Model model, LoadModel(dir, options, kv_budget));
     models.push_back(std::move(model));
   }
-  return FromModels(std::move(models), std::move(kv_budget));
+  return Make(std::move(models), std::move(kv_budget), options);
 }
 
 std::unique_ptr<ModelRepository> ModelRepository::FromModels(
     std::vector<Model> models, std::unique_ptr<core::ByteBudget> kv_budget) {
+  std::shared_ptr<core::ByteBudget> budget = std::move(kv_budget);
+  for (Model& m : models) {
+    if (m.kv_pool != nullptr && m.kv_budget == nullptr) m.kv_budget = budget;
+  }
+  return Make(std::move(models), std::move(budget), Options());
+}
+
+std::unique_ptr<ModelRepository> ModelRepository::Make(std::vector<Model> models,
+                                                       std::shared_ptr<core::ByteBudget> kv_budget,
+                                                       const Options& options) {
   std::unique_ptr<ModelRepository> repo(new ModelRepository());
+  repo->options_ = options;
   repo->kv_budget_ = std::move(kv_budget);
-  for (auto& m : models) {
+  MutexLock lock(&repo->mu_);
+  for (Model& m : models) {
     std::string name = m.name;
-    repo->models_.emplace(std::move(name), std::move(m));
+    Entry& e = repo->entries_[name];
+    e.version = m.version;
+    e.state = ModelState::kReady;
+    e.serving = std::make_shared<const Model>(std::move(m));
+    e.last = e.serving;
   }
   return repo;
 }
 
-const Model* ModelRepository::Find(absl::string_view name) const {
-  auto it = models_.find(name);
-  return it == models_.end() ? nullptr : &it->second;
+absl::string_view ModelStateName(ModelState state) {
+  switch (state) {
+    case ModelState::kReady:
+      return "READY";
+    case ModelState::kLoading:
+      return "LOADING";
+    case ModelState::kUnloading:
+      return "UNLOADING";
+    case ModelState::kUnavailable:
+      return "UNAVAILABLE";
+  }
+  return "UNAVAILABLE";
 }
 
-std::vector<const Model*> ModelRepository::models() const {
-  std::vector<const Model*> out;
-  for (const auto& [name, model] : models_) out.push_back(&model);
+ModelRepository::ModelPtr ModelRepository::Find(absl::string_view name) const {
+  MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  return it == entries_.end() ? nullptr : it->second.serving;
+}
+
+std::vector<ModelRepository::ModelPtr> ModelRepository::models() const {
+  std::vector<ModelPtr> out;
+  MutexLock lock(&mu_);
+  for (const auto& [name, entry] : entries_) {
+    if (entry.serving != nullptr) out.push_back(entry.serving);
+  }
   return out;
 }
 
 std::string ModelRepository::NameList() const {
   std::vector<std::string> names;
-  for (const auto& [name, model] : models_) names.push_back(name);
-  return absl::StrJoin(names, ", ");
+  MutexLock lock(&mu_);
+  for (const auto& [name, entry] : entries_) {
+    if (entry.serving != nullptr) names.push_back(name);
+  }
+  return names.empty() ? std::string("none") : absl::StrJoin(names, ", ");
+}
+
+absl::Status ModelRepository::NotServing(absl::string_view field, absl::string_view name) const {
+  std::string why;
+  {
+    MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it != entries_.end()) {
+      const ModelStatus status = StatusLocked(it->first, it->second);
+      why = absl::StrCat(" (", ModelStateName(status.state), status.reason.empty() ? "" : ": ",
+                         status.reason, ")");
+    }
+  }
+  return absl::NotFoundError(
+      absl::StrCat(field, ": no model '", name, "'", why, "; available: ", NameList()));
+}
+
+ModelStatus ModelRepository::StatusLocked(const std::string& name, const Entry& entry) const {
+  ModelStatus status;
+  status.name = name;
+  status.version = entry.version;
+  status.state = entry.state;
+  status.reason = entry.reason;
+  // Withdrawn: unloading until its last holder lets go.
+  if (entry.serving == nullptr && entry.state == ModelState::kUnavailable &&
+      !entry.last.expired()) {
+    status.state = ModelState::kUnloading;
+  }
+  return status;
+}
+
+std::vector<ModelStatus> ModelRepository::Statuses() const {
+  std::vector<ModelStatus> out;
+  MutexLock lock(&mu_);
+  for (const auto& [name, entry] : entries_) out.push_back(StatusLocked(name, entry));
+  return out;
+}
+
+absl::Status ModelRepository::CheckModelDirectory(absl::string_view name) const {
+  ATTN_RETURN_IF_ERROR(ValidateModelName(name));
+  if (options_.directory.empty()) {
+    return absl::FailedPreconditionError(
+        "no --model_repository: the built-in model cannot be loaded or reloaded");
+  }
+  const fs::path config = fs::path(options_.directory) / std::string(name) / "config.pbtxt";
+  std::error_code ec;
+  if (!fs::is_regular_file(config, ec)) {
+    return absl::NotFoundError(absl::StrCat("name: no model '", name, "' in --model_repository ('",
+                                            config.string(), "' does not exist)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Model>> ModelRepository::Build(absl::string_view name) const {
+  ATTN_RETURN_IF_ERROR(CheckModelDirectory(name));
+  const fs::path dir = fs::path(options_.directory) / std::string(name);
+  int64_t version = 1;
+  {
+    MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it != entries_.end()) version = it->second.version + 1;
+  }
+  // On a thread of its own, as Load (the OpenMP team dies with it).
+  absl::StatusOr<Model> built;
+  std::thread loader([&] { built = LoadModel(dir, options_, kv_budget_); });
+  loader.join();
+  if (!built.ok()) return built.status();
+  built->version = version;
+  return std::make_shared<Model>(*std::move(built));
+}
+
+ModelRepository::ModelPtr ModelRepository::Publish(std::shared_ptr<const Model> model) {
+  MutexLock lock(&mu_);
+  Entry& e = entries_[model->name];
+  ModelPtr old = std::move(e.serving);
+  e.version = model->version;
+  e.state = ModelState::kReady;
+  e.reason.clear();
+  e.last = model;
+  e.serving = std::move(model);
+  return old;
+}
+
+ModelRepository::ModelPtr ModelRepository::Withdraw(absl::string_view name,
+                                                    absl::string_view reason) {
+  MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end() || it->second.serving == nullptr) return nullptr;
+  Entry& e = it->second;
+  e.state = ModelState::kUnavailable;
+  e.reason = std::string(reason);
+  return std::move(e.serving);
+}
+
+void ModelRepository::SetStatus(absl::string_view name, ModelState state,
+                                absl::string_view reason) {
+  MutexLock lock(&mu_);
+  Entry& e = entries_[std::string(name)];
+  e.state = e.serving != nullptr ? ModelState::kReady : state;
+  e.reason = std::string(reason);
 }
 
 }  // namespace attn::server

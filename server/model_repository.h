@@ -7,6 +7,13 @@
 // fails the whole load with a message naming the file and the problem, so a
 // server never half-starts.
 //
+// Live: the table of serving models changes while the server runs
+// (server/model_manager.h loads, reloads and unloads). Each served version
+// is a std::shared_ptr<const Model>: a request holds the version it was
+// admitted to (and a session the one it was created on) until it ends, so
+// a reload or unload never pulls a model from under a request; a version is
+// freed when the last holder lets go.
+//
 // Two kinds of model: a layer with projections (weights from safetensors or
 // a seed; MultiHeadAttention), and an offload model (`projections: false`):
 // no weights, requests carry projected q, k, v and get the attention result
@@ -30,11 +37,17 @@
 #include "core/cached_attention.h"
 #include "core/kv_cache.h"
 #include "core/multi_head_attention.h"
+#include "core/mutex.h"
 
 namespace attn::server {
 
 struct Model {
   std::string name;
+  // 1 for the first version loaded under this name; each reload that
+  // succeeds serves the next.
+  int64_t version = 1;
+  // How long reading and building it took (not its warm-up).
+  absl::Duration load_duration = absl::ZeroDuration();
   // The request widths the codec checks. An offload model's is the one its
   // requests imply: embed_dim = num_heads * head_dim, kdim = vdim =
   // num_kv_heads * head_dim, no bias.
@@ -57,6 +70,9 @@ struct Model {
   absl::Duration session_idle_timeout = absl::Seconds(120);
   std::unique_ptr<core::MultiHeadAttention> mha;
   std::unique_ptr<core::ScaledDotProductAttention> sdpa;
+  // The budget kv_pool counts against, held for as long as the pool (a
+  // version may outlive its repository while a request still holds it).
+  std::shared_ptr<core::ByteBudget> kv_budget;
   // Blocks of this model's sessions (KvCacheShape of the engine in
   // kv_cache_dtype); null in a Model built by hand until AttachKvPool.
   std::unique_ptr<core::KvBlockPool> kv_pool;
@@ -111,9 +127,29 @@ absl::StatusOr<ParsedModelConfig> ParseModelConfig(absl::string_view text, absl:
                                                    absl::string_view label,
                                                    const core::BatchPolicy& default_batching);
 
-// Thread-safe after Load() (read-only).
+// Triton's model states (RepositoryIndex): READY serves; LOADING is a first
+// load under way; UNLOADING was withdrawn and is waiting for its last request;
+// UNAVAILABLE is not served (failed to load, or unloaded).
+enum class ModelState { kReady, kLoading, kUnloading, kUnavailable };
+// "READY", "LOADING", "UNLOADING", "UNAVAILABLE".
+absl::string_view ModelStateName(ModelState state);
+
+// What RepositoryIndex says of one name.
+struct ModelStatus {
+  std::string name;
+  // The version serving (READY, and a reload under way), or the last one
+  // served (UNLOADING, UNAVAILABLE after an unload); 0 for none yet.
+  int64_t version = 0;
+  ModelState state = ModelState::kUnavailable;
+  // Why not READY ("unloaded", the load error), or, while READY, why the
+  // last reload failed (the old version serves on); empty otherwise.
+  std::string reason;
+};
+
+// Thread-safe.
 class ModelRepository {
  public:
+  using ModelPtr = std::shared_ptr<const Model>;
   struct Options {
     // Repository directory; empty serves the built-in model.
     std::string directory;
@@ -146,22 +182,72 @@ class ModelRepository {
   static std::unique_ptr<ModelRepository> FromModels(
       std::vector<Model> models, std::unique_ptr<core::ByteBudget> kv_budget = nullptr);
 
-  // nullptr when unknown.
-  const Model* Find(absl::string_view name) const;
-  // Models sorted by name.
-  std::vector<const Model*> models() const;
-  // "a, b, c": for NOT_FOUND messages.
+  // The serving version of `name`; null when none serves.
+  ModelPtr Find(absl::string_view name) const;
+  // The serving models, sorted by name.
+  std::vector<ModelPtr> models() const;
+  // "a, b, c": the serving models, for NOT_FOUND messages.
   std::string NameList() const;
+  // NOT_FOUND for a request naming `name`, which does not serve: says what
+  // does, and for a known name why it does not ("model 'm' is UNAVAILABLE:
+  // unloaded"). `field` is the request's field ("model_name").
+  absl::Status NotServing(absl::string_view field, absl::string_view name) const;
+  // Every name served now or before (and every name given to SetStatus),
+  // sorted.
+  std::vector<ModelStatus> Statuses() const;
   // The server-wide KV cache budget (null when none was given).
   const core::ByteBudget* kv_budget() const { return kv_budget_.get(); }
+  // As given to Load (FromModels: defaults, no directory).
+  const Options& options() const { return options_; }
+
+  // --- Changes (ModelManager's; each is atomic) ---------------------------
+  // OK when `name` is one directory name (not "." or "..", no '/') and
+  // DIR/<name>/config.pbtxt exists: INVALID_ARGUMENT or NOT_FOUND naming
+  // `name` otherwise (FAILED_PRECONDITION without a directory).
+  absl::Status CheckModelDirectory(absl::string_view name) const;
+  // Reads DIR/<name>/ (options().directory) into a new version of `name`
+  // (the serving version + 1, or the last one served + 1), with its KV
+  // pool on the shared budget, on a thread of its own (see Load). Changes
+  // nothing here. NOT_FOUND when DIR/<name>/config.pbtxt does not exist;
+  // INVALID_ARGUMENT for a bad config or weights file, naming the file.
+  absl::StatusOr<std::shared_ptr<Model>> Build(absl::string_view name) const;
+  // `model` serves its name from now on (READY, reason cleared); returns the
+  // version it replaces (null when none served). The caller should hold the
+  // returned version until whatever refers to it (metrics) has moved on.
+  ModelPtr Publish(std::shared_ptr<const Model> model);
+  // `name` stops serving: Find returns null from now on; its status is
+  // UNLOADING while the returned version is still held, then UNAVAILABLE
+  // with `reason`. Null (and no change) when nothing served.
+  ModelPtr Withdraw(absl::string_view name, absl::string_view reason);
+  // Sets `name`'s state and reason (LOADING before a first load, or
+  // UNAVAILABLE with the error after a failed one, while nothing serves;
+  // READY with a reason: a failed reload). The serving version, if any,
+  // is untouched.
+  void SetStatus(absl::string_view name, ModelState state, absl::string_view reason);
 
  private:
+  struct Entry {
+    ModelPtr serving;                 // null when not served
+    std::weak_ptr<const Model> last;  // the last version served
+    int64_t version = 0;              // the last version served
+    ModelState state = ModelState::kUnavailable;
+    std::string reason;
+  };
   ModelRepository() = default;
   // Load's work, on the calling thread.
   static absl::StatusOr<std::unique_ptr<ModelRepository>> LoadHere(const Options& options);
-  // Before models_: their pools count against it until they are destroyed.
-  std::unique_ptr<core::ByteBudget> kv_budget_;
-  std::map<std::string, Model, std::less<>> models_;
+  static std::unique_ptr<ModelRepository> Make(std::vector<Model> models,
+                                               std::shared_ptr<core::ByteBudget> kv_budget,
+                                               const Options& options);
+  ModelStatus StatusLocked(const std::string& name, const Entry& entry) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Options options_;
+  // The budget every version's pool counts against (each also holds it:
+  // Model::kv_budget).
+  std::shared_ptr<core::ByteBudget> kv_budget_;
+  mutable Mutex mu_;
+  std::map<std::string, Entry, std::less<>> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace attn::server

@@ -72,7 +72,7 @@ class ModelRepositoryTest : public ::testing::Test {
 TEST(ModelRepositoryBuiltinTest, EmptyDirectoryServesDefaultModel) {
   auto repo = ModelRepository::Load({});
   ASSERT_TRUE(repo.ok()) << repo.status();
-  const Model* m = (*repo)->Find("default");
+  ModelRepository::ModelPtr m = (*repo)->Find("default");
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->config.embed_dim, 512);
   EXPECT_EQ(m->config.num_heads, 8);
@@ -249,7 +249,7 @@ TEST_F(ModelRepositoryTest, LoadsEveryModelWithPrefixAndMixedDtypes) {
   auto repo = Load();
   ASSERT_TRUE(repo.ok()) << repo.status();
   EXPECT_EQ((*repo)->NameList(), "b_model, golden_mha");
-  const Model* m = (*repo)->Find("b_model");
+  ModelRepository::ModelPtr m = (*repo)->Find("b_model");
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->config.kv_heads(), 2);
   EXPECT_EQ(m->max_seq_len, 128);
@@ -285,7 +285,7 @@ TEST_F(ModelRepositoryTest, BatchingSettingsMergeOverServerDefaults) {
   options.default_batching.max_batch_tokens = 999;
   auto repo = ModelRepository::Load(options);
   ASSERT_TRUE(repo.ok()) << repo.status();
-  const Model* tuned = (*repo)->Find("tuned");
+  ModelRepository::ModelPtr tuned = (*repo)->Find("tuned");
   ASSERT_TRUE(tuned->batching.has_value());
   EXPECT_EQ(tuned->batching->max_batch_size, 4);
   EXPECT_EQ(tuned->batching->max_batch_tokens, 999);  // from the defaults
@@ -298,7 +298,7 @@ TEST_F(ModelRepositoryTest, RandomWeightsSeedNeedsNoFileAndIsDeterministic) {
             "embed_dim: 32\nnum_heads: 4\nrandom_weights_seed: 7\n");
   auto repo = Load();
   ASSERT_TRUE(repo.ok()) << repo.status();
-  const Model* m = (*repo)->Find("bench");
+  ModelRepository::ModelPtr m = (*repo)->Find("bench");
   ASSERT_NE(m, nullptr);
   // The same as a layer built from RandomAttentionWeights(config, 7).
   auto same =
@@ -326,7 +326,7 @@ TEST_F(ModelRepositoryTest, LoadsAnOffloadModelWithItsPool) {
   options.session_idle_timeout = absl::Seconds(9);
   auto repo = ModelRepository::Load(options);
   ASSERT_TRUE(repo.ok()) << repo.status();
-  const Model* off = (*repo)->Find("off");
+  ModelRepository::ModelPtr off = (*repo)->Find("off");
   ASSERT_NE(off, nullptr);
   EXPECT_EQ(off->mha, nullptr);
   ASSERT_NE(off->sdpa, nullptr);
@@ -341,7 +341,7 @@ TEST_F(ModelRepositoryTest, LoadsAnOffloadModelWithItsPool) {
   EXPECT_EQ(off->session_idle_timeout, absl::Seconds(9));
 
   // A weighted model's cache: one layer of its kv heads, in bf16.
-  const Model* w = (*repo)->Find("weighted");
+  ModelRepository::ModelPtr w = (*repo)->Find("weighted");
   ASSERT_NE(w->mha, nullptr);
   EXPECT_EQ(w->sdpa, nullptr);
   ASSERT_NE(w->kv_pool, nullptr);

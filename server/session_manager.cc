@@ -81,6 +81,8 @@ absl::string_view SessionEndName(SessionEnd end) {
       return "expired";
     case SessionEnd::kEvicted:
       return "evicted";
+    case SessionEnd::kUnloaded:
+      return "unloaded";
   }
   return "unknown";
 }
@@ -93,13 +95,16 @@ SessionObserver* SessionObserver::Noop() {
 // --- Lease ---------------------------------------------------------------
 
 SessionManager::Lease::Lease(Lease&& other) noexcept
-    : manager_(std::exchange(other.manager_, nullptr)), id_(std::move(other.id_)) {}
+    : manager_(std::exchange(other.manager_, nullptr)),
+      id_(std::move(other.id_)),
+      owner_(std::move(other.owner_)) {}
 
 SessionManager::Lease& SessionManager::Lease::operator=(Lease&& other) noexcept {
   if (this != &other) {
     Release();
     manager_ = std::exchange(other.manager_, nullptr);
     id_ = std::move(other.id_);
+    owner_ = std::move(other.owner_);
   }
   return *this;
 }
@@ -107,6 +112,7 @@ SessionManager::Lease& SessionManager::Lease::operator=(Lease&& other) noexcept 
 void SessionManager::Lease::Release() {
   if (manager_ == nullptr) return;
   std::exchange(manager_, nullptr)->ReleaseLease(id_);
+  owner_.reset();
 }
 
 const std::string& SessionManager::Lease::id() const { return id_; }
@@ -262,11 +268,9 @@ SessionManager::Session* SessionManager::LruVictimLocked(const core::KvBlockPool
   return nullptr;
 }
 
-absl::StatusOr<SessionInfo> SessionManager::CreateSession(const std::string& model,
-                                                          core::KvBlockPool* pool,
-                                                          int64_t max_tokens,
-                                                          absl::Duration idle_timeout,
-                                                          absl::string_view id) {
+absl::StatusOr<SessionInfo> SessionManager::CreateSession(
+    const std::string& model, core::KvBlockPool* pool, int64_t max_tokens,
+    absl::Duration idle_timeout, absl::string_view id, std::shared_ptr<const void> owner) {
   if (pool == nullptr) return absl::InvalidArgumentError("pool: required");
   if (max_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens: expected >= 1, got ", max_tokens));
@@ -301,6 +305,7 @@ absl::StatusOr<SessionInfo> SessionManager::CreateSession(const std::string& mod
     auto s = std::make_unique<Session>();
     s->id = id;
     s->model = model;
+    s->owner = std::move(owner);
     s->pool = pool;
     s->idle_timeout = idle_timeout;
     s->cache = std::make_unique<core::KvCache>(pool, max_tokens);
@@ -337,6 +342,37 @@ absl::Status SessionManager::Close(absl::string_view id) {
   }
   Notify(events);
   return status;
+}
+
+int SessionManager::CloseModel(absl::string_view model) {
+  Events events;
+  int ended = 0;
+  // Freed after the lock: the last session of a version may hold the last
+  // reference to its model.
+  std::vector<std::shared_ptr<const void>> owners;
+  {
+    MutexLock lock(&mu_);
+    std::vector<Session*> of_model;
+    for (auto& [id, s] : sessions_) {
+      if (s->model == model && !s->closed) of_model.push_back(s.get());
+    }
+    constexpr char kDetail[] = "ended: its model was unloaded";
+    for (Session* s : of_model) {
+      ++ended;
+      owners.push_back(s->owner);
+      if (s->leased) {
+        s->closed = true;
+        --open_;
+        if (--open_by_model_[s->model] == 0) open_by_model_.erase(s->model);
+        RememberLocked(s->id, {s->model, SessionEnd::kUnloaded, kDetail});
+        events.push_back({Event::kEnded, s->model, SessionEnd::kUnloaded});
+      } else {
+        EraseLocked(s, SessionEnd::kUnloaded, kDetail, &events);
+      }
+    }
+  }
+  Notify(events);
+  return ended;
 }
 
 absl::StatusOr<SessionInfo> SessionManager::Get(absl::string_view id) const {
@@ -396,7 +432,7 @@ absl::StatusOr<SessionManager::Lease> SessionManager::Acquire(absl::string_view 
     } else {
       UnidleLocked(s);
       s->leased = true;
-      result = Lease(this, s->id);
+      result = Lease(this, s->id, s->owner);
     }
   }
   Notify(events);

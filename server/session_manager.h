@@ -46,8 +46,8 @@
 namespace attn::server {
 
 // Why a session ended.
-enum class SessionEnd { kClosed, kExpired, kEvicted };
-// "closed", "expired", "evicted".
+enum class SessionEnd { kClosed, kExpired, kEvicted, kUnloaded };
+// "closed", "expired", "evicted", "unloaded" (its model was unloaded).
 absl::string_view SessionEndName(SessionEnd end);
 
 // Told of every session event (the server's metrics). Called without the
@@ -103,10 +103,19 @@ class SessionManager {
   // session has it (also one closed whose last request is still running).
   // An ended session's id may be taken again; its NOT_FOUND reason is then
   // forgotten.
+  // `owner` (may be null) is held for as long as the session: the model
+  // version it was created on, which owns `pool`; each lease hands it on
+  // (Lease::owner), so the session's requests run on that version even
+  // after a reload.
   static constexpr int kMaxIdLength = 128;
   absl::StatusOr<SessionInfo> CreateSession(const std::string& model, core::KvBlockPool* pool,
                                             int64_t max_tokens, absl::Duration idle_timeout,
-                                            absl::string_view id = {});
+                                            absl::string_view id = {},
+                                            std::shared_ptr<const void> owner = nullptr);
+  // Ends every session of `model` (SessionEnd::kUnloaded; NOT_FOUND says
+  // "its model was unloaded"): an idle one now, a leased one when its lease
+  // ends. Returns how many ended.
+  int CloseModel(absl::string_view model);
   // NOT_FOUND (with the reason) when the session is gone.
   absl::Status Close(absl::string_view id);
   // Not a use: reading a session does not keep it alive.
@@ -128,12 +137,16 @@ class SessionManager {
     void Release();
     bool held() const { return manager_ != nullptr; }
     const std::string& id() const;
+    // The session's owner (CreateSession), or null.
+    const std::shared_ptr<const void>& owner() const { return owner_; }
 
    private:
     friend class SessionManager;
-    Lease(SessionManager* manager, std::string id) : manager_(manager), id_(std::move(id)) {}
+    Lease(SessionManager* manager, std::string id, std::shared_ptr<const void> owner)
+        : manager_(manager), id_(std::move(id)), owner_(std::move(owner)) {}
     SessionManager* manager_ = nullptr;
     std::string id_;  // names the session: no other takes the id while it is in the table
+    std::shared_ptr<const void> owner_;
   };
   // NOT_FOUND (reason) when gone, INVALID_ARGUMENT when the session belongs
   // to another model than `model` ("session_id: belongs to model m"),
@@ -164,6 +177,7 @@ class SessionManager {
   struct Session {
     std::string id;
     std::string model;
+    std::shared_ptr<const void> owner;  // before cache: outlives it (owns pool)
     core::KvBlockPool* pool = nullptr;
     absl::Duration idle_timeout;
     std::unique_ptr<core::KvCache> cache;

@@ -52,11 +52,8 @@ absl::Status Answer(const absl::StatusOr<SessionInfo>& info, attention::v1::Sess
 
 absl::StatusOr<SessionInfo> AttentionService::NewSession(const CreateSessionRequest& request) {
   if (sessions_ == nullptr) return absl::UnimplementedError("sessions are disabled");
-  const Model* model = repository_->Find(request.model_name());
-  if (model == nullptr) {
-    return absl::NotFoundError(absl::StrCat("model_name: no model '", request.model_name(),
-                                            "'; available: ", repository_->NameList()));
-  }
+  ModelRepository::ModelPtr model = repository_->Find(request.model_name());
+  if (model == nullptr) return repository_->NotServing("model_name", request.model_name());
   if (model->kv_pool == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("model_name: model '", model->name,
@@ -80,8 +77,10 @@ absl::StatusOr<SessionInfo> AttentionService::NewSession(const CreateSessionRequ
                      " (session_idle_timeout_ms), or 0 for that, got ", idle_ms));
   }
   const absl::Duration idle = idle_ms == 0 ? longest : absl::Milliseconds(idle_ms);
+  // The session holds this version: its requests run on it (and its cache
+  // stays in its pool) even after a reload.
   return sessions_->CreateSession(model->name, model->kv_pool.get(), max_tokens, idle,
-                                  request.session_id());
+                                  request.session_id(), model);
 }
 
 grpc::ServerUnaryReactor* AttentionService::CreateSession(grpc::CallbackServerContext* context,

@@ -213,7 +213,7 @@ class RpcTest(OipTestCase):
                                       self.oip.ModelReady, oip.ModelReadyRequest(name="nope"))
         for model in MODELS:
             self.assertIn(model, details)  # names what exists
-        self.assertRpcError(grpc.StatusCode.NOT_FOUND, r"^version: model 'f32' has version 1",
+        self.assertRpcError(grpc.StatusCode.NOT_FOUND, r"^version: model 'f32' serves version 1",
                             self.oip.ModelReady, oip.ModelReadyRequest(name=F32, version="2"))
 
     def test_server_metadata(self):
