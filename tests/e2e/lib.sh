@@ -44,3 +44,11 @@ stop_server() {
 ok_requests() {
   curl -sf "$1" | awk '/^attn_requests_total\{.*code="OK"/ {s += $2} END {print s + 0}'
 }
+
+# skip_without_python_grpc PYTHON: exit 77 (ctest's skip) unless PYTHON imports grpc and numpy.
+skip_without_python_grpc() {
+  if ! "$1" -c 'import grpc, numpy' 2>/dev/null; then
+    echo "SKIP: $1 cannot import grpc and numpy (apt-get install python3-grpcio python3-numpy)"
+    exit 77
+  fi
+}
