@@ -5,8 +5,9 @@ Run by lifecycle_test.sh, once per server it starts:
   lifecycle_test.py poll      a server in --model_control_mode=poll
                               (--repository_poll_interval=ATTN_POLL_MS):
                               model directories added (renamed into place,
-                              and written in place), changed (reloads, one
-                              of them broken) and removed while load
+                              and written in place), changed (reloads: in
+                              place, by rename and by a ConfigMap-style
+                              symlink swap; one broken) and removed while load
                               generator threads call model A throughout.
   lifecycle_test.py explicit  a server in --model_control_mode=explicit with
                               --auth_tokens_file: RepositoryModelLoad and
@@ -33,6 +34,7 @@ machine may be busy with other work).
 
 import collections
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -102,6 +104,28 @@ def write_by_rename(model, text):
     return time.monotonic()
 
 
+def write_by_configmap_swap(model, text):
+    """As the kubelet updates a mounted ConfigMap: the files go into a new
+    hidden directory, the `..data` symlink is swapped to it, config.pbtxt is
+    a symlink through `..data`, and the old directory is removed."""
+    d = os.path.join(REPO, model)
+    fresh = f"..{time.monotonic_ns()}"
+    os.makedirs(os.path.join(d, fresh))
+    with open(os.path.join(d, fresh, "config.pbtxt"), "w") as f:
+        f.write(text)
+    data = os.path.join(d, "..data")
+    old = os.readlink(data) if os.path.islink(data) else None
+    os.symlink(fresh, os.path.join(d, "..data_tmp"))
+    os.replace(os.path.join(d, "..data_tmp"), data)
+    if not os.path.islink(os.path.join(d, "config.pbtxt")):
+        os.symlink("..data/config.pbtxt", os.path.join(d, ".config.pbtxt.link"))
+        os.replace(os.path.join(d, ".config.pbtxt.link"), os.path.join(d, "config.pbtxt"))
+    t = time.monotonic()
+    if old:
+        shutil.rmtree(os.path.join(d, old))
+    return t
+
+
 def add_by_rename(model, text):
     staged = os.path.join(WORK, "staging", model)
     os.makedirs(staged)
@@ -161,6 +185,7 @@ class Client:
             return e.code().name, e.details()
 
 
+_phase = random.Random(5)
 _rng = np.random.default_rng(7)
 Q, K, V = (_rng.standard_normal((1, SEQ, E)).astype(np.float32) for _ in range(3))
 
@@ -423,8 +448,9 @@ def poll_phase():
     # Reloads of A: seeds change (in place and by rename), one broken config between.
     version = 1
     plan = [(write_in_place, 12), (write_by_rename, 13), ("broken", None),
-            (write_in_place, 14), (write_by_rename, 15), (write_in_place, 16),
-            (write_by_rename, 17)]
+            (write_in_place, 14), (write_by_rename, 15),
+            # The first swap turns config.pbtxt into a symlink, the second only swaps ..data.
+            (write_by_configmap_swap, 16), (write_by_configmap_swap, 17)]
     for writer, seed in plan:
         if writer == "broken":
             before = a_versions.out[version]
@@ -458,7 +484,9 @@ def poll_phase():
         entry = c.index()[a]
         check(entry.state == "READY" and entry.version == str(version) and entry.reason == "",
               f"A after reload to v{version}: {entry}")
-        time.sleep(0.3)  # requests on the new version
+        # Requests on the new version, then a random phase against the poll
+        # schedule, so the timings sample it rather than repeat one offset.
+        time.sleep(0.3 + _phase.uniform(0, POLL))
 
     # Remove B: it unloads; its requests then get NOT_FOUND.
     t = remove_model_dir("B")
