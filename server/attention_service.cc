@@ -113,31 +113,27 @@ absl::Status AttentionService::Admit(const AttendRequest& request,
     return bound;
   }
   AttendCall& c = **call;
-  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *c.model, decode_options_);
-  if (!decoded.ok()) return decoded.status();
-  c.request = *std::move(decoded);
-  if (c.request.session()) {
-    if (sessions_ == nullptr) {
-      // As the session RPCs answer then.
-      return absl::UnimplementedError(
-          "session_id: sessions are disabled on this server (max_sessions 0)");
-    }
+  if (!request.session_id().empty() && sessions_ != nullptr) {
     // Held from here until the call ends (FinishAttendCall): a second
     // request of the session meanwhile is ABORTED.
     absl::StatusOr<SessionManager::Lease> lease =
-        sessions_->Acquire(c.request.session_id, c.model->name);
+        sessions_->Acquire(request.session_id(), c.model->name);
     if (!lease.ok()) return lease.status();
     c.sessions = sessions_;
     c.lease = *std::move(lease);
-    // A session runs on the version it was created on, which a reload since
-    // has not replaced for it: decode again against that one.
-    if (auto pinned = std::static_pointer_cast<const Model>(c.lease.owner());
-        pinned != nullptr && pinned != c.model) {
+    // A session runs on the version it was created on, even after a reload:
+    // its request is decoded against that one.
+    if (auto pinned = std::static_pointer_cast<const Model>(c.lease.owner()); pinned != nullptr) {
       c.model = std::move(pinned);
-      decoded = DecodeAttendRequest(request, *c.model, decode_options_);
-      if (!decoded.ok()) return decoded.status();
-      c.request = *std::move(decoded);
     }
+  }
+  absl::StatusOr<DecodedRequest> decoded = DecodeAttendRequest(request, *c.model, decode_options_);
+  if (!decoded.ok()) return decoded.status();
+  c.request = *std::move(decoded);
+  if (c.request.session() && sessions_ == nullptr) {
+    // As the session RPCs answer then.
+    return absl::UnimplementedError(
+        "session_id: sessions are disabled on this server (max_sessions 0)");
   }
   const Model* model = c.model.get();
   const int64_t response_bytes = c.request.response_bytes;

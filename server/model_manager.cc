@@ -137,7 +137,8 @@ void ModelManager::Loop() {
 }
 
 void ModelManager::LoadModel(std::string name, Done done) {
-  RunExplicit("RepositoryModelLoad", [this, name] { return Load(name); }, std::move(done));
+  RunExplicit(
+      "RepositoryModelLoad", [this, name] { return Load(name); }, std::move(done));
 }
 
 void ModelManager::UnloadModel(std::string name, Done done) {
@@ -149,9 +150,9 @@ void ModelManager::UnloadModel(std::string name, Done done) {
 void ModelManager::RunExplicit(absl::string_view rpc, std::function<absl::Status()> change,
                                Done done) {
   if (options_.mode != ModelControlMode::kExplicit) {
-    done(absl::FailedPreconditionError(absl::StrCat(
-        rpc, ": --model_control_mode is ", ModelControlModeName(options_.mode),
-        "; loading and unloading by request needs --model_control_mode=explicit")));
+    done(absl::FailedPreconditionError(
+        absl::StrCat(rpc, ": --model_control_mode is ", ModelControlModeName(options_.mode),
+                     "; loading and unloading by request needs --model_control_mode=explicit")));
     return;
   }
   auto op = [this, change, done] {
@@ -286,8 +287,12 @@ void ModelManager::Poll() {
     if (!settled || fingerprint == w.applied) continue;
     w.applied = fingerprint;
     if (fingerprint.empty()) {
+      constexpr absl::string_view kRemoved = "its directory was removed from --model_repository";
       if (repository_->Find(name) != nullptr) {
-        Unload(name, "its directory was removed from --model_repository").IgnoreError();
+        Unload(name, kRemoved).IgnoreError();
+      } else {
+        // Never served (its load failed): the old error no longer applies.
+        repository_->SetStatus(name, ModelState::kUnavailable, kRemoved);
       }
     } else {
       Load(name).IgnoreError();  // logged, counted and in RepositoryIndex
