@@ -239,9 +239,16 @@ absl::Status ModelManager::Unload(const std::string& name, absl::string_view rea
   std::weak_ptr<const Model> held = model;
   const int64_t version = model->version;
   model.reset();
-  // The requests admitted before the withdrawal finish on it.
+  // The requests admitted before the withdrawal finish on it (a shutdown
+  // stops the wait: the server drains them itself).
   const absl::Time give_up = absl::Now() + options_.drain_timeout;
-  while (!held.expired() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  while (!held.expired() && absl::Now() < give_up) {
+    {
+      MutexLock lock(&mu_);
+      if (stopping_) break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
   const bool drained = held.expired();
   options_.logger->Log(drained ? LogLevel::kInfo : LogLevel::kWarning, "model_unloaded",
                        {{"model", name},

@@ -4,6 +4,7 @@
 //   build-fuzz/bin/make_fuzz_corpus tests/fuzz/corpus
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -14,6 +15,7 @@
 #include "client/npy.h"
 #include "core/dtype.h"
 #include "core/safetensors.h"
+#include "inference/grpc_service.pb.h"
 
 namespace {
 
@@ -162,6 +164,83 @@ void AttendRequests() {
   }
 }
 
+// One input of a ModelInferRequest: raw bytes (appended to
+// raw_input_contents) or typed contents.
+void AddInput(inference::ModelInferRequest* r, const std::string& name, const std::string& datatype,
+              std::vector<int64_t> shape, const std::vector<float>& values, bool raw) {
+  auto* in = r->add_inputs();
+  in->set_name(name);
+  in->set_datatype(datatype);
+  for (int64_t d : shape) in->add_shape(d);
+  if (datatype == "BF16") {
+    std::string bytes;
+    for (float v : values) {
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      const uint16_t half = static_cast<uint16_t>(bits >> 16);
+      bytes.append(reinterpret_cast<const char*>(&half), 2);
+    }
+    *r->add_raw_input_contents() = bytes;
+  } else if (raw) {
+    r->add_raw_input_contents()->assign(reinterpret_cast<const char*>(values.data()),
+                                        values.size() * sizeof(float));
+  } else {
+    for (float v : values) in->mutable_contents()->add_fp32_contents(v);
+  }
+}
+
+void AddLengths(inference::ModelInferRequest* r, const std::string& name,
+                const std::vector<int32_t>& lengths, bool raw) {
+  auto* in = r->add_inputs();
+  in->set_name(name);
+  in->set_datatype("INT32");
+  in->add_shape(static_cast<int64_t>(lengths.size()));
+  if (raw) {
+    r->add_raw_input_contents()->assign(reinterpret_cast<const char*>(lengths.data()),
+                                        lengths.size() * sizeof(int32_t));
+  } else {
+    for (int32_t v : lengths) in->mutable_contents()->add_int_contents(v);
+  }
+}
+
+void ModelInferRequests() {
+  std::vector<std::pair<std::string, inference::ModelInferRequest>> requests;
+  inference::ModelInferRequest r;
+  r.set_model_name("self");
+  r.set_id("raw");
+  AddInput(&r, "query", "FP32", {2, 4, 16}, Values(128, 20), true);
+  AddLengths(&r, "query_lengths", {4, 2}, true);
+  (*r.mutable_parameters())["causal"].set_bool_param(true);
+  requests.emplace_back("self_raw_lengths_causal", r);
+  r.Clear();
+  r.set_model_name("self");
+  AddInput(&r, "query", "FP32", {3, 16}, Values(48, 21), false);
+  (*r.mutable_parameters())["return_attention_probs"].set_bool_param(true);
+  r.add_outputs()->set_name("attention_probs");
+  requests.emplace_back("typed_rank2_probs_only", r);
+  r.Clear();
+  r.set_model_name("cross");
+  AddInput(&r, "query", "FP32", {1, 3, 16}, Values(48, 22), true);
+  AddInput(&r, "key", "FP32", {1, 5, 8}, Values(40, 23), true);
+  AddInput(&r, "value", "FP32", {1, 5, 12}, Values(60, 24), true);
+  AddLengths(&r, "key_lengths", {4}, true);
+  (*r.mutable_parameters())["attention_probs_layout"].set_string_param("PROBS_LAYOUT_PACKED");
+  (*r.mutable_parameters())["return_attention_probs"].set_bool_param(true);
+  requests.emplace_back("cross_packed_probs", r);
+  r.Clear();
+  r.set_model_name("bf16");
+  AddInput(&r, "query", "BF16", {2, 2, 16}, Values(64, 25), true);
+  r.add_outputs()->set_name("output");
+  requests.emplace_back("bf16_raw", r);
+  r.Clear();
+  AddInput(&r, "query", "FP32", {1, 2, 16}, Values(32, 26), false);
+  (*r.mutable_parameters())["casual"].set_bool_param(true);  // misspelt: refused
+  requests.emplace_back("unknown_parameter", r);
+  for (const auto& [name, request] : requests) {
+    Write("model_infer", name + ".pb", request.SerializeAsString());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -174,5 +253,6 @@ int main(int argc, char** argv) {
   ModelConfig();
   Npy();
   AttendRequests();
+  ModelInferRequests();
   return 0;
 }

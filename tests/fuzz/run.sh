@@ -13,7 +13,7 @@ root=$(cd "$here/../.." && pwd)
 secs=${1:-60}
 bin=${ATTN_FUZZ_BIN:-$root/build-fuzz/bin}
 jobs=${ATTN_FUZZ_JOBS:-$(nproc)}
-read -r -a targets <<< "${ATTN_FUZZ_TARGETS:-safetensors model_config attend_request attend_structured npy kv_session auth}"
+read -r -a targets <<< "${ATTN_FUZZ_TARGETS:-safetensors model_config attend_request attend_structured npy kv_session auth model_infer}"
 
 for t in "${targets[@]}"; do
   if [[ ! -x "$bin/${t}_fuzzer" ]]; then
