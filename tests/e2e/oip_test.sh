@@ -16,10 +16,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=/usr/bin/python3
 source "$HERE/lib.sh"
 
-if ! "$PYTHON" -c 'import grpc, numpy' 2>/dev/null; then
-  echo "SKIP: $PYTHON cannot import grpc and numpy (apt-get install python3-grpcio python3-numpy)"
-  exit 77
-fi
+skip_without_python_grpc "$PYTHON"
 
 work=$(mktemp -d)
 trap 'stop_server >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
